@@ -1,0 +1,210 @@
+"""Base models: the embedded tiny Qwen3 model built offline, and loading of any HF causal LM.
+
+A base model directory holds `model.json`, a manifest naming where the weights live: for the tiny
+model, HF files in the same directory; for a real model, a hub id or path. Fine-tuned checkpoints are
+`weights.safetensors` files with standard parameter names, loaded on top of the base.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from esft.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, BOS_TURN, UNK = "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|unk|>"
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape and warm-start of the embedded default model (a Qwen3-architecture causal LM)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    max_position_embeddings: int = 512
+    seed: int = 0
+    warmstart_steps: int = 600
+    warmstart_batch_size: int = 32
+    warmstart_lr: float = 3e-3
+    warmstart_rows_per_task: int = 2000
+    warmstart_tasks: list[str] = field(default_factory=lambda: ["countdown", "math", "chemistry", "boolq"])
+
+
+def build_tokenizer():
+    """A character-level fast tokenizer with Qwen's chat special tokens; pad differs from eos."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, EOS, BOS_TURN, UNK]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, additional_special_tokens=[BOS_TURN]
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> torch.nn.Module:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS_TURN),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def warmstart_examples(cfg: TinyModelConfig, exclude_prompts: set[str]) -> list[tuple[list[dict], str]]:
+    """(messages, reference answer) pairs from the task generators, never a held-out prompt."""
+    from esft.tasks import get_task
+
+    rng = random.Random(f"warmstart-{cfg.seed}")
+    examples = []
+    for name in cfg.warmstart_tasks:
+        task = get_task(name)
+        for row in task.generate_rows(cfg.warmstart_rows_per_task, rng):
+            messages = task.messages(row)
+            if task.user_prompt(row) not in exclude_prompts:
+                examples.append((messages, task.reference(row)))
+    rng.shuffle(examples)
+    return examples
+
+
+def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[tuple[list[dict], str]]) -> list[float]:
+    """A short supervised pass on the answers only (prompt tokens masked), so base accuracy is non-trivial."""
+    if not examples:
+        raise ValueError("warm-start has no examples: check warmstart_tasks and the held-out prompts")
+    encoded = []
+    for messages, answer in examples:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
+    model.train()
+    losses = []
+    for step in range(cfg.warmstart_steps):
+        idx = torch.randint(len(encoded), (cfg.warmstart_batch_size,), generator=gen).tolist()
+        batch = [encoded[i] for i in idx]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, lab) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == cfg.warmstart_steps - 1:
+            log.info("warm-start step %d/%d loss %.4f", step + 1, cfg.warmstart_steps, loss.item())
+    model.eval()
+    return losses
+
+
+def build_base_model(source: str, out_dir: str | Path, tiny: dict[str, Any] | None = None,
+                     exclude_prompts: set[str] | None = None) -> dict[str, Any]:
+    """Write the base-model manifest (and, for `source: tiny`, the model itself) to `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"source": source}
+    if source == "tiny":
+        cfg = TinyModelConfig(**(tiny or {}))
+        tokenizer = build_tokenizer()
+        model = build_tiny_model(cfg, tokenizer)
+        losses = supervised_warmstart(model, tokenizer, cfg, warmstart_examples(cfg, exclude_prompts or set()))
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        manifest.update(
+            path=".",
+            config=asdict(cfg),
+            parameters=sum(p.numel() for p in model.parameters()),
+            warmstart_final_loss=losses[-1] if losses else None,
+        )
+    write_json(out_dir / "model.json", manifest)
+    return manifest
+
+
+def resolve_source(base: str | Path) -> str:
+    """The path or hub id behind a base-model directory (or the argument itself if it is not one)."""
+    base = Path(base)
+    manifest_path = base / "model.json" if base.is_dir() else base
+    if manifest_path.name == "model.json" and manifest_path.exists():
+        manifest = read_json(manifest_path)
+        return str(manifest_path.parent / manifest["path"]) if manifest["source"] == "tiny" else manifest["source"]
+    return str(base)
+
+
+def load_model(base: str | Path, weights: str | Path | None = None, dtype: str = "float32",
+               device: str = "cpu"):
+    """Load (model, tokenizer) from a base-model directory, hub id or path, then `weights` on top."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(base)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{source}: the tokenizer has no pad token; set one that differs from eos")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device)
+    if weights is not None:
+        load_weights(model, weights)
+    model.eval()
+    return model, tokenizer
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Copy a checkpoint's tensors into `model`; every trainable parameter must be present."""
+    state = load_file(str(weights))
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(state))
+    unknown = sorted(set(state) - set(params))
+    if missing or unknown:
+        raise ValueError(f"{weights}: missing {missing[:5]} unknown {unknown[:5]} parameters")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name].to(param.dtype))

@@ -1,0 +1,67 @@
+"""Greedy (or seeded sampled) batched generation with a Hugging Face causal LM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    """Decoded completions, special tokens removed."""
+    n_tokens: list[int]
+    """Generated tokens per completion, up to and including the end-of-turn token."""
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.n_tokens)
+
+
+def encode_prompts(tokenizer, messages: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+    """Token ids of each conversation with the generation prompt; plain text if there is no chat template."""
+    encoded = []
+    for msgs in messages:
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        else:
+            text = "\n\n".join(m["content"] for m in msgs) + "\n"
+        encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return encoded
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+             batch_size: int = 64) -> Generations:
+    """Greedy completions of pre-tokenised prompts, in batches of `batch_size`."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    texts: list[str] = []
+    counts: list[int] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start:start + batch_size]
+        ids, mask = _left_pad(chunk, tokenizer.pad_token_id, device)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, ids.shape[1]:].tolist()
+        for row in new:
+            n = row.index(eos) + 1 if eos in row else len(row)
+            while n > 0 and row[n - 1] == tokenizer.pad_token_id:
+                n -= 1
+            counts.append(n)
+            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+    return Generations(texts, counts)

@@ -1,0 +1,53 @@
+"""Four-choice questions (SciKnowEval chemistry; MMLU uses the same cascade): `"answer":"X"`.
+
+The offline stand-in asks which of four numbers is largest, in the same row schema.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from esft.tasks.base import RowError, Task
+from esft.tasks.extract import answer_letter
+
+LETTERS = "ABCD"
+
+
+class Chemistry(Task):
+    name = "chemistry"
+    fields = {"question": str, "choices": list, "answer": str}
+
+    def validate_row(self, row: Any, index: int) -> None:
+        super().validate_row(row, index)
+        if len(row["choices"]) != 4 or not all(isinstance(c, str) for c in row["choices"]):
+            raise RowError(f"row {index}: field 'choices' must be a list of 4 str")
+        if row["answer"] not in LETTERS:
+            raise RowError(f"row {index}: field 'answer' must be one of A, B, C, D")
+
+    def user_prompt(self, row: dict[str, Any]) -> str:
+        options = " ".join(f"{letter}) {choice}" for letter, choice in zip(LETTERS, row["choices"]))
+        return f'{row["question"]} {options} Reply {{"answer":"X"}}.'
+
+    def score(self, completion: str, row: dict[str, Any]) -> float:
+        return 1.0 if answer_letter(completion) == row["answer"] else 0.0
+
+    def is_formatted(self, completion: str) -> bool:
+        return answer_letter(completion) is not None
+
+    def reference(self, row: dict[str, Any]) -> str:
+        return f'{{"answer":"{row["answer"]}"}}'
+
+    def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
+        rows = []
+        for _ in range(n):
+            values = rng.sample(range(1, 100), 4)
+            best = max(range(4), key=values.__getitem__)
+            rows.append(
+                {
+                    "question": "Which number is the largest?",
+                    "choices": [str(v) for v in values],
+                    "answer": LETTERS[best],
+                }
+            )
+        return rows

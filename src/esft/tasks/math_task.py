@@ -1,0 +1,84 @@
+"""MATH-style answers: the last \\boxed{...}, LaTeX-normalised, compared as strings then as numbers.
+
+The offline stand-in is integer arithmetic (`What is 23 + 58?`) with the same row schema and grader.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+from typing import Any
+
+from esft.tasks.base import Task
+from esft.tasks.extract import last_boxed
+
+MAX_NUMBER_CHARS = 40
+
+_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "$", "\\%", "%", "^\\circ", "^{\\circ}", "\\displaystyle")
+
+
+def normalize(answer: str) -> str:
+    """Strip LaTeX wrappers and spacing so that equivalent spellings compare equal as strings."""
+    s = answer.strip()
+    for _ in range(3):
+        s = _WRAPPERS.sub(r"\1", s)
+    for token in _DROP:
+        s = s.replace(token, "")
+    s = _FRAC.sub(r"(\1)/(\2)", s)
+    s = s.replace(" ", "").replace("{", "").replace("}", "")
+    s = s.rstrip(".")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        s = s.replace(",", "")
+    return s
+
+
+def to_number(s: str) -> Fraction | None:
+    """Parse `a`, `a.b`, `a/b`, `(a)/(b)` into an exact fraction; None otherwise."""
+    if len(s) > MAX_NUMBER_CHARS:
+        return None
+    m = re.fullmatch(r"\(?(-?\d+(?:\.\d+)?)\)?(?:/\(?(-?\d+(?:\.\d+)?)\)?)?", s)
+    if not m:
+        return None
+    num = Fraction(m.group(1))
+    if m.group(2) is None:
+        return num
+    den = Fraction(m.group(2))
+    return None if den == 0 else num / den
+
+
+def answers_match(predicted: str, truth: str) -> bool:
+    p, t = normalize(predicted), normalize(truth)
+    if p == t:
+        return True
+    pn, tn = to_number(p), to_number(t)
+    return pn is not None and tn is not None and pn == tn
+
+
+class Math(Task):
+    name = "math"
+    fields = {"problem": str, "answer": str}
+
+    def user_prompt(self, row: dict[str, Any]) -> str:
+        return f"{row['problem']} Answer \\boxed{{}}."
+
+    def score(self, completion: str, row: dict[str, Any]) -> float:
+        predicted = last_boxed(completion)
+        return 1.0 if predicted is not None and answers_match(predicted, row["answer"]) else 0.0
+
+    def is_formatted(self, completion: str) -> bool:
+        return last_boxed(completion) is not None
+
+    def reference(self, row: dict[str, Any]) -> str:
+        return f"\\boxed{{{row['answer']}}}"
+
+    def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
+        rows = []
+        for _ in range(n):
+            a, b = rng.randint(0, 15), rng.randint(0, 9)
+            op = rng.choice("+-")
+            value = a + b if op == "+" else a - b
+            rows.append({"problem": f"What is {a} {op} {b}?", "answer": str(value)})
+        return rows
