@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from esft.io import read_json, write_json
+from esft.errors import EsftError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def warmstart_examples(cfg: TinyModelConfig, exclude_prompts: set[str]) -> list[
 def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[tuple[list[dict], str]]) -> list[float]:
     """A short supervised pass on the answers only (prompt tokens masked), so base accuracy is non-trivial."""
     if not examples:
-        raise ValueError("warm-start has no examples: check warmstart_tasks and the held-out prompts")
+        raise EsftError("warm-start has no examples: check warmstart_tasks and the held-out prompts")
     encoded = []
     for messages, answer in examples:
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -189,7 +190,7 @@ def load_model(base: str | Path, weights: str | Path | None = None, dtype: str =
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{source}: the tokenizer has no pad token; set one that differs from eos")
+        raise EsftError(f"{source}: the tokenizer has no pad token; set one that differs from eos")
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device)
     if weights is not None:
         load_weights(model, weights)
@@ -204,7 +205,7 @@ def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     missing = sorted(set(params) - set(state))
     unknown = sorted(set(state) - set(params))
     if missing or unknown:
-        raise ValueError(f"{weights}: missing {missing[:5]} unknown {unknown[:5]} parameters")
+        raise EsftError(f"{weights}: missing {missing[:5]} unknown {unknown[:5]} parameters")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name].to(param.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from esft.errors import EsftError
 from esft.tasks.base import RowError, Task
 from esft.tasks.boolq import BoolQ
 from esft.tasks.chemistry import Chemistry
@@ -17,7 +18,7 @@ def get_task(name: str, **options) -> Task:
     try:
         cls = TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+        raise EsftError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
     return cls(**options)
 
 

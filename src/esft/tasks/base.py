@@ -11,11 +11,13 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from esft.errors import EsftError
+
 MAX_COMPLETION_CHARS = 20_000
 """Graders look only at the last this-many characters of a completion (answers come last)."""
 
 
-class RowError(ValueError):
+class RowError(EsftError):
     """A dataset row that does not match the task's schema."""
 
 
@@ -52,7 +54,7 @@ class Task(ABC):
             if len(rows) >= n_train + n_test:
                 break
         else:
-            raise ValueError(f"{self.name}: the generator yields fewer than {n_train + n_test} distinct prompts")
+            raise EsftError(f"{self.name}: the generator yields fewer than {n_train + n_test} distinct prompts")
         unique = list(rows.values())
         return unique[:n_train], unique[n_train : n_train + n_test]
 

@@ -1,0 +1,28 @@
+# esft: ES vs GRPO vs LBES fine-tuning, from data to figures. See README.md.
+import sys
+
+from esft.config import ConfigError, validate_config
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    validate_config(config, workflow.source_path("config/schema.yaml"))
+except ConfigError as err:
+    sys.exit(str(err))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/geometry.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

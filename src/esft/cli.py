@@ -1,0 +1,236 @@
+"""`esft <stage>`: every workflow stage as a plain command, for debugging without Snakemake.
+
+Config slices arrive as JSON (`--cfg '{"sigma": 0.01}'`) or as a path to a YAML/JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("esft")
+
+
+def _cfg(value: str) -> dict[str, Any]:
+    """Parse a JSON object given inline or as a file path."""
+    text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    """`label=path` arguments as an ordered dict."""
+    out = {}
+    for v in values:
+        label, sep, path = v.partition("=")
+        if not sep:
+            raise SystemExit(f"esft: expected LABEL=PATH, got {v!r}")
+        out[label] = path
+    return out
+
+
+# --- stages -------------------------------------------------------------------------------------
+def cmd_check_config(args) -> None:
+    from esft.config import load_config
+
+    load_config(args.config, args.schema)
+    print(f"{args.config}: valid")
+
+
+def cmd_prepare_task(args) -> None:
+    from esft.tasks.prepare import prepare_task
+
+    prepare_task(args.task, args.cfg, args.out)
+
+
+def cmd_base_model(args) -> None:
+    from esft.io import read_jsonl
+    from esft.models import build_base_model
+    from esft.tasks import get_task
+
+    held_out = set()
+    for test_file in args.held_out:
+        task = get_task(Path(test_file).parent.name)
+        held_out.update(task.user_prompt(r) for r in read_jsonl(test_file))
+    build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out)
+
+
+def cmd_train(args) -> None:
+    from esft.es import ESConfig
+    from esft.es.fitness import TaskFitness
+    from esft.es.trainer import ESTrainer
+    from esft.io import read_jsonl
+    from esft.models import load_model
+    from esft.tasks import get_task
+
+    if args.method != "es":
+        raise SystemExit(f"esft train: method {args.method!r} is not available yet; available: es")
+    model, tokenizer = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
+    task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus", 0.0))
+    rows = read_jsonl(Path(args.data) / "train.jsonl")
+    cfg = ESConfig.from_dict(args.cfg)
+    fitness = TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size)
+    init = Path(args.init) if args.init else None
+    fingerprint = json.dumps([args.task, args.task_cfg, str(init), init.stat().st_size if init else None,
+                              init.stat().st_mtime_ns if init else None])
+    trainer = ESTrainer(model, fitness, len(rows), cfg, state_dir=args.state_dir, fingerprint=fingerprint)
+    trainer.train()
+    trainer.write_outputs(args.out)
+
+
+def cmd_evaluate(args) -> None:
+    from esft.evaluate.accuracy import evaluate_tasks, write_evaluation
+    from esft.models import load_model
+
+    model, tokenizer = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    data = _pairs(args.data)
+    metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
+                                          args.tasks_cfg, args.cfg["generation_batch_size"])
+    write_evaluation(args.out, metrics, completions)
+
+
+def cmd_collect_accuracy(args) -> None:
+    from esft.evaluate.accuracy import collect_accuracy
+    from esft.io import atomic_open
+
+    df = collect_accuracy(_pairs(args.metrics))
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
+def cmd_norms(args) -> None:
+    from esft.geometry.norms import update_norms
+    from esft.io import atomic_open
+    from esft.models import load_model
+
+    model, _ = load_model(args.base)
+    theta0 = {n: p.detach() for n, p in model.named_parameters()}
+    df = update_norms(theta0, _pairs(args.checkpoints))
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
+def cmd_figure(args) -> None:
+    import pandas as pd
+
+    from esft.plots import figures
+
+    dpi = args.cfg.get("dpi", 120)
+    if args.kind == "accuracy":
+        figures.accuracy_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
+    else:
+        figures.training_fitness(_pairs(args.inputs), args.out, dpi)
+
+
+def cmd_table(args) -> None:
+    import pandas as pd
+
+    from esft.plots.tables import accuracy_matrix, write_table
+
+    df = pd.read_csv(args.input)
+    if args.kind == "accuracy":
+        df = accuracy_matrix(df)
+    write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"))
+
+
+# --- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esft", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--base", required=True, help="base-model directory (with model.json), hub id or path")
+        p.add_argument("--dtype", default="float32")
+        p.add_argument("--device", default="cpu")
+
+    p = add("check-config", cmd_check_config, "validate a workflow config file against the schema")
+    p.add_argument("config")
+    p.add_argument("--schema", default="config/schema.yaml")
+
+    p = add("prepare-task", cmd_prepare_task, "write a task's train/test jsonl and manifest")
+    p.add_argument("--task", required=True)
+    p.add_argument("--cfg", type=_cfg, required=True, help="the task's config slice")
+    p.add_argument("--out", required=True)
+
+    p = add("base-model", cmd_base_model, "build the tiny model or write a pointer to a real one")
+    p.add_argument("--cfg", type=_cfg, required=True, help="the model config slice")
+    p.add_argument("--held-out", nargs="*", default=[], help="test.jsonl files whose prompts the warm-start avoids")
+    p.add_argument("--out", required=True)
+
+    p = add("train", cmd_train, "train one stage of one method on one task")
+    model_args(p)
+    p.add_argument("--method", default="es")
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-cfg", type=_cfg, required=True)
+    p.add_argument("--init", default=None, help="weights.safetensors to start from (default: the base)")
+    p.add_argument("--data", required=True, help="the task's data directory")
+    p.add_argument("--cfg", type=_cfg, required=True, help="the method's config slice")
+    p.add_argument("--state-dir", default=None, help="resumable state, outside the outputs")
+    p.add_argument("--out", required=True)
+
+    p = add("evaluate", cmd_evaluate, "accuracy of one checkpoint on every task's test split")
+    model_args(p)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate config slice")
+    p.add_argument("--out", required=True)
+
+    p = add("collect-accuracy", cmd_collect_accuracy, "gather metric files into one long CSV")
+    p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
+    p.add_argument("--out", required=True)
+
+    p = add("norms", cmd_norms, "update norms ||θ − θ₀|| of checkpoints")
+    p.add_argument("--base", required=True)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="LABEL=weights.safetensors ...")
+    p.add_argument("--out", required=True)
+
+    p = add("figure", cmd_figure, "draw a figure")
+    p.add_argument("kind", choices=["accuracy", "fitness"])
+    p.add_argument("--inputs", nargs="+", required=True, help="accuracy.csv, or LABEL=run.jsonl ...")
+    p.add_argument("--cfg", type=_cfg, default={})
+    p.add_argument("--out", required=True)
+
+    p = add("table", cmd_table, "write a table as CSV and Markdown")
+    p.add_argument("kind", choices=["accuracy", "norms"])
+    p.add_argument("--input", required=True)
+    p.add_argument("--cfg", type=_cfg, default={})
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from esft.errors import EsftError
+
+    try:
+        args.func(args)
+    except EsftError as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

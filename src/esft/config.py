@@ -1,0 +1,90 @@
+"""Workflow config validation with one-line errors naming the key and what is allowed.
+
+Defaults written in the schema are filled in, so a config file only needs the keys it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from esft.errors import EsftError
+
+
+class ConfigError(EsftError):
+    """A config key, type or value the schema does not allow."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = sub["default"]
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _describe(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    parts = []
+    kind = schema.get("type")
+    if kind:
+        parts.append(" or ".join(kind) if isinstance(kind, list) else kind)
+    for word, key in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if word in schema:
+            parts.append(f"{key} {schema[word]}")
+    if "minItems" in schema:
+        parts.append(f"at least {schema['minItems']} item(s)")
+    return " ".join(parts) or "see config/schema.yaml"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config error: {where}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if "propertyNames" in error.schema_path:
+        return f"config error: {where}: unknown key {error.instance!r}; allowed: {_describe(error.schema)}"
+    if error.validator == "required":
+        return f"config error: {where}: {error.message}"
+    return f"config error: {where} = {error.instance!r} is not allowed; allowed: {_describe(error.schema)}"
+
+
+def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """Fill schema defaults into `config` in place and raise ConfigError on the first problem."""
+    if not isinstance(schema, dict):
+        schema = yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_message(errors[0]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-key checks the schema cannot express: trained tasks must be configured tasks."""
+    train, tasks = config.get("train", {}), config.get("tasks", {})
+    for key in ("sequential", "single", "overrides"):
+        for name in train.get(key, []):
+            if name not in tasks:
+                raise ConfigError(
+                    f"config error: train.{key}: task {name!r} is not under tasks; allowed: {', '.join(tasks)}"
+                )
+
+
+def load_config(path: str | Path, schema: str | Path) -> dict[str, Any]:
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return validate_config(config, schema)

@@ -1,0 +1,1 @@
+"""Weight-space geometry: update norms (interpolation, probes and drift fits come later)."""

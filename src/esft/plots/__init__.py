@@ -1,0 +1,1 @@
+"""Figures and tables, made only from files that earlier stages wrote."""

@@ -1,0 +1,67 @@
+"""Matplotlib figures: accuracy after each sequential stage, and ES training fitness per iteration."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from esft.io import atomic_path, read_jsonl  # noqa: E402
+
+
+def _save(fig, out: str | Path, dpi: int) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(out).suffix.lstrip("."))
+    plt.close(fig)
+
+
+def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> None:
+    """Figure 1: accuracy on every task (lines) after each sequential stage (x), one panel per method."""
+    seq = acc[acc["schedule"] == "sequential"]
+    methods = sorted(seq["method"].dropna().unique())
+    if not methods:
+        raise ValueError("no sequential checkpoints in the accuracy table")
+    base = acc[acc["checkpoint"] == "base"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        rows = pd.concat([base, seq[seq["method"] == method]])
+        stages = rows.drop_duplicates("stage").sort_values("stage")
+        labels = ["base" if s == 0 else f"{s}: {t}" for s, t in zip(stages["stage"], stages["trained_task"])]
+        for task, group in rows.groupby("task"):
+            group = group.sort_values("stage")
+            ax.plot(group["stage"], group["accuracy"], marker="o", label=task)
+        ax.set_xticks(list(stages["stage"]), labels, rotation=20)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("after training stage")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{method}: sequential training")
+        ax.grid(alpha=0.3)
+        ax.legend(title="evaluated on", fontsize=8)
+    _save(fig, out, dpi)
+
+
+def training_fitness(runs: dict[str, str | Path], out: str | Path, dpi: int = 120) -> None:
+    """Mean and best member fitness per iteration, one panel per training run."""
+    n = len(runs)
+    cols = min(n, 3)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)),
+                             squeeze=False)
+    for ax, (label, path) in zip(axes.flat, runs.items()):
+        records = read_jsonl(path)
+        it = [r["iteration"] + 1 for r in records]
+        ax.plot(it, [r["fitness_mean"] for r in records], label="population mean")
+        ax.plot(it, [r["fitness_max"] for r in records], alpha=0.6, label="best member")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training reward")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out, dpi)

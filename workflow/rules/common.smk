@@ -1,0 +1,62 @@
+# Paths, checkpoint bookkeeping and config slices shared by all rules.
+import json
+
+EXP = config["experiment"]
+R = f"results/{EXP}"
+LOGS = f"logs/{EXP}"
+RUNTIME = config["runtime"]
+
+
+wildcard_constraints:
+    task="[a-z0-9_]+",
+    method="[a-z0-9_]+",
+    schedule="single|sequential",
+    stage="[0-9]+",
+
+
+def js(obj):
+    """A config slice as canonical JSON: a params value that changes exactly when the slice does."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def task_names():
+    return list(config["tasks"])
+
+
+def training_runs():
+    """(method, schedule, stage, task) of every training job."""
+    runs = []
+    for method in config["train"]["methods"]:
+        runs += [(method, "sequential", k, t) for k, t in enumerate(config["train"]["sequential"], 1)]
+        runs += [(method, "single", 1, t) for t in config["train"]["single"]]
+    return runs
+
+
+def run_label(method, schedule, stage, task):
+    return f"{method}/{schedule}/{stage}-{task}"
+
+
+def run_dir(method, schedule, stage, task):
+    return f"{R}/train/{run_label(method, schedule, stage, task)}"
+
+
+def checkpoint_labels():
+    return ["base"] + [run_label(*run) for run in training_runs()]
+
+
+def method_config(method, task):
+    """The method's slice with this task's overrides applied."""
+    overrides = config["train"].get("overrides", {}).get(task, {}).get(method, {})
+    return {**config[method], **overrides}
+
+
+def test_files():
+    return [f"{R}/data/{t}/test.jsonl" for t in task_names()]
+
+
+def final_targets():
+    figures = [f"{R}/figures/training_fitness.png"]
+    if config["train"]["sequential"]:
+        figures.append(f"{R}/figures/accuracy_sequential.png")
+    tables = [f"{R}/tables/{name}.{ext}" for name in ("accuracy", "update_norms") for ext in ("csv", "md")]
+    return figures + tables
