@@ -7,7 +7,7 @@ model does not accumulate rounding error or drop small updates.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,15 +25,19 @@ class Population:
         with torch.no_grad():
             self.master = {n: p.detach().to(torch.float32).clone() for n, p in params.items()}
 
-    def noise(self, iteration: int, member: int) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, theta in self.master.items():
-            yield name, tensor_noise(theta, self.seed, iteration, member, name)
+    def direction(self, iteration: int, member: int, name: str) -> torch.Tensor:
+        """εᵢ for one tensor: the member's search direction, regenerated from its key."""
+        return tensor_noise(self.master[name], self.seed, iteration, member, name)
+
+    def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
+        """The fp32 offset σεᵢ that member `member` adds to tensor `name` (every evaluation mode uses this)."""
+        return sigma * self.direction(iteration, member, name)
 
     @torch.no_grad()
     def perturb(self, iteration: int, member: int, sigma: float) -> None:
         """Write member `member`'s weights θ + σε into the model."""
-        for name, eps in self.noise(iteration, member):
-            self.params[name].copy_(self.master[name] + sigma * eps)
+        for name, theta in self.master.items():
+            self.params[name].copy_(theta + self.perturbation(iteration, member, name, sigma))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -49,7 +53,7 @@ class Population:
             step = torch.zeros_like(theta)
             for member, w in enumerate(weights):
                 if w != 0.0:
-                    step.add_(tensor_noise(theta, self.seed, iteration, member, name), alpha=float(w))
+                    step.add_(self.direction(iteration, member, name), alpha=float(w))
             theta.add_(step, alpha=alpha / n)
         self.restore()
 

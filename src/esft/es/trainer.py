@@ -13,7 +13,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from esft.es.config import ESConfig
+from esft.es.modes import Fitness, InplaceEvaluator
 from esft.es.population import Population
 from esft.es.shaping import shape_fitness
 from esft.io import atomic_path, write_jsonl
 
 log = logging.getLogger(__name__)
-
-Fitness = Callable[[torch.nn.Module, Sequence[int], int], tuple[float, int]]
-"""(model, prompt indices, member) -> (fitness, generated tokens)."""
-
 
 def minibatch(cfg: ESConfig, iteration: int, n_rows: int) -> list[int]:
     """Prompt indices of one iteration: all rows, or a seeded subset shared by every member."""
@@ -49,10 +45,10 @@ class ESTrainer:
     def __init__(self, model: torch.nn.Module, fitness: Fitness, n_rows: int, cfg: ESConfig,
                  state_dir: str | Path | None = None, fingerprint: str = "") -> None:
         self.model = model
-        self.fitness = fitness
         self.n_rows = n_rows
         self.cfg = cfg
         self.population = Population(trainable(model), cfg.seed)
+        self.evaluator = InplaceEvaluator(model, self.population, fitness)
         self.theta0 = {n: t.clone() for n, t in self.population.master.items()}
         self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
         self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
@@ -91,13 +87,9 @@ class ESTrainer:
         cfg = self.cfg
         start = time.perf_counter()
         indices = minibatch(cfg, iteration, self.n_rows)
-        fitness, tokens = [], 0
-        for member in range(cfg.population):
-            self.population.perturb(iteration, member, cfg.sigma)
-            value, n_tok = self.fitness(self.model, indices, member)
-            fitness.append(value)
-            tokens += n_tok
-        self.population.restore()
+        results = self.evaluator(iteration, range(cfg.population), cfg.sigma, indices)
+        fitness = [value for value, _ in results]
+        tokens = sum(n for _, n in results)
         weights = shape_fitness(fitness, cfg.shaping)
         self.population.update(iteration, weights, cfg.alpha)
         drift = {n: float((t - self.theta0[n]).pow(2).sum()) for n, t in self.population.master.items()}
