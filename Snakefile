@@ -1,10 +1,11 @@
 # esft: ES vs GRPO vs LBES fine-tuning, from data to figures. See README.md.
 import sys
+from pathlib import Path
 
 from esft.config import ConfigError, validate_config
 
 
-configfile: "config/config.yaml"
+configfile: Path(workflow.basedir) / "config/config.yaml"
 
 
 try:

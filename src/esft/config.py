@@ -45,6 +45,8 @@ def _describe(schema: dict[str, Any]) -> str:
     for word, key in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
         if word in schema:
             parts.append(f"{key} {schema[word]}")
+    if "pattern" in schema:
+        parts.append(f"matching {schema['pattern']}")
     if "minItems" in schema:
         parts.append(f"at least {schema['minItems']} item(s)")
     return " ".join(parts) or "see config/schema.yaml"

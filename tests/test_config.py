@@ -1,0 +1,55 @@
+"""Config validation: every shipped config is valid, and mistakes give one line naming key and allowed values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from esft.config import ConfigError, load_config, validate_config
+
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+@pytest.fixture()
+def default():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+CONFIGS = sorted(p for p in (REPO / "config").glob("*.yaml") if p != SCHEMA)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["es"].update(sigmaa=1), "config error: es: unknown key(s) 'sigmaa'; allowed: alpha,"),
+        (lambda c: c["es"].update(sigma=-1), "config error: es.sigma = -1 is not allowed; allowed: number > 0"),
+        (lambda c: c["es"].update(population="30"), "config error: es.population = '30' is not allowed; allowed: integer >= 2"),
+        (lambda c: c["es"].update(shaping="softmax"), "config error: es.shaping = 'softmax' is not allowed; allowed: one of 'zscore', 'rank', 'raw'"),
+        (lambda c: c.update(color="red"), "config error: <top level>: unknown key(s) 'color'; allowed: es,"),
+        (lambda c: c["tasks"].update(bogus={}), "config error: tasks: unknown key 'bogus'; allowed: one of 'countdown',"),
+        (lambda c: c["train"]["sequential"].append("mmlu"), "config error: train.sequential: task 'mmlu' is not under tasks"),
+        (lambda c: c["runtime"].update(device="tpu"), "config error: runtime.device = 'tpu' is not allowed; allowed: string matching"),
+        (lambda c: c.pop("es"), "config error: <top level>: 'es' is a required property"),
+        (lambda c: c["tasks"]["math"].update(n_test=0), "config error: tasks.math.n_test = 0 is not allowed; allowed: integer >= 1"),
+    ],
+)
+def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):
+    config = copy.deepcopy(default)
+    mutate(config)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, SCHEMA)
+    message = str(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_valid_config_passes_unchanged(default):
+    assert validate_config(copy.deepcopy(default), SCHEMA) == default

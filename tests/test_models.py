@@ -1,0 +1,55 @@
+"""The embedded tiny model: offline, deterministic from its seed, HF-loadable, with a working chat template."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+from esft.models import TinyModelConfig, build_base_model, load_model
+from esft.rollout import encode_prompts, generate
+
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "head_dim": 16, "warmstart_steps": 5, "warmstart_batch_size": 4,
+         "warmstart_rows_per_task": 20}
+
+
+def test_tokenizer_round_trips_text_and_renders_chat(tokenizer):
+    text = "Make 24 from 3 5 8 with \\boxed{3*8}\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_base_model_is_deterministic_and_loadable(tmp_path):
+    a = build_base_model("tiny", tmp_path / "a", SMALL)
+    b = build_base_model("tiny", tmp_path / "b", SMALL)
+    assert a["warmstart_final_loss"] == b["warmstart_final_loss"]
+    model_a, tok = load_model(tmp_path / "a")
+    model_b, _ = load_model(tmp_path / "b")
+    for (n, p), (_, q) in zip(model_a.named_parameters(), model_b.named_parameters()):
+        assert torch.equal(p, q), n
+    # a different seed gives a different model
+    build_base_model("tiny", tmp_path / "c", {**SMALL, "seed": 1})
+    model_c, _ = load_model(tmp_path / "c")
+    assert not torch.equal(model_c.model.embed_tokens.weight, model_a.model.embed_tokens.weight)
+    # checkpoints with standard names load on top of the base
+    state = {n: p.detach() + 1.0 for n, p in model_a.named_parameters()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    model_w, _ = load_model(tmp_path / "a", tmp_path / "w.safetensors")
+    assert torch.equal(model_w.model.embed_tokens.weight, state["model.embed_tokens.weight"])
+    ids = encode_prompts(tok, [[{"role": "user", "content": "What is 2 + 2?"}]])
+    gens = generate(model_a, tok, ids, max_new_tokens=5)
+    assert len(gens.texts) == 1 and 1 <= gens.n_tokens[0] <= 5
+
+
+def test_warmstart_never_sees_held_out_prompts():
+    from esft.models import warmstart_examples
+
+    cfg = TinyModelConfig(warmstart_rows_per_task=200, warmstart_tasks=["math"])
+    all_prompts = {m[-1]["content"] for m, _ in warmstart_examples(cfg, set())}
+    held_out = set(sorted(all_prompts)[:20])
+    kept = {m[-1]["content"] for m, _ in warmstart_examples(cfg, held_out)}
+    assert kept and not kept & held_out

@@ -1,0 +1,109 @@
+"""End to end: the Snakemake workflow on a small embedded config, its caching and its config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SMALL = REPO / "tests" / "data" / "small.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, extra: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run Snakemake on the small config (plus an `extra` config file layered on top) in `workdir`."""
+    configs = [str(SMALL)] + ([str(extra)] if extra else [])
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", *configs, *args]
+    # rules call `esft`: make the console script of this interpreter's environment visible
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from a dry run's job-stats table (empty when there is nothing to do)."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("workflow")
+    snakemake(wd, "--cores", "2")
+    return wd
+
+
+def test_run_produces_figures_tables_and_logs(workdir):
+    out = workdir / "results" / "small"
+    for fig in ("accuracy_sequential.png", "training_fitness.png"):
+        assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "tables" / "accuracy.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    stages = [(r["method"], r["schedule"], r["stage"]) for r in rows]
+    assert stages == [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es", "single", "1")]
+    for row in rows:
+        assert 0.0 <= float(row["countdown"]) <= 1.0
+    assert "| method" in (out / "tables" / "accuracy.md").read_text()
+    with open(out / "tables" / "update_norms.csv") as fh:
+        norms = {r["checkpoint"]: float(r["update_norm"]) for r in csv.DictReader(fh)}
+    assert norms["es/sequential/2-math"] > 0 and norms["es/sequential/1-countdown"] > 0
+    run = [json.loads(line) for line in (out / "train/es/sequential/1-countdown/run.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in run] == [0, 1]
+    assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
+    log = (workdir / "logs/small/train/es/sequential/1-countdown.log").read_text()
+    assert "iter 2/2" in log and "tok/s" in log
+    # resume state is cleaned up once the outputs exist
+    assert not list((out / "state").rglob("state.safetensors"))
+
+
+def test_second_dry_run_has_nothing_to_do(workdir):
+    assert planned_jobs(snakemake(workdir, "-n")) == {}
+
+
+def _override(workdir: Path, name: str, data: dict) -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_es_change_reruns_only_training_and_dependents(workdir):
+    extra = _override(workdir, "sigma.yaml", {"es": {"sigma": 0.02}})
+    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    assert jobs["train"] == 3 and jobs["evaluate"] == 3
+    assert "prepare_task" not in jobs and "base_model" not in jobs
+
+
+def test_figure_change_reruns_only_figures(workdir):
+    extra = _override(workdir, "dpi.yaml", {"figures": {"dpi": 80}})
+    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    assert set(jobs) == {"figure_accuracy_sequential", "figure_training_fitness", "all"}
+
+
+def test_report_is_generated(workdir):
+    snakemake(workdir, "--report", str(workdir / "report.html"))
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+
+def test_bad_config_key_stops_with_one_line(tmp_path):
+    extra = _override(tmp_path, "bad.yaml", {"es": {"sigmaa": 0.02}})
+    proc = snakemake(tmp_path, "-n", extra=extra, check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "config error" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("config error: es: unknown key(s) 'sigmaa'; allowed: alpha, ")
+    assert ", sigma" in lines[0]
