@@ -43,6 +43,8 @@ class Task(ABC):
     paper_system_prompt: ClassVar[str | None] = None
     """System turn of rows in the paper's prompt style (stand-in rows have none)."""
     default_format_bonus: ClassVar[float] = 0.0
+    real_dataset: ClassVar[str | None] = None
+    """The hub dataset whose raw rows `from_raw` maps (None: the task has only its stand-in)."""
 
     def __init__(self, format_bonus: float | None = None) -> None:
         self.format_bonus = self.default_format_bonus if format_bonus is None else format_bonus
@@ -70,7 +72,7 @@ class Task(ABC):
         """Map a row of the task's real dataset (its own column names) into this task's row schema.
 
         Raises RowError naming `index` and the field when the raw row does not fit."""
-        raise EsftError(f"task {self.name} has no real dataset; use source: synthetic or embedded")
+        raise NotImplementedError(f"task {self.name} has no real dataset")
 
     def validate_row(self, row: Any, index: int) -> None:
         """Raise RowError naming the row index and field if `row` does not fit the schema."""

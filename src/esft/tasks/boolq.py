@@ -28,6 +28,7 @@ def parse_yes_no(completion: str) -> bool | None:
 class BoolQ(Task):
     name = "boolq"
     fields = {"question": str, "passage": str, "answer": bool}
+    real_dataset = "google/boolq"
     paper_system_prompt = "You are a helpful assistant."
 
     def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ LETTERS = "ABCD"
 class Chemistry(Task):
     name = "chemistry"
     fields = {"question": str, "choices": list, "answer": str}
+    real_dataset = "hicai-zju/SciKnowEval"
     paper_system_prompt = "You are a helpful assistant with expert knowledge of chemistry."
 
     def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:

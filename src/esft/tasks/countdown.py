@@ -104,6 +104,7 @@ def solve(numbers: list[int], target: int) -> str | None:
 class Countdown(Task):
     name = "countdown"
     fields = {"numbers": list, "target": int}
+    real_dataset = "Jiayi-Pan/Countdown-Tasks-3to4"
     paper_system_prompt = "You are a helpful assistant. Reason step by step, then give your final answer."
 
     def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def answer_number(completion: str) -> Fraction | None:
 class Gsm8k(Task):
     name = "gsm8k"
     fields = {"question": str, "answer": str}
+    real_dataset = "openai/gsm8k"
     default_format_bonus = 0.1
 
     def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:

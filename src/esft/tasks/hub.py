@@ -98,6 +98,8 @@ def _take(task: Task, rows: list[dict[str, Any]], n: int, what: str, stratify: s
 
 def load_rows(task: Task, cfg: dict[str, Any]) -> tuple[list[dict], list[dict], LoadReport]:
     """(train, test, report) for a `source: hf` task config."""
+    if task.real_dataset is None:
+        raise EsftError(f"task {task.name} has no real dataset; use source: synthetic or embedded")
     report = LoadReport()
     rng = random.Random(cfg.get("seed", 0))
     stratify = cfg.get("train_stratify")

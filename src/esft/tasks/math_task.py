@@ -65,6 +65,7 @@ def answers_match(predicted: str, truth: str) -> bool:
 class Math(Task):
     name = "math"
     fields = {"problem": str, "answer": str}
+    real_dataset = "nlile/hendrycks-MATH-benchmark"
     paper_system_prompt = "You are a helpful assistant."
 
     def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
