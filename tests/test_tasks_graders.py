@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import time
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esft.tasks import TASKS, get_task
-from esft.tasks.countdown import evaluate_expression, solve
+from esft.tasks.countdown import MAX_EXPR_CHARS, MAX_MAGNITUDE, evaluate_expression, solve
 from esft.tasks.extract import answer_letter, last_boxed
 from esft.tasks.gsm8k import answer_number
 from esft.tasks.math_task import answers_match
@@ -81,32 +82,33 @@ _ARITH = st.recursive(
 )
 
 
+def _exact(e: str) -> Fraction | None:
+    """An independent evaluator of the fully parenthesised grammar; None on division by zero or overflow."""
+    if not e.startswith("("):
+        return Fraction(int(e))
+    depth = 0
+    for i, ch in enumerate(e):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 1 and ch in "+-*/" and e[i - 1] != "(":
+            left, right = _exact(e[1:i]), _exact(e[i + 1:-1])
+            if left is None or right is None or (ch == "/" and right == 0):
+                return None
+            value = {"+": left + right, "-": left - right, "*": left * right}[ch] if ch != "/" else left / right
+            big = abs(value.numerator) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE
+            return None if big else value
+    raise AssertionError(e)
+
+
 @settings(max_examples=200, deadline=None)
 @given(_ARITH)
 def test_countdown_evaluator_agrees_with_exact_arithmetic(expr):
-    from fractions import Fraction
-
-    def exact(e: str) -> Fraction | None:  # an independent evaluator over the same grammar
-        if e.startswith("("):
-            depth = 0
-            for i, ch in enumerate(e):
-                depth += ch == "("
-                depth -= ch == ")"
-                if depth == 1 and ch in "+-*/" and i > 0:
-                    left, right = exact(e[1:i]), exact(e[i + 1:-1])
-                    if left is None or right is None:
-                        return None
-                    if ch == "/":
-                        return None if right == 0 else left / right
-                    return {"+": left + right, "-": left - right, "*": left * right}[ch]
-        return Fraction(int(e))
-
-    expected = exact(expr)
+    expected = _exact(expr)
     got = evaluate_expression(expr)
-    if expected is None or abs(expected.numerator) > 10**30 or expected.denominator > 10**30:
-        return  # division by zero or beyond the magnitude bound: the evaluator may only refuse
-    if got is not None:
-        assert got[0] == expected
+    if expected is None or len(expr) > MAX_EXPR_CHARS:
+        assert got is None or len(expr) > MAX_EXPR_CHARS
+    else:
+        assert got is not None and got[0] == expected
 
 
 def test_countdown_rules():

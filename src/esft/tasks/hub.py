@@ -76,7 +76,8 @@ def _take(task: Task, rows: list[dict[str, Any]], n: int, what: str, stratify: s
     """The first `n` rows, or with `stratify` n/k rows of each of the k values of that field, drawn by `rng`."""
     if not stratify:
         if len(rows) < n:
-            raise EsftError(f"task {task.name}: {what} has {len(rows)} usable rows, fewer than the {n} asked for")
+            raise EsftError(f"task {task.name}: {what} has {len(rows)} usable rows, fewer than the {n} asked for "
+                            "(check where, skip_bad_rows and the split slice)")
         return rows[:n]
     groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for index, row in enumerate(rows):
@@ -113,10 +114,8 @@ def load_rows(task: Task, cfg: dict[str, Any]) -> tuple[list[dict], list[dict], 
         test = _take(task, [r for r in rows if id(r) not in chosen], cfg["n_test"],
                      f"split {cfg['split']!r} after the train rows", None, rng)
     elif "train_split" in cfg and "test_split" in cfg:
-        train_rows = read_split(task, cfg, cfg["train_split"], report)
-        if stratify:
-            rng.shuffle(train_rows)
-        train = _take(task, train_rows, cfg["n_train"], f"split {cfg['train_split']!r}", stratify, rng)
+        train = _take(task, read_split(task, cfg, cfg["train_split"], report), cfg["n_train"],
+                      f"split {cfg['train_split']!r}", stratify, rng)
         test = _take(task, read_split(task, cfg, cfg["test_split"], report), cfg["n_test"],
                      f"split {cfg['test_split']!r}", None, rng)
     else:

@@ -60,7 +60,7 @@ def prepare_task(name: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[st
         "test_prompts_in_train": overlap,
     }
     if source == "hf":
-        manifest["hf"] = {k: cfg[k] for k in HF_KEYS if k in cfg}
+        manifest["hf"] = {k: cfg.get(k) for k in HF_KEYS}
         manifest["hf"]["fingerprints"] = report.fingerprints
     write_json(out / "manifest.json", manifest)
     log.info("%s: %d train, %d test rows from %s (%d bad rows skipped)", name, len(train), len(test), source,
