@@ -74,7 +74,7 @@ def cmd_train(args) -> None:
     if args.method != "es":
         raise SystemExit(f"esft train: method {args.method!r} is not available yet; available: es")
     model, tokenizer = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
-    task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus", 0.0))
+    task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus"))
     rows = read_jsonl(Path(args.data) / "train.jsonl")
     cfg = ESConfig.from_dict(args.cfg)
     fitness = TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size)

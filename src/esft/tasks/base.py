@@ -16,6 +16,12 @@ from esft.errors import EsftError
 MAX_COMPLETION_CHARS = 20_000
 """Graders look only at the last this-many characters of a completion (answers come last)."""
 
+PAPER = "paper"
+"""`prompt_style` of rows mapped from a real dataset: the paper's system and user prompts.
+
+Stand-in rows carry no `prompt_style`: their short prompts are the ones the embedded tiny model was
+warm-started on, so they must not change."""
+
 
 class RowError(EsftError):
     """A dataset row that does not match the task's schema."""
@@ -34,10 +40,14 @@ class Task(ABC):
     name: ClassVar[str]
     fields: ClassVar[dict[str, type | tuple[type, ...]]]
     """Row fields the prompt and grader read, with their types."""
-    system_prompt: ClassVar[str | None] = None
+    paper_system_prompt: ClassVar[str | None] = None
+    """System turn of rows in the paper's prompt style (stand-in rows have none)."""
+    default_format_bonus: ClassVar[float] = 0.0
+    real_dataset: ClassVar[str | None] = None
+    """The hub dataset whose raw rows `from_raw` maps (None: the task has only its stand-in)."""
 
-    def __init__(self, format_bonus: float = 0.0) -> None:
-        self.format_bonus = format_bonus
+    def __init__(self, format_bonus: float | None = None) -> None:
+        self.format_bonus = self.default_format_bonus if format_bonus is None else format_bonus
 
     # --- rows -------------------------------------------------------------------------------
     @abstractmethod
@@ -57,6 +67,12 @@ class Task(ABC):
             raise EsftError(f"{self.name}: the generator yields fewer than {n_train + n_test} distinct prompts")
         unique = list(rows.values())
         return unique[:n_train], unique[n_train : n_train + n_test]
+
+    def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
+        """Map a row of the task's real dataset (its own column names) into this task's row schema.
+
+        Raises RowError naming `index` and the field when the raw row does not fit."""
+        raise NotImplementedError(f"task {self.name} has no real dataset")
 
     def validate_row(self, row: Any, index: int) -> None:
         """Raise RowError naming the row index and field if `row` does not fit the schema."""
@@ -79,8 +95,13 @@ class Task(ABC):
     def user_prompt(self, row: dict[str, Any]) -> str:
         """The user turn for `row`."""
 
+    def system_prompt(self, row: dict[str, Any]) -> str | None:
+        return self.paper_system_prompt if row.get("prompt_style") == PAPER else None
+
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
-        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        """System (if any) and user turns; the rollout renders them through the chat template."""
+        system = self.system_prompt(row)
+        msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": self.user_prompt(row)}]
 
     @abstractmethod
@@ -100,6 +121,26 @@ class Task(ABC):
         """Training reward: the score, plus `format_bonus` for a parseable answer if configured."""
         bonus = self.format_bonus if self.format_bonus and self.is_formatted(completion) else 0.0
         return self.score(completion, row) + bonus
+
+
+def raw_field(raw: dict[str, Any], field: str, typ: type | tuple[type, ...], index: int) -> Any:
+    """`raw[field]` checked against `typ`; a RowError naming the row and field otherwise.
+
+    Columnar files store a field absent from one row as null, so None counts as missing."""
+    value = raw.get(field)
+    if value is None:
+        raise RowError(f"row {index}: missing field {field!r}")
+    if (isinstance(value, bool) and bool not in _as_tuple(typ)) or not isinstance(value, typ):
+        raise RowError(f"row {index}: field {field!r} must be {_type_names(typ)}, got {type(value).__name__}")
+    return value
+
+
+def int_list(raw: dict[str, Any], field: str, index: int) -> list[int]:
+    """A non-empty list of int (not bool) from `raw[field]`."""
+    values = raw_field(raw, field, list, index)
+    if not values or not all(type(v) is int for v in values):
+        raise RowError(f"row {index}: field {field!r} must be a non-empty list of int")
+    return list(values)
 
 
 def _as_tuple(typ: type | tuple[type, ...]) -> tuple[type, ...]:

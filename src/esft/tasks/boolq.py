@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from esft.tasks.base import Task
+from esft.tasks.base import PAPER, Task, raw_field
 from esft.tasks.extract import last_boxed
 
 YES = {"yes", "true", "1"}
@@ -28,8 +28,21 @@ def parse_yes_no(completion: str) -> bool | None:
 class BoolQ(Task):
     name = "boolq"
     fields = {"question": str, "passage": str, "answer": bool}
+    real_dataset = "google/boolq"
+    paper_system_prompt = "You are a helpful assistant."
+
+    def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
+        """`google/boolq` rows: `question`, `passage`, `answer` (bool)."""
+        return {"question": raw_field(raw, "question", str, index), "passage": raw_field(raw, "passage", str, index),
+                "answer": raw_field(raw, "answer", bool, index), "prompt_style": PAPER}
 
     def user_prompt(self, row: dict[str, Any]) -> str:
+        if row.get("prompt_style") == PAPER:
+            question = row["question"].strip().rstrip("?")
+            return (
+                f"Passage: {row['passage']}\n\nQuestion: {question}?\n\nAnswer the question about the passage "
+                "with yes or no. Think briefly, then put your final answer in \\boxed{yes} or \\boxed{no}."
+            )
         return f"{row['passage']} Question: {row['question']}? Answer \\boxed{{yes/no}}."
 
     def score(self, completion: str, row: dict[str, Any]) -> float:

@@ -12,7 +12,7 @@ from collections import Counter
 from fractions import Fraction
 from typing import Any
 
-from esft.tasks.base import Task
+from esft.tasks.base import PAPER, RowError, Task, int_list, raw_field
 from esft.tasks.extract import last_boxed
 
 MAX_EXPR_CHARS = 200
@@ -69,18 +69,63 @@ def evaluate_expression(expr: str) -> tuple[Fraction, list[int]] | None:
         return None
 
 
+MAX_SOLVE_NUMBERS = 4
+
+
+def solve(numbers: list[int], target: int) -> str | None:
+    """An expression using each number once that equals `target`, by exhaustive search; None if none.
+
+    Only for up to MAX_SOLVE_NUMBERS numbers (the search grows factorially)."""
+    if len(numbers) > MAX_SOLVE_NUMBERS:
+        return None
+    goal = Fraction(target)
+
+    def search(items: list[tuple[Fraction, str]]) -> str | None:
+        if len(items) == 1:
+            return items[0][1] if items[0][0] == goal else None
+        for i in range(len(items)):
+            for j in range(len(items)):
+                if i == j:
+                    continue
+                (a, ea), (b, eb) = items[i], items[j]
+                rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+                candidates = [(a + b, f"({ea} + {eb})"), (a - b, f"({ea} - {eb})"), (a * b, f"({ea} * {eb})")]
+                if b != 0:
+                    candidates.append((a / b, f"({ea} / {eb})"))
+                for value, expr in candidates:
+                    found = search(rest + [(value, expr)])
+                    if found is not None:
+                        return found
+        return None
+
+    return search([(Fraction(n), str(n)) for n in numbers])
+
+
 class Countdown(Task):
     name = "countdown"
     fields = {"numbers": list, "target": int}
+    real_dataset = "Jiayi-Pan/Countdown-Tasks-3to4"
+    paper_system_prompt = "You are a helpful assistant. Reason step by step, then give your final answer."
+
+    def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
+        """`Jiayi-Pan/Countdown-Tasks-3to4` rows: `nums` (list of int) and `target` (int)."""
+        return {"numbers": int_list(raw, "nums", index), "target": raw_field(raw, "target", int, index),
+                "prompt_style": PAPER}
 
     def validate_row(self, row: Any, index: int) -> None:
         super().validate_row(row, index)
-        from esft.tasks.base import RowError
-
         if not row["numbers"] or not all(type(n) is int for n in row["numbers"]):
             raise RowError(f"row {index}: field 'numbers' must be a non-empty list of int")
 
     def user_prompt(self, row: dict[str, Any]) -> str:
+        if row.get("prompt_style") == PAPER:
+            nums = ", ".join(str(n) for n in row["numbers"])
+            return (
+                f"Using the numbers [{nums}], create an equation that equals {row['target']}. You can use "
+                "basic arithmetic operations (+, -, *, /) and each number must be used exactly once. "
+                "Show your reasoning, then put only the final expression (without '=' and the result) in "
+                "\\boxed{}, for example \\boxed{(1 + 2) / 3}."
+            )
         nums = " ".join(str(n) for n in row["numbers"])
         return f"Make {row['target']} from {nums} with + - * /, each number once. Answer \\boxed{{expr}}."
 
@@ -101,7 +146,10 @@ class Countdown(Task):
         return expr is not None and evaluate_expression(expr) is not None
 
     def reference(self, row: dict[str, Any]) -> str:
-        return f"\\boxed{{{row['solution']}}}"
+        solution = row.get("solution") or solve(row["numbers"], row["target"])
+        if solution is None:
+            raise RowError(f"countdown: no solution for {row['numbers']} -> {row['target']}")
+        return f"\\boxed{{{solution}}}"
 
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         """Solvable tasks: three numbers 1-9 joined left to right by random + - * (the solution)."""

@@ -10,14 +10,17 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from esft.tasks.base import Task
+from esft.tasks.base import PAPER, Task, raw_field
 from esft.tasks.extract import last_boxed
 
 MAX_NUMBER_CHARS = 40
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "$", "\\%", "%", "^\\circ", "^{\\circ}", "\\displaystyle")
+_FRAC_DIGITS = re.compile(r"\\[dt]?frac(\d)(\d)")
+_ASSIGNMENT = re.compile(r"^[A-Za-z]\s*=\s*(?=\S)")
+_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\$", "$", "\\%", "%", "^\\circ", "^{\\circ}",
+         "\\displaystyle")
 
 
 def normalize(answer: str) -> str:
@@ -28,6 +31,8 @@ def normalize(answer: str) -> str:
     for token in _DROP:
         s = s.replace(token, "")
     s = _FRAC.sub(r"(\1)/(\2)", s)
+    s = _FRAC_DIGITS.sub(r"(\1)/(\2)", s)
+    s = _ASSIGNMENT.sub("", s)
     s = s.replace(" ", "").replace("{", "").replace("}", "")
     s = s.rstrip(".")
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
@@ -60,8 +65,19 @@ def answers_match(predicted: str, truth: str) -> bool:
 class Math(Task):
     name = "math"
     fields = {"problem": str, "answer": str}
+    real_dataset = "nlile/hendrycks-MATH-benchmark"
+    paper_system_prompt = "You are a helpful assistant."
+
+    def from_raw(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
+        """`nlile/hendrycks-MATH-benchmark` rows: `problem`, `answer`, plus `level` and `subject` kept."""
+        row = {"problem": raw_field(raw, "problem", str, index), "answer": raw_field(raw, "answer", str, index),
+               "prompt_style": PAPER}
+        row.update({k: raw[k] for k in ("level", "subject", "unique_id") if raw.get(k) is not None})
+        return row
 
     def user_prompt(self, row: dict[str, Any]) -> str:
+        if row.get("prompt_style") == PAPER:
+            return f"{row['problem']}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
         return f"{row['problem']} Answer \\boxed{{}}."
 
     def score(self, completion: str, row: dict[str, Any]) -> float:

@@ -1,0 +1,77 @@
+"""Graders against real rows nobody on this project wrote (../shared/peers): references score 1,
+corrupted answers 0. Skipped when ../shared is absent (a fresh clone)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import SHARED
+from esft.tasks import RowError, get_task
+from esft.tasks.countdown import solve
+
+PEERS = SHARED / "peers"
+
+
+def _peer(path: str):
+    if not (PEERS / path).exists():
+        pytest.skip(f"{PEERS / path} is absent")
+    return PEERS / path
+
+
+def test_countdown_reference_solutions_score_one_and_corruptions_zero():
+    rows = json.loads(_peer("countdown-qiu/countdown.json").read_text())
+    task = get_task("countdown")
+    outcome: Counter = Counter()
+    for i, raw in enumerate(rows):
+        target = float(raw["target"]) if "." in raw["target"] else int(raw["target"])
+        try:
+            row = task.from_raw({"nums": raw["numbers"], "target": target}, i)
+        except RowError:
+            outcome["non-integer target"] += 1  # 43 rows of this file; Countdown-Tasks-3to4 targets are int
+            continue
+        task.validate_row(row, i)
+        solution = raw["solution"] or solve(row["numbers"], row["target"])
+        boxed = f"<think>...</think> \\boxed{{{solution}}}"
+        # the file's solutions that reuse a number or leave one out are wrong; the grader must say so
+        uses_given = Counter(int(n) for n in re.findall(r"\d+", solution)) == Counter(row["numbers"])
+        assert task.score(boxed, row) == float(uses_given), raw
+        outcome["scores 1" if uses_given else "misuses numbers"] += 1
+        assert task.score(boxed, {**row, "target": row["target"] + 1}) == 0.0
+        assert task.score(boxed, {**row, "numbers": row["numbers"] + [1]}) == 0.0
+        assert task.score(f"\\boxed{{{solution} + {row['numbers'][0]} - {row['numbers'][0]}}}", row) == 0.0
+        assert task.score(solution, row) == 0.0  # not boxed
+    assert outcome == {"scores 1": 2144, "misuses numbers": 13, "non-integer target": 43}
+
+
+def test_countdown3_rows_are_solved_and_graded():
+    df = pd.read_parquet(_peer("countdown3/test.parquet"))
+    task = get_task("countdown")
+    assert len(df) == 1024
+    for i, args in enumerate(df["reward_func_args"]):
+        row = task.from_raw({"nums": [int(n) for n in args["numbers"]], "target": int(args["target"])}, i)
+        reference = task.reference(row)  # found by the solver: these rows carry no solution
+        assert task.score(reference, row) == 1.0
+        assert task.score(reference, {**row, "target": row["target"] + 1}) == 0.0
+        assert task.score(reference.replace("}", " + 1}"), row) == 0.0
+        assert task.score(reference.replace("\\boxed", "\\text"), row) == 0.0
+
+
+def test_gsm8k_ground_truths_score_one_and_corruptions_zero():
+    df = pd.read_parquet(_peer("gsm8k/test.parquet"))
+    task = get_task("gsm8k")
+    assert len(df) == 1319
+    for i, args in enumerate(df["reward_func_args"]):
+        truth = args["ground_truth"]
+        row = {"question": df["prompt"][i][-1]["content"], "answer": truth.replace(",", "")}
+        task.validate_row(row, i)
+        good = f"<think>working</think> So the answer is <answer>{truth}</answer>."
+        assert task.score(good, row) == 1.0 and task.reward(good, row) == pytest.approx(1.1)
+        wrong = str(int(truth.replace(",", "")) + 1)
+        bad = f"<think>working</think> <answer>{wrong}</answer>"
+        assert task.score(bad, row) == 0.0 and task.reward(bad, row) == pytest.approx(0.1)
+        assert task.reward(f"The answer is {truth}.", row) == 0.0
