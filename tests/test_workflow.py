@@ -41,6 +41,10 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
+def read_run(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     wd = tmp_path_factory.mktemp("workflow")
@@ -56,16 +60,24 @@ def test_run_produces_figures_tables_and_logs(workdir):
         rows = list(csv.DictReader(fh))
     stages = [(r["method"], r["schedule"], r["stage"]) for r in rows]
     assert stages == [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es", "single", "1")]
+    assert {"chemistry", "boolq", "conciseness"} <= set(rows[0])
     for row in rows:
-        assert 0.0 <= float(row["countdown"]) <= 1.0
+        assert 0.0 <= float(row["chemistry"]) <= 1.0
     assert "| method" in (out / "tables" / "accuracy.md").read_text()
     with open(out / "tables" / "update_norms.csv") as fh:
         norms = {r["checkpoint"]: float(r["update_norm"]) for r in csv.DictReader(fh)}
-    assert norms["es/sequential/2-math"] > 0 and norms["es/sequential/1-countdown"] > 0
-    run = [json.loads(line) for line in (out / "train/es/sequential/1-countdown/run.jsonl").read_text().splitlines()]
+    # a checkpoint moved exactly when some iteration of its chain had a non-zero update weight
+    chains = {"es/sequential/1-chemistry": ["sequential/1-chemistry"],
+              "es/sequential/2-boolq": ["sequential/1-chemistry", "sequential/2-boolq"],
+              "es/single/1-conciseness": ["single/1-conciseness"]}
+    for label, runs in chains.items():
+        moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train/es" / run / "run.jsonl"))
+        assert (norms[label] > 0) == moved, label
+    assert norms["es/single/1-conciseness"] > 0  # length rewards always separate members
+    run = read_run(out / "train/es/sequential/1-chemistry/run.jsonl")
     assert [r["iteration"] for r in run] == [0, 1]
     assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
-    log = (workdir / "logs/small/train/es/sequential/1-countdown.log").read_text()
+    log = (workdir / "logs/small/train/es/sequential/1-chemistry.log").read_text()
     assert "iter 2/2" in log and "tok/s" in log
     # resume state is cleaned up once the outputs exist
     assert not list((out / "state").rglob("state.safetensors"))
