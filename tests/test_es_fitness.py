@@ -30,6 +30,13 @@ def test_loglik_masks_padding_and_weighs_by_tokens(tiny_model, tokenizer):
     assert CorpusFitness(CORPUS, tokenizer, batch_size=1)(tiny_model, [0, 1, 2], 0)[0] == pytest.approx(together, rel=1e-5)
 
 
+def test_loglik_stops_on_a_non_finite_value(tiny_model, tokenizer):
+    with torch.no_grad():
+        tiny_model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(FitnessError, match=r"member 3, texts \[1\]: log-likelihood is nan"):
+        CorpusFitness(CORPUS, tokenizer, batch_size=8)(tiny_model, [1], member=3)
+
+
 def test_es_on_loglik_pretrains_a_from_scratch_model(tiny_model, tokenizer):
     texts = ["abcabcabcabc", "abcabc", "cabcab"] * 2
     fit = CorpusFitness(texts, tokenizer, batch_size=8)

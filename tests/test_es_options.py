@@ -170,3 +170,20 @@ def test_embedded_default_keeps_plain_es():
     cfg = ESConfig.from_dict(load_config(REPO / "config" / "config.yaml", REPO / "config" / "schema.yaml")["es"])
     assert (cfg.step, cfg.antithetic, cfg.fitness, cfg.lora) == ("standard", "none", "task", None)
     assert cfg.group_alpha == cfg.group_sigma == {} and cfg.alpha_decay == cfg.sigma_decay == 1.0
+
+
+def test_drift_is_exact_and_theta0_costs_the_model_dtype(tiny_model):
+    """θ_0 is stored in bf16 for a bf16 model (exact: the master starts as its cast), drift in fp32."""
+    from esft.es.trainer import ESTrainer
+
+    model = tiny_model.to(torch.bfloat16)
+    trainer = ESTrainer(model, None, 1, ESConfig(population=4, sigma=0.01, alpha=1e-4, iterations=3, fitness="random"))
+    start = {n: t.clone() for n, t in trainer.population.master.items()}
+    assert all(t.dtype == torch.bfloat16 for t in trainer.theta0.values())
+    trainer.train()
+    last = [d for d in trainer.drift if d["iteration"] == 2]
+    assert {d["parameter"] for d in last} == set(start)
+    for d in last:
+        expected = float(((trainer.population.master[d["parameter"]] - start[d["parameter"]]) ** 2).sum())
+        assert d["drift_sq"] == pytest.approx(expected, rel=1e-6)
+    assert trainer.records[-1]["drift_sq"] > 0

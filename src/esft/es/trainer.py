@@ -98,8 +98,9 @@ class ESTrainer:
     """ES on `model`: `fitness` scores one member on chosen rows (unused for `fitness: random`).
 
     Drift ||θ_t − θ_0||² per evolved tensor is logged every iteration: one pass over the D evolved
-    values (the update itself makes N/2 to N passes to regenerate noise), at the memory cost of one fp32
-    copy of θ_0 of the evolved tensors only (the adapters, under LoRA).
+    values (the update itself makes N/2 to N passes to regenerate noise). θ_0 is kept in the model's
+    own dtype, which holds it exactly (the fp32 master starts as a cast of those values), so the copy
+    costs half the master's memory for a bf16 model, and covers only the adapters under LoRA.
     """
 
     def __init__(self, model: torch.nn.Module, fitness: Fitness | None, n_rows: int, cfg: ESConfig,
@@ -113,7 +114,7 @@ class ESTrainer:
             raise EsftError(f"es.fitness {cfg.fitness!r} needs a fitness function")
         else:
             self.evaluator = InplaceEvaluator(self.model, self.population, fitness)
-        self.theta0 = {n: t.clone() for n, t in self.population.master.items()}
+        self.theta0 = {n: p.detach().clone() for n, p in self.population.params.items()}
         self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
         self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
         self.records: list[dict[str, Any]] = []
