@@ -63,7 +63,7 @@ def cmd_base_model(args) -> None:
     build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out)
 
 
-def _fitness(cfg, args, task, rows, tokenizer):
+def _fitness(cfg, args, task, rows: list[dict], tokenizer):
     """The model fitness of `es.fitness` (None for `random`, which never evaluates the model)."""
     from esft.es.fitness import CorpusFitness, TaskFitness
     from esft.io import read_jsonl
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the train rows' conversations with reference answers)")
     p.add_argument("--out", required=True)
 
-    p = add("replay", cmd_replay, "rebuild a run's final weights from its initial weights and run.jsonl")
+    p = add("replay", cmd_replay, "rebuild a run's final weights from its initial weights and run.jsonl "
+            "(bitwise with the run's --dtype and --device)")
     model_args(p)
     p.add_argument("--init", default=None, help="the run's initial weights.safetensors (default: the base)")
     p.add_argument("--run", required=True, help="the run's run.jsonl")

@@ -87,6 +87,8 @@ def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, t
         raise EsftError("replay: the run log has no iterations")
     if [r["iteration"] for r in records] != list(range(len(records))):
         raise EsftError("replay: the run log must hold iterations 0, 1, ... without gaps")
+    if "config" not in records[0]:
+        raise EsftError("replay: the run log has no ES config (it predates replay support)")
     cfg = ESConfig.from_dict(records[0]["config"])
     model, population = build_population(model, cfg)
     for record in records:
