@@ -88,3 +88,11 @@ def test_normalized_lora_step_has_rms_alpha(tiny_model, tokenizer):
     for n, t in trainer.population.master.items():
         rms = float((t - before[n]).pow(2).mean().sqrt())
         assert rms == pytest.approx(cfg.alpha, rel=1e-4) if ".lora_B." in n else rms == 0.0
+
+
+def test_embedding_targets_are_refused(tiny_model):
+    from esft.errors import EsftError
+
+    cfg = _cfg(target_modules=("q_proj", "embed_tokens"))
+    with pytest.raises(EsftError, match="only linear target modules"):
+        ESTrainer(tiny_model, None, 1, cfg)

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from esft.errors import EsftError
 from esft.es.config import LoRAConfig
 from esft.es.noise import noise_key
 
@@ -44,7 +45,10 @@ def lora_phases(names: list[str], order: str) -> list[frozenset[str]]:
     by_letter = {letter: frozenset(n for n in names if f".lora_{letter}." in n) for letter in "AB"}
     for letter, group in by_letter.items():
         if not group:
-            raise ValueError(f"no lora_{letter} tensors among the evolved parameters")
+            raise EsftError(f"es.lora: no lora_{letter} tensors among the evolved parameters")
+    other = sorted(set(names) - by_letter["A"] - by_letter["B"])
+    if other:  # e.g. embedding adapters (lora_embedding_A): neither phased nor merged here
+        raise EsftError(f"es.lora: only linear target modules are supported, got {other[:3]}")
     return [by_letter[letter] for letter in order]
 
 
