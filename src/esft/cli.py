@@ -63,9 +63,25 @@ def cmd_base_model(args) -> None:
     build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out)
 
 
+def _fitness(cfg, args, task, rows: list[dict], tokenizer):
+    """The model fitness of `es.fitness` (None for `random`, which never evaluates the model)."""
+    from esft.es.fitness import CorpusFitness, TaskFitness
+    from esft.io import read_jsonl
+
+    if cfg.fitness == "task":
+        return TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size), len(rows)
+    if cfg.fitness == "loglik":
+        if args.corpus:
+            texts = [row["text"] for row in read_jsonl(args.corpus)]
+        else:  # the task's training conversations with their reference answers
+            texts = [tokenizer.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False)
+                     + task.reference(r) for r in rows]
+        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size), len(texts)
+    return None, len(rows)
+
+
 def cmd_train(args) -> None:
     from esft.es import ESConfig
-    from esft.es.fitness import TaskFitness
     from esft.es.trainer import ESTrainer
     from esft.io import read_jsonl
     from esft.models import load_model
@@ -77,13 +93,27 @@ def cmd_train(args) -> None:
     task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus"))
     rows = read_jsonl(Path(args.data) / "train.jsonl")
     cfg = ESConfig.from_dict(args.cfg)
-    fitness = TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size)
-    init = Path(args.init) if args.init else None
-    fingerprint = json.dumps([args.task, args.task_cfg, str(init), init.stat().st_size if init else None,
-                              init.stat().st_mtime_ns if init else None])
-    trainer = ESTrainer(model, fitness, len(rows), cfg, state_dir=args.state_dir, fingerprint=fingerprint)
+    fitness, n_rows = _fitness(cfg, args, task, rows, tokenizer)
+    inputs = [Path(p) for p in (args.init, args.corpus) if p]
+    fingerprint = json.dumps([args.task, args.task_cfg, [(str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                                         for p in inputs]])
+    trainer = ESTrainer(model, fitness, n_rows, cfg, state_dir=args.state_dir, fingerprint=fingerprint)
     trainer.train()
     trainer.write_outputs(args.out)
+
+
+def cmd_replay(args) -> None:
+    from safetensors.torch import save_file
+
+    from esft.es.trainer import replay
+    from esft.io import atomic_path, read_jsonl
+    from esft.models import load_model
+
+    model, _ = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
+    records = read_jsonl(args.run)
+    weights = replay(model, records)
+    with atomic_path(args.out) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "pt", "esft": json.dumps(records[0]["config"])})
 
 
 def cmd_evaluate(args) -> None:
@@ -181,7 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the task's data directory")
     p.add_argument("--cfg", type=_cfg, required=True, help="the method's config slice")
     p.add_argument("--state-dir", default=None, help="resumable state, outside the outputs")
+    p.add_argument("--corpus", default=None, help="jsonl of {text} rows for es.fitness: loglik "
+                   "(default: the train rows' conversations with reference answers)")
     p.add_argument("--out", required=True)
+
+    p = add("replay", cmd_replay, "rebuild a run's final weights from its initial weights and run.jsonl "
+            "(bitwise with the run's --dtype and --device)")
+    model_args(p)
+    p.add_argument("--init", default=None, help="the run's initial weights.safetensors (default: the base)")
+    p.add_argument("--run", required=True, help="the run's run.jsonl")
+    p.add_argument("--out", required=True, help="weights.safetensors to write")
 
     p = add("evaluate", cmd_evaluate, "accuracy of one checkpoint on every task's test split")
     model_args(p)

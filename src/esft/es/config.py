@@ -1,26 +1,98 @@
-"""ES hyperparameters, one dataclass, validated on construction."""
+"""ES hyperparameters: explicit dataclasses, validated on construction.
+
+Every field has a default that reproduces plain z-scored ES (θ ← θ + α/N Σ zᵢεᵢ on all parameters);
+each option switches on one variant used by a seed study.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from esft.errors import EsftError
+from esft.params import GROUPS
+
 Shaping = Literal["zscore", "rank", "raw"]
+Step = Literal["standard", "nes"]
+Antithetic = Literal["none", "signed", "paired"]
+FitnessKind = Literal["task", "loglik", "random"]
+
+
+def _reject_unknown(cls: type, cfg: dict[str, Any], where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise EsftError(f"unknown {where} option(s) {unknown}; allowed: {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """ES over LoRA adapters: only A and B evolve, one of them per iteration."""
+
+    r: int = 8
+    alpha: float = 16.0
+    """LoRA scaling numerator: the adapter adds (alpha / r)·B·A to each target weight."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    order: str = "BA"
+    """Phase pattern over iterations: iteration t evolves order[t mod len(order)] ('A' or 'B'). B starts
+    at zero, so a perturbation of A alone changes the model only at second order: start with B."""
+    normalize: bool = False
+    """Rescale each adapter tensor's step to RMS α per entry (α·α_g, before any NES division), so the
+    step size does not depend on the scale of the shaped fitness or of the noise sum."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise EsftError(f"es.lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise EsftError(f"es.lora.alpha must be > 0, got {self.alpha}")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise EsftError("es.lora.target_modules must be a non-empty list of module names")
+        if not self.order or set(self.order) != {"A", "B"}:
+            raise EsftError(f"es.lora.order must use both 'A' and 'B' and nothing else, got {self.order!r}")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> LoRAConfig:
+        _reject_unknown(cls, cfg, "es.lora")
+        return cls(**cfg)
 
 
 @dataclass(frozen=True)
 class ESConfig:
     population: int = 30
-    """N, members per iteration."""
+    """N, members (model evaluations) per iteration; with antithetic pairs, N/2 directions ±ε."""
     sigma: float = 0.0015
-    """Perturbation scale: a member's weights are θ + σ·ε, ε ~ N(0, I)."""
+    """Perturbation scale σ₀: a member's weights are θ + σ_t·σ_g·ε, ε ~ N(0, I)."""
     alpha: float = 0.00075
-    """Step size: θ ← θ + α/N Σ wᵢ εᵢ."""
+    """Step size α₀: θ ← θ + α_t·α_g/N Σ wᵢ εᵢ (divided by σ_t·σ_g for the NES step)."""
     iterations: int = 100
     batch_size: int | None = None
-    """Prompts per iteration, the same for every member; None uses the whole train split."""
+    """Prompts (or corpus texts) per iteration, the same for every member; None uses all rows."""
     shaping: Shaping = "zscore"
+    """zscore (population std, denominator N), centred rank 2·rank/(N−1) − 1, or raw fitness."""
+    step: Step = "standard"
+    """standard: α/N Σ wᵢεᵢ; nes: α/(Nσ) Σ wᵢεᵢ, the NES gradient estimate times α."""
+    antithetic: Antithetic = "none"
+    """Members 2k and 2k+1 use +ε_k and −ε_k. signed (EA4LLM): the N fitness values are shaped
+    together and each weight multiplies its member's signed direction. paired (minibatch ES): the
+    pair differences F(θ+σε_k) − F(θ−σε_k) are shaped, so raw shaping with the NES step gives
+    θ ← θ + α·1/(2Pσ) Σ_k (F⁺_k − F⁻_k) ε_k with P = N/2 pairs."""
+    group_alpha: dict[str, float] = field(default_factory=dict)
+    """α_g per parameter group (emb, attn, mlp, norm, head); a group left out uses 1."""
+    group_sigma: dict[str, float] = field(default_factory=dict)
+    """σ_g per parameter group; a group left out uses 1."""
+    alpha_decay: float = 1.0
+    """γ of the step-decay schedule α_t = α₀·γ^⌊t/S⌋."""
+    alpha_decay_every: int = 1
+    """S of the α schedule, in iterations."""
+    sigma_decay: float = 1.0
+    """γ of σ_t = σ₀·γ^⌊t/S⌋."""
+    sigma_decay_every: int = 1
+    fitness: FitnessKind = "task"
+    """task: mean reward of greedy completions; loglik: mean token log-likelihood of a text corpus;
+    random: i.i.d. N(0, 1) per member, independent of θ (a flat landscape, for Proposition 1)."""
+    lora: LoRAConfig | None = None
+    """Evolve LoRA adapters instead of the full parameters."""
     seed: int = 0
     """Keys the noise and the minibatches; a run is a function of this seed and its inputs."""
     generation_batch_size: int = 64
@@ -36,18 +108,48 @@ class ESConfig:
             raise EsftError(f"es.iterations must be >= 0, got {self.iterations}")
         if self.batch_size is not None and self.batch_size < 1:
             raise EsftError(f"es.batch_size must be >= 1 or null, got {self.batch_size}")
-        if self.shaping not in ("zscore", "rank", "raw"):
-            raise EsftError(f"es.shaping must be zscore, rank or raw, got {self.shaping!r}")
+        for name, value, allowed in [("shaping", self.shaping, ("zscore", "rank", "raw")),
+                                     ("step", self.step, ("standard", "nes")),
+                                     ("antithetic", self.antithetic, ("none", "signed", "paired")),
+                                     ("fitness", self.fitness, ("task", "loglik", "random"))]:
+            if value not in allowed:
+                raise EsftError(f"es.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.antithetic != "none" and self.population % 2:
+            raise EsftError(f"es.antithetic needs an even population, got {self.population}")
+        if self.antithetic == "paired" and self.population < 4 and self.shaping != "raw":
+            raise EsftError("es.antithetic: paired with shaping needs at least 2 pairs (population >= 4)")
+        for name, multipliers in [("group_alpha", self.group_alpha), ("group_sigma", self.group_sigma)]:
+            unknown = sorted(set(multipliers) - set(GROUPS))
+            if unknown:
+                raise EsftError(f"es.{name}: unknown group(s) {unknown}; groups: {', '.join(GROUPS)}")
+            if any(not v > 0 for v in multipliers.values()):
+                raise EsftError(f"es.{name}: multipliers must be > 0")
+        for name in ("alpha", "sigma"):
+            if not getattr(self, f"{name}_decay") > 0:
+                raise EsftError(f"es.{name}_decay must be > 0")
+            if getattr(self, f"{name}_decay_every") < 1:
+                raise EsftError(f"es.{name}_decay_every must be >= 1")
         if self.checkpoint_every < 1:
             raise EsftError(f"es.checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
+    def alpha_at(self, iteration: int) -> float:
+        """α_t = α₀·γ^⌊t/S⌋."""
+        return self.alpha * self.alpha_decay ** (iteration // self.alpha_decay_every)
+
+    def sigma_at(self, iteration: int) -> float:
+        """σ_t = σ₀·γ^⌊t/S⌋."""
+        return self.sigma * self.sigma_decay ** (iteration // self.sigma_decay_every)
+
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> ESConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise EsftError(f"unknown es option(s) {unknown}; allowed: {sorted(known)}")
+        _reject_unknown(cls, cfg, "es")
+        cfg = dict(cfg)
+        if cfg.get("lora") is not None:
+            cfg["lora"] = LoRAConfig.from_dict(cfg["lora"])
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.lora is not None:
+            out["lora"]["target_modules"] = list(self.lora.target_modules)
+        return out

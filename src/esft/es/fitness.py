@@ -1,10 +1,18 @@
-"""Task fitness: mean reward of greedy completions on a fixed set of prompts."""
+"""Fitness sources: task reward of greedy completions, corpus log-likelihood, and a θ-independent
+random fitness (a flat landscape) for checking the random-walk theory of ES.
+
+Every source scores all members of an iteration on the same rows (common random numbers) and stops
+the run, naming the member and row, on a value that is not finite.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import torch
 
 from esft.errors import EsftError
 from esft.rollout import encode_prompts, generate
@@ -41,3 +49,63 @@ class TaskFitness:
                 raise FitnessError(f"member {member}, prompt {i}: reward is {r}")
             total += r
         return total / len(indices), gens.total_tokens
+
+
+class CorpusFitness:
+    """Mean token log-likelihood of fixed texts (EA4LLM): prefill only, padding masked.
+
+    Each text is tokenised once (followed by eos) and truncated to `max_length` tokens; the fitness
+    of a member on texts `indices` is Σ log p(token | prefix) / (number of scored tokens), so long
+    and short texts weigh by their tokens. Works on a freshly initialised model, i.e. pretraining.
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer, batch_size: int, max_length: int = 512) -> None:
+        if not texts:
+            raise EsftError("loglik fitness needs at least one text")
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.ids = []
+        for i, text in enumerate(texts):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
+            if len(ids) < 2:
+                raise EsftError(f"loglik corpus text {i} has no token to score")
+            self.ids.append(ids)
+
+    @torch.inference_mode()
+    def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
+        """(mean token log-likelihood, scored tokens) of `model` on texts `indices`."""
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for start in range(0, len(indices), self.batch_size):
+            rows = [self.ids[i] for i in indices[start:start + self.batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[j, : len(r)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            scored = mask[:, 1:].bool()
+            total += float(logp[scored].sum())
+            count += int(scored.sum())
+        value = total / count
+        if not math.isfinite(value):
+            raise FitnessError(f"member {member}, texts {list(indices)[:8]}: log-likelihood is {value}")
+        return value, count
+
+
+class RandomFitness:
+    """i.i.d. standard-normal fitness per (iteration, member), seeded and independent of θ.
+
+    An evaluator (not a model fitness): it never touches the model. On this flat landscape z-scored
+    ES is a pure random walk, E||θ_T − θ_0||² = T·α²·D/N (Proposition 1).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, iteration: int, members: Iterable[int], sigma: float,
+                 indices: Sequence[int]) -> list[tuple[float, int]]:
+        return [(random.Random(f"{self.seed}|random-fitness|{iteration}|{m}").gauss(0.0, 1.0), 0) for m in members]

@@ -3,11 +3,14 @@
 The model's parameters are only ever *written from* the master copy: a member is θ + σε computed in
 fp32 and cast once, and restoring copies θ back. Nothing is subtracted in the model's dtype, so a bf16
 model does not accumulate rounding error or drop small updates.
+
+`perturbation()` is the single source of member offsets (antithetic sign and per-group σ_g included):
+every evaluation mode, the update and replay go through `direction()`/`perturbation()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -15,29 +18,57 @@ from esft.es.noise import tensor_noise
 
 
 class Population:
-    """Owns the master weights θ (fp32) of `params` and writes members into the live parameters."""
+    """Owns the master weights θ (fp32) of `params` and writes members into the live parameters.
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], seed: int) -> None:
+    antithetic: member 2k+s uses direction (−1)^s·ε_k, so a pair shares one noise draw.
+    sigma_scale / alpha_scale: per-tensor multipliers σ_g, α_g (missing names use 1).
+    phases: tensor-name sets evolved in turn (iteration t evolves phases[t mod len]); None: all, always.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], seed: int, *, antithetic: bool = False,
+                 sigma_scale: Mapping[str, float] | None = None, alpha_scale: Mapping[str, float] | None = None,
+                 phases: Sequence[frozenset[str]] | None = None) -> None:
         if not params:
             raise ValueError("no trainable parameters to evolve")
         self.params = params
         self.seed = seed
+        self.antithetic = antithetic
+        self.sigma_scale = dict(sigma_scale or {})
+        self.alpha_scale = dict(alpha_scale or {})
+        self.phases = [frozenset(p) for p in phases] if phases else None
+        if self.phases and (set().union(*self.phases) - set(params) or not all(self.phases)):
+            raise ValueError("every phase must be a non-empty set of evolved tensor names")
         with torch.no_grad():
             self.master = {n: p.detach().to(torch.float32).clone() for n, p in params.items()}
 
+    def active(self, iteration: int) -> list[str]:
+        """Names of the tensors evolved (perturbed and updated) at `iteration`, in master order."""
+        if self.phases is None:
+            return list(self.master)
+        phase = self.phases[iteration % len(self.phases)]
+        return [n for n in self.master if n in phase]
+
     def direction(self, iteration: int, member: int, name: str) -> torch.Tensor:
-        """εᵢ for one tensor: the member's search direction, regenerated from its key."""
-        return tensor_noise(self.master[name], self.seed, iteration, member, name)
+        """The member's unit-scale search direction for one tensor (±εᵢ), regenerated from its key."""
+        if not self.antithetic:
+            return tensor_noise(self.master[name], self.seed, iteration, member, name)
+        eps = tensor_noise(self.master[name], self.seed, iteration, member // 2, name)
+        return eps.neg_() if member % 2 else eps
 
     def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
-        """The fp32 offset σεᵢ that member `member` adds to tensor `name` (every evaluation mode uses this)."""
-        return sigma * self.direction(iteration, member, name)
+        """The exact fp32 offset σ·σ_g·(±ε) member `member` adds to tensor `name` at `iteration`.
+
+        Zero for a tensor that is not evolved at this iteration (see `active`).
+        """
+        if self.phases is not None and name not in self.phases[iteration % len(self.phases)]:
+            return torch.zeros_like(self.master[name])
+        return (sigma * self.sigma_scale.get(name, 1.0)) * self.direction(iteration, member, name)
 
     @torch.no_grad()
     def perturb(self, iteration: int, member: int, sigma: float) -> None:
-        """Write member `member`'s weights θ + σε into the model."""
-        for name, theta in self.master.items():
-            self.params[name].copy_(theta + self.perturbation(iteration, member, name, sigma))
+        """Write member `member`'s weights θ + offset into the model (only the active tensors change)."""
+        for name in self.active(iteration):
+            self.params[name].copy_(self.master[name] + self.perturbation(iteration, member, name, sigma))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -46,15 +77,42 @@ class Population:
             self.params[name].copy_(theta)
 
     @torch.no_grad()
-    def update(self, iteration: int, weights: Sequence[float], alpha: float) -> None:
-        """θ ← θ + α/N Σᵢ wᵢεᵢ, accumulated in fp32 per tensor, then written into the model."""
+    def steps(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None = None,
+              normalize: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, update) per active tensor, one at a time: α·α_g/N Σᵢ wᵢ dᵢ, dᵢ the member's direction.
+
+        sigma: the NES step, additionally divided by σ·σ_g (the member's actual noise scale).
+        normalize: rescale each tensor's step to RMS α·α_g per entry before the NES division.
+        Antithetic pairs are summed as (w₂ₖ − w₂ₖ₊₁)·ε_k, so each noise draw is generated once.
+        """
         n = len(weights)
-        for name, theta in self.master.items():
-            step = torch.zeros_like(theta)
-            for member, w in enumerate(weights):
-                if w != 0.0:
-                    step.add_(self.direction(iteration, member, name), alpha=float(w))
-            theta.add_(step, alpha=alpha / n)
+        if self.antithetic:
+            coefs = {k: float(weights[2 * k]) - float(weights[2 * k + 1]) for k in range(n // 2)}
+        else:
+            coefs = {i: float(w) for i, w in enumerate(weights)}
+        for name in self.active(iteration):
+            theta = self.master[name]
+            acc = torch.zeros_like(theta)
+            for key, c in coefs.items():
+                if c != 0.0:
+                    member = 2 * key if self.antithetic else key
+                    acc.add_(self.direction(iteration, member, name), alpha=c)
+            lr = alpha * self.alpha_scale.get(name, 1.0)
+            if normalize:
+                rms = float(acc.pow(2).mean().sqrt())
+                scale = lr / rms if rms > 0 else 0.0
+            else:
+                scale = lr / n
+            if sigma is not None:
+                scale /= sigma * self.sigma_scale.get(name, 1.0)
+            yield name, acc.mul_(scale)
+
+    @torch.no_grad()
+    def update(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None = None,
+               normalize: bool = False) -> None:
+        """θ ← θ + `steps(...)`, accumulated in fp32 per tensor, then written into the model."""
+        for name, delta in self.steps(iteration, weights, alpha, sigma, normalize):
+            self.master[name].add_(delta)
         self.restore()
 
     def load_master(self, state: dict[str, torch.Tensor]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from esft.errors import EsftError
 
+
 def shape_fitness(fitness: Sequence[float], method: str) -> list[float]:
     """`zscore` (population std, denominator N, so Σzᵢ² = N), centred `rank` in [-1, 1], or `raw`.
 
@@ -35,3 +36,20 @@ def shape_fitness(fitness: Sequence[float], method: str) -> list[float]:
             i = j + 1
         return [2 * r / (n - 1) - 1 for r in ranks]
     raise EsftError(f"unknown fitness shaping {method!r}; allowed: zscore, rank, raw")
+
+
+def member_weights(fitness: Sequence[float], method: str, antithetic: str) -> list[float]:
+    """Per-member update weights wᵢ (each multiplies the member's signed direction ±ε).
+
+    none / signed: the N fitness values are shaped together (signed is EA4LLM's form: a pair then
+    contributes (w⁺ − w⁻)·ε). paired (minibatch ES): the P = N/2 differences dₖ = F⁺ₖ − F⁻ₖ are
+    shaped and split as (+d̃ₖ/2, −d̃ₖ/2), so a pair contributes d̃ₖ·ε and raw shaping keeps
+    Σ (F⁺ₖ − F⁻ₖ) εₖ exactly.
+    """
+    if antithetic != "paired":
+        return shape_fitness(fitness, method)
+    diffs = [float(fitness[2 * k]) - float(fitness[2 * k + 1]) for k in range(len(fitness) // 2)]
+    weights = []
+    for d in shape_fitness(diffs, method):
+        weights += [d / 2, -d / 2]
+    return weights

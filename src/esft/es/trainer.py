@@ -1,7 +1,8 @@
 """The ES training loop: evaluate every member on the same prompts, shape, update, log, checkpoint.
 
-One line per iteration goes to run.jsonl (seed, minibatch, raw and shaped fitness, α, σ, tokens,
-seconds), enough to replay θ_T from θ_0. Resumable state is written atomically every
+One line per iteration goes to run.jsonl (seed, minibatch, raw fitness, update weights, α_t, σ_t,
+step kind, antithetic mode, LoRA phase, tokens, seconds, and the ES config), enough for `replay` to
+rebuild θ_T from θ_0 bit for bit. Resumable state is written atomically every
 `checkpoint_every` iterations to a state directory outside the job's outputs, so a killed job restarts
 where it stopped and ends with the same weights as an uninterrupted run.
 """
@@ -20,11 +21,15 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from esft.errors import EsftError
 from esft.es.config import ESConfig
+from esft.es.fitness import RandomFitness
+from esft.es.lora import lora_phases, merged_weights, wrap_lora
 from esft.es.modes import Fitness, InplaceEvaluator
 from esft.es.population import Population
-from esft.es.shaping import shape_fitness
+from esft.es.shaping import member_weights
 from esft.io import atomic_path, write_jsonl
+from esft.params import param_group
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +46,77 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def build_population(model: torch.nn.Module, cfg: ESConfig) -> tuple[torch.nn.Module, Population]:
+    """(model to evaluate, population) for `cfg`: LoRA-wrapped if configured, with σ_g/α_g and phases.
+
+    Training and replay both build their population here, so they apply the same update.
+    """
+    if cfg.lora is not None:
+        model = wrap_lora(model, cfg.lora, cfg.seed)
+    params = trainable(model)
+    try:
+        groups = {n: param_group(n) for n in params} if cfg.group_alpha or cfg.group_sigma else {}
+    except ValueError as err:
+        raise EsftError(f"es.group_alpha/group_sigma: {err}") from None
+    population = Population(
+        params, cfg.seed, antithetic=cfg.antithetic != "none",
+        sigma_scale={n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()},
+        alpha_scale={n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()},
+        phases=lora_phases(list(params), cfg.lora.order) if cfg.lora is not None else None,
+    )
+    return model, population
+
+
+def apply_update(population: Population, cfg: ESConfig, iteration: int, weights: list[float], alpha: float,
+                 sigma: float) -> None:
+    """The configured step (standard or NES, normalised for LoRA if asked) with logged α_t, σ_t."""
+    population.update(iteration, weights, alpha, sigma if cfg.step == "nes" else None,
+                      normalize=cfg.lora is not None and cfg.lora.normalize)
+
+
+def export_weights(model: torch.nn.Module, population: Population, cfg: ESConfig) -> dict[str, torch.Tensor]:
+    """fp32 weights under standard Hugging Face names: the master, or the base with adapters merged."""
+    if cfg.lora is not None:
+        return merged_weights(model, population.master)
+    return {n: t.contiguous() for n, t in population.master.items()}
+
+
+def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """θ_T rebuilt from θ_0 (the weights in `model`) and a run's records, without evaluating anything."""
+    if not records:
+        raise EsftError("replay: the run log has no iterations")
+    if [r["iteration"] for r in records] != list(range(len(records))):
+        raise EsftError("replay: the run log must hold iterations 0, 1, ... without gaps")
+    if "config" not in records[0]:
+        raise EsftError("replay: the run log has no ES config (it predates replay support)")
+    cfg = ESConfig.from_dict(records[0]["config"])
+    model, population = build_population(model, cfg)
+    for record in records:
+        apply_update(population, cfg, record["iteration"], record["shaped"], record["alpha"], record["sigma"])
+    return export_weights(model, population, cfg)
+
+
 class ESTrainer:
-    def __init__(self, model: torch.nn.Module, fitness: Fitness, n_rows: int, cfg: ESConfig,
+    """ES on `model`: `fitness` scores one member on chosen rows (unused for `fitness: random`).
+
+    Drift ||θ_t − θ_0||² per evolved tensor is logged every iteration: one pass over the D evolved
+    values (the update itself makes N/2 to N passes to regenerate noise). θ_0 is kept in the model's
+    own dtype, which holds it exactly (the fp32 master starts as a cast of those values), so the copy
+    costs half the master's memory for a bf16 model, and covers only the adapters under LoRA.
+    """
+
+    def __init__(self, model: torch.nn.Module, fitness: Fitness | None, n_rows: int, cfg: ESConfig,
                  state_dir: str | Path | None = None, fingerprint: str = "") -> None:
-        self.model = model
         self.n_rows = n_rows
         self.cfg = cfg
-        self.population = Population(trainable(model), cfg.seed)
-        self.evaluator = InplaceEvaluator(model, self.population, fitness)
-        self.theta0 = {n: t.clone() for n, t in self.population.master.items()}
+        self.model, self.population = build_population(model, cfg)
+        if cfg.fitness == "random":
+            self.evaluator = RandomFitness(cfg.seed)
+        elif fitness is None:
+            raise EsftError(f"es.fitness {cfg.fitness!r} needs a fitness function")
+        else:
+            self.evaluator = InplaceEvaluator(self.model, self.population, fitness)
+        self.theta0 = {n: p.detach().clone() for n, p in self.population.params.items()}
         self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
         self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
         self.records: list[dict[str, Any]] = []
@@ -86,20 +153,24 @@ class ESTrainer:
     def step(self, iteration: int) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
+        alpha, sigma = cfg.alpha_at(iteration), cfg.sigma_at(iteration)
         indices = minibatch(cfg, iteration, self.n_rows)
-        results = self.evaluator(iteration, range(cfg.population), cfg.sigma, indices)
+        results = self.evaluator(iteration, range(cfg.population), sigma, indices)
         fitness = [value for value, _ in results]
         tokens = sum(n for _, n in results)
-        weights = shape_fitness(fitness, cfg.shaping)
-        self.population.update(iteration, weights, cfg.alpha)
-        drift = {n: float((t - self.theta0[n]).pow(2).sum()) for n, t in self.population.master.items()}
+        weights = member_weights(fitness, cfg.shaping, cfg.antithetic)
+        apply_update(self.population, cfg, iteration, weights, alpha, sigma)
+        drift = {n: float(torch.sub(t, self.theta0[n]).square_().sum()) for n, t in self.population.master.items()}
         self.drift.extend({"iteration": iteration, "parameter": n, "drift_sq": d} for n, d in drift.items())
         seconds = time.perf_counter() - start
         return {
             "iteration": iteration,
             "seed": cfg.seed,
-            "sigma": cfg.sigma,
-            "alpha": cfg.alpha,
+            "sigma": sigma,
+            "alpha": alpha,
+            "step": cfg.step,
+            "antithetic": cfg.antithetic,
+            "phase": cfg.lora.order[iteration % len(cfg.lora.order)] if cfg.lora is not None else None,
             "population": cfg.population,
             "prompts": indices,
             "fitness": fitness,
@@ -110,6 +181,7 @@ class ESTrainer:
             "seconds": seconds,
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
             "drift_sq": sum(drift.values()),
+            "config": cfg.to_dict(),
         }
 
     def train(self) -> list[dict[str, Any]]:
@@ -128,11 +200,11 @@ class ESTrainer:
         return self.records
 
     def write_outputs(self, out_dir: str | Path) -> None:
-        """weights.safetensors (fp32 master, HF names), run.jsonl and drift.parquet, each atomically."""
+        """weights.safetensors (fp32, HF names, adapters merged), run.jsonl and drift.parquet, atomically."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "weights.safetensors") as tmp:
-            save_file({n: t.contiguous() for n, t in self.population.master.items()}, str(tmp),
+            save_file(export_weights(self.model, self.population, self.cfg), str(tmp),
                       metadata={"format": "pt", "esft": json.dumps(self.cfg.to_dict())})
         write_jsonl(out_dir / "run.jsonl", self.records)
         with atomic_path(out_dir / "drift.parquet") as tmp:

@@ -1,0 +1,83 @@
+"""Fitness sources: corpus log-likelihood (masked, pretrains from scratch), the random diagnostic,
+and task rewards that stop the run on NaN or a raising grader."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from esft.es import ESConfig
+from esft.es.fitness import CorpusFitness, FitnessError, RandomFitness, TaskFitness
+from esft.es.trainer import ESTrainer
+
+CORPUS = ["the cat sat on the mat.", "a dog ran.", "the cat sat on the mat. the cat sat on the mat."]
+
+
+def test_loglik_masks_padding_and_weighs_by_tokens(tiny_model, tokenizer):
+    fit = CorpusFitness(CORPUS, tokenizer, batch_size=8)
+    alone = [fit(tiny_model, [i], member=0) for i in range(3)]
+    together, tokens = fit(tiny_model, [0, 1, 2], member=0)
+    assert tokens == sum(n for _, n in alone)
+    assert together == pytest.approx(sum(v * n for v, n in alone) / tokens, rel=1e-5)
+    # a single text against the model's own loss on the unpadded sequence
+    ids = torch.tensor([tokenizer(CORPUS[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+    with torch.no_grad():
+        loss = float(tiny_model(input_ids=ids, labels=ids).loss)
+    assert alone[1][0] == pytest.approx(-loss, rel=1e-5)
+    # batching (and therefore padding) does not change the value
+    assert CorpusFitness(CORPUS, tokenizer, batch_size=1)(tiny_model, [0, 1, 2], 0)[0] == pytest.approx(together, rel=1e-5)
+
+
+def test_loglik_stops_on_a_non_finite_value(tiny_model, tokenizer):
+    with torch.no_grad():
+        tiny_model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(FitnessError, match=r"member 3, texts \[1\]: log-likelihood is nan"):
+        CorpusFitness(CORPUS, tokenizer, batch_size=8)(tiny_model, [1], member=3)
+
+
+def test_es_on_loglik_pretrains_a_from_scratch_model(tiny_model, tokenizer):
+    texts = ["abcabcabcabc", "abcabc", "cabcab"] * 2
+    fit = CorpusFitness(texts, tokenizer, batch_size=8)
+    before = fit(tiny_model, range(len(texts)), 0)[0]
+    cfg = ESConfig(population=16, sigma=0.05, alpha=0.03, iterations=40, batch_size=3, shaping="rank",
+                   antithetic="signed", fitness="loglik", seed=1)
+    ESTrainer(tiny_model, fit, len(texts), cfg).train()  # the model ends at θ_T
+    after = fit(tiny_model, range(len(texts)), 0)[0]
+    assert after > before + 0.5, (before, after)  # nats per token, from about −log(vocab)
+
+
+def test_random_fitness_is_seeded_iid_and_ignores_the_model():
+    fit = RandomFitness(seed=3)
+    first = fit(0, range(200), 0.1, [0])
+    assert first == fit(0, range(200), 99.0, [5])  # independent of σ, prompts (and θ: no model at all)
+    assert [v for v, _ in first] != [v for v, _ in fit(1, range(200), 0.1, [0])]
+    assert [v for v, _ in first] != [v for v, _ in RandomFitness(4)(0, range(200), 0.1, [0])]
+    values = [v for v, _ in first]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    assert abs(mean) < 0.25 and abs(std - 1) < 0.15
+
+
+class _Echo:
+    """A stand-in task: the reward function is chosen by the test."""
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def messages(self, row):
+        return [{"role": "user", "content": row["q"]}]
+
+
+@pytest.mark.parametrize("reward, match", [
+    (lambda text, row: float("nan") if row["q"] == "b" else 1.0, r"member 0, prompt 1: reward is nan"),
+    (lambda text, row: 1.0 / 0 if row["q"] == "c" else 1.0, r"member 0, prompt 2: reward function raised"),
+])
+def test_bad_reward_stops_the_run_naming_member_and_prompt(tiny_model, tokenizer, reward, match):
+    rows = [{"q": "a"}, {"q": "b"}, {"q": "c"}]
+    fit = TaskFitness(_Echo(reward), rows, tokenizer, max_new_tokens=2, generation_batch_size=4)
+    trainer = ESTrainer(tiny_model, fit, len(rows), ESConfig(population=2, iterations=2))
+    with pytest.raises(FitnessError, match=match):
+        trainer.train()
+    assert trainer.records == []  # nothing was averaged or logged
