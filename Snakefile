@@ -5,7 +5,12 @@ from pathlib import Path
 from esft.config import ConfigError, validate_config
 
 
-configfile: Path(workflow.basedir) / "config/config.yaml"
+# The embedded default applies only without --configfile: a given config file replaces it whole rather
+# than being merged key by key into it (later --configfile files still layer on the first).
+if not workflow.overwrite_configfiles:
+
+    configfile: Path(workflow.basedir) / "config/config.yaml"
+
 
 
 try:
