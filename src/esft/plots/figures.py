@@ -41,7 +41,7 @@ def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> N
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{method}: sequential training")
         ax.grid(alpha=0.3)
-        ax.legend(title="evaluated on", fontsize=8)
+        ax.legend(title="evaluated on", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, out, dpi)
 
 
