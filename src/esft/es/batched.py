@@ -24,12 +24,13 @@ class StackedWeights(SharedWeights):
     """Full-rank per-member weights θ + σεₘ for every evolved tensor; frozen tensors stay shared."""
 
     def __init__(self, model: torch.nn.Module, population: Population, iteration: int, members: Sequence[int],
-                 sigma: float) -> None:
+                 sigma: float, names: Iterable[str] | None = None) -> None:
+        """Stack the tensors `names` (default: every evolved tensor) for `members`."""
         super().__init__(model)
         self.stacked = {
-            name: torch.stack([theta + population.perturbation(iteration, m, name, sigma) for m in members]
-                              ).to(self.weights[name].dtype)
-            for name, theta in population.master.items()
+            name: torch.stack([population.master[name] + population.perturbation(iteration, m, name, sigma)
+                               for m in members]).to(self.weights[name].dtype)
+            for name in (population.master if names is None else names)
         }
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""`lowrank` mode (EGGROLL): rank-r member directions AᵢBᵢᵀ/√r per weight matrix, antithetic pairs.
+
+`LowRankPopulation` redefines a member's direction, so the inherited perturb/restore/update stay
+consistent with it: evaluating a low-rank population `inplace` is the reference, and `LowRankWeights`
+computes the same member forward without materialising any ΔW, as x·θᵀ + ((x·Bᵢ)·(σAᵢ)ᵀ) in one bmm
+pair over the member dimension. Factors are keyed per tensor like `esft.es.noise`; members 2k and 2k+1
+share factors with opposite signs. 1-D tensors (norm gains) keep full-rank noise, also antithetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from esft.es.batched import StackedWeights
+from esft.es.noise import noise_key, tensor_noise
+from esft.es.population import Population
+
+
+class LowRankPopulation(Population):
+    """A Population whose matrix directions are AᵢBᵢᵀ/√r (sign-flipped for odd members)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], seed: int, rank: int) -> None:
+        if rank < 1:
+            raise ValueError(f"lowrank rank must be >= 1, got {rank}")
+        super().__init__(params, seed)
+        self.rank = rank
+
+    def factors(self, iteration: int, member: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(±A/√r [out, r], B [in, r]) of a matrix, both from one generator keyed by the member's pair."""
+        theta = self.master[name]
+        out_dim, in_dim = theta.shape
+        gen = torch.Generator(device=theta.device)
+        gen.manual_seed(noise_key(self.seed, iteration, member // 2, name))
+        ab = torch.randn((out_dim + in_dim, self.rank), generator=gen, dtype=torch.float32, device=theta.device)
+        sign = -1.0 if member % 2 else 1.0
+        return ab[:out_dim] * (sign / math.sqrt(self.rank)), ab[out_dim:]
+
+    def direction(self, iteration: int, member: int, name: str) -> torch.Tensor:
+        if self.master[name].dim() == 2:
+            a, b = self.factors(iteration, member, name)
+            return a @ b.T
+        noise = tensor_noise(self.master[name], self.seed, iteration, member // 2, name)
+        return -noise if member % 2 else noise
+
+    def perturbation_factors(self, iteration: int, member: int, name: str,
+                             sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ·±A/√r, B): the factors whose product is `perturbation` of a matrix."""
+        a, b = self.factors(iteration, member, name)
+        return sigma * a, b
+
+    def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
+        if self.master[name].dim() == 2:
+            a, b = self.perturbation_factors(iteration, member, name, sigma)
+            return a @ b.T
+        return super().perturbation(iteration, member, name, sigma)
+
+
+class LowRankWeights(StackedWeights):
+    """Shared matrices plus per-member low-rank offsets; norm gains stacked full-rank."""
+
+    def __init__(self, model: torch.nn.Module, population: LowRankPopulation, iteration: int,
+                 members: Sequence[int], sigma: float) -> None:
+        if not isinstance(population, LowRankPopulation):
+            raise TypeError("lowrank weights need a LowRankPopulation")
+        matrices = [n for n, t in population.master.items() if t.dim() == 2]
+        super().__init__(model, population, iteration, members, sigma,
+                         names=[n for n in population.master if n not in matrices])
+        self.factors = {}
+        for name in matrices:
+            pairs = [population.perturbation_factors(iteration, m, name, sigma) for m in members]
+            dtype = self.weights[name].dtype
+            self.factors[name] = (torch.stack([a for a, _ in pairs]).to(dtype),  # [N, out, r]
+                                  torch.stack([b for _, b in pairs]).to(dtype))  # [N, in, r]
+
+    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        f = self.factors.get(name)
+        if f is None:
+            return super().linear(x, name)
+        a, b = f
+        return F.linear(x, self.weights[name]).baddbmm_(torch.bmm(x, b), a.transpose(1, 2))
+
+    def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
+        f = self.factors.get(name)
+        if f is None:
+            return super().embed(ids, name)
+        a, b = f
+        n, vocab, r = a.shape
+        rows = F.embedding(ids + torch.arange(n, device=ids.device)[:, None] * vocab, a.reshape(n * vocab, r))
+        return F.embedding(ids, self.weights[name]).baddbmm_(rows, b.transpose(1, 2))
