@@ -107,8 +107,10 @@ def test_lowrank_forward_matches_materialised_weights(lively_model, tokenizer):
     low = LowRankWeights(lively_model, pop, 0, members, 0.2)
     full = StackedWeights(lively_model, pop, 0, members, 0.2)
     x = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0))
-    for name in ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]:
-        assert torch.allclose(low.linear(x, name), full.linear(x, name), atol=1e-5)
+    q, k, v = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
+    for names in [(q,), ("model.embed_tokens.weight",), (q, k, v)]:
+        assert torch.allclose(low.linear(x, names), full.linear(x, names), atol=1e-5)
+    assert torch.equal(full.linear(x, (q, k))[..., :32], full.linear(x, (q,)))
     ids = torch.randint(len(tokenizer), (3, 7), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(low.embed(ids, "model.embed_tokens.weight"), full.embed(ids, "model.embed_tokens.weight"),
                           atol=1e-6)

@@ -22,8 +22,9 @@ from esft.errors import EsftError
 class MemberWeights(Protocol):
     """How each member's weights enter the forward pass; activations are [N, rows per member, ...]."""
 
-    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x·Wₘᵀ for member m = x's leading index; x is [N, R, in]."""
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        """x·Wₘᵀ for member m = x's leading index, x [N, R, in]; several names (projections of the same
+        input) are computed as one fused product and returned concatenated along the last dimension."""
 
     def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
         """Rows of member m's embedding for ids [N, R] -> [N, R, d]."""
@@ -37,9 +38,13 @@ class SharedWeights:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.weights = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
+        self.fused: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.linear(x, self.weights[name])
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        w = self.fused.get(names)
+        if w is None:
+            w = self.fused[names] = torch.cat([self.weights[n] for n in names])
+        return F.linear(x, w)
 
     def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
         return F.embedding(ids, self.weights[name])
@@ -87,9 +92,12 @@ class Qwen3Decoder:
         b = rows // t
         p = f"model.layers.{i}."
         h = _rms_norm(x, w.vector(p + "input_layernorm.weight", 3), self.eps)
-        q = w.linear(h, p + "self_attn.q_proj.weight").view(n, rows, self.heads, self.head_dim)
-        k = w.linear(h, p + "self_attn.k_proj.weight").view(n, rows, self.kv_heads, self.head_dim)
-        v = w.linear(h, p + "self_attn.v_proj.weight").view(n * b, t, self.kv_heads, self.head_dim)
+        a = p + "self_attn."
+        qkv = w.linear(h, (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"))
+        q, k, v = qkv.split([self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2, dim=-1)
+        q = q.reshape(n, rows, self.heads, self.head_dim)
+        k = k.reshape(n, rows, self.kv_heads, self.head_dim)
+        v = v.reshape(n * b, t, self.kv_heads, self.head_dim)
         q = _rms_norm(q, w.vector(p + "self_attn.q_norm.weight", 4), self.eps)
         k = _rms_norm(k, w.vector(p + "self_attn.k_norm.weight", 4), self.eps)
         q = _rotate(q.view(n * b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
@@ -101,22 +109,21 @@ class Qwen3Decoder:
         attn = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
                                               scale=self.head_dim ** -0.5, enable_gqa=True)
         x = x + w.linear(attn.transpose(1, 2).reshape(n, rows, self.heads * self.head_dim),
-                         p + "self_attn.o_proj.weight")
+                         (a + "o_proj.weight",))
         h = _rms_norm(x, w.vector(p + "post_attention_layernorm.weight", 3), self.eps)
-        up = self.act(w.linear(h, p + "mlp.gate_proj.weight")) * w.linear(h, p + "mlp.up_proj.weight")
-        return x + w.linear(up, p + "mlp.down_proj.weight")
+        gate, up = w.linear(h, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")).chunk(2, dim=-1)
+        return x + w.linear(self.act(gate) * up, (p + "mlp.down_proj.weight",))
 
-    def _logits(self, w: MemberWeights, ids: torch.Tensor, positions: torch.Tensor, caches: list,
+    def _logits(self, w: MemberWeights, ids: torch.Tensor, positions: torch.Tensor, rope: tuple, caches: list,
                 start: int, mask: torch.Tensor) -> torch.Tensor:
         """Next-token logits [N, B, V] after feeding ids [N, B, T] at `positions` [N·B, T]."""
         n, b, t = ids.shape
         x = w.embed(ids.reshape(n, b * t), "model.embed_tokens.weight")
-        cos, sin = self.rotary(x, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = rope[0][positions].unsqueeze(1), rope[1][positions].unsqueeze(1)
         for i in range(self.layers):
             x = self._layer(w, i, x, cos, sin, caches[i], start, mask)
         last = x.view(n, b, t, -1)[:, :, -1]
-        return w.linear(_rms_norm(last, w.vector("model.norm.weight", 3), self.eps), self.head_name)
+        return w.linear(_rms_norm(last, w.vector("model.norm.weight", 3), self.eps), (self.head_name,))
 
     @torch.inference_mode()
     def generate(self, weights: MemberWeights, members: int, prompt_ids: Sequence[Sequence[int]],
@@ -136,13 +143,17 @@ class Qwen3Decoder:
         valid = valid.to(device).repeat(members, 1)
         lengths = lengths.to(device).repeat(members)
         positions = (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
-        shape = (rows, self.kv_heads, width + max_new_tokens, self.head_dim)
+        total = width + max_new_tokens
+        # the rotary module's own cos/sin (same values per position), computed once for every position
+        rope = tuple(r[0] for r in self.rotary(torch.empty(0, dtype=dtype, device=device),
+                                                torch.arange(total, device=device)[None]))
+        shape = (rows, self.kv_heads, total, self.head_dim)
         caches = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                   for _ in range(self.layers)]
         # prefill: causal over real tokens; each position also sees itself so pad rows stay finite
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         mask = (causal & valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
-        logits = self._logits(weights, ids, positions, caches, 0, mask[:, None])
+        logits = self._logits(weights, ids, positions, rope, caches, 0, mask[:, None])
         alive = torch.ones(members, b, dtype=torch.bool, device=device)
         out = []
         for step in range(max_new_tokens):
@@ -153,6 +164,6 @@ class Qwen3Decoder:
                 break
             pos = width + step
             valid[:, pos] = True
-            logits = self._logits(weights, token[..., None], (lengths + step)[:, None], caches, pos,
+            logits = self._logits(weights, token[..., None], (lengths + step)[:, None], rope, caches, pos,
                                   valid[:, None, None, :pos + 1])
         return torch.stack(out, dim=-1)

@@ -73,15 +73,32 @@ class LowRankWeights(StackedWeights):
         for name in matrices:
             pairs = [population.perturbation_factors(iteration, m, name, sigma) for m in members]
             dtype = self.weights[name].dtype
-            self.factors[name] = (torch.stack([a for a, _ in pairs]).to(dtype),  # [N, out, r]
-                                  torch.stack([b for _, b in pairs]).to(dtype))  # [N, in, r]
+            self.factors[name] = (torch.stack([a for a, _ in pairs]).to(dtype),  # σA [N, out, r]
+                                  torch.stack([b for _, b in pairs]).to(dtype))  # B [N, in, r]
+        self.fused_factors: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        f = self.factors.get(name)
-        if f is None:
-            return super().linear(x, name)
-        a, b = f
-        return F.linear(x, self.weights[name]).baddbmm_(torch.bmm(x, b), a.transpose(1, 2))
+    def _fused(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B [N, in, k·r], block-diagonal σAᵀ [N, k·r, Σ out]) of k projections of the same input."""
+        if names not in self.fused_factors:
+            a_parts = [self.factors[n][0] for n in names]
+            n, _, r = a_parts[0].shape
+            a_t = a_parts[0].new_zeros(n, r * len(names), sum(a.shape[1] for a in a_parts))
+            col = 0
+            for i, a in enumerate(a_parts):
+                a_t[:, i * r:(i + 1) * r, col:col + a.shape[1]] = a.transpose(1, 2)
+                col += a.shape[1]
+            b = torch.cat([self.factors[n][1] for n in names], dim=2)
+            self.fused_factors[names] = (b, a_t)
+        return self.fused_factors[names]
+
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        low = [n in self.factors for n in names]
+        if not any(low):
+            return super().linear(x, names)
+        if not all(low):
+            return torch.cat([self.linear(x, (n,)) for n in names], dim=-1)
+        b, a_t = self._fused(names)
+        return super().linear(x, names).baddbmm_(torch.bmm(x, b), a_t)
 
     def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
         f = self.factors.get(name)
@@ -89,5 +106,5 @@ class LowRankWeights(StackedWeights):
             return super().embed(ids, name)
         a, b = f
         n, vocab, r = a.shape
-        rows = F.embedding(ids + torch.arange(n, device=ids.device)[:, None] * vocab, a.reshape(n * vocab, r))
+        rows = F.embedding(ids + torch.arange(n, device=ids.device)[:, None] * vocab, a.view(n * vocab, r))
         return F.embedding(ids, self.weights[name]).baddbmm_(rows, b.transpose(1, 2))
