@@ -106,10 +106,11 @@ def test_lowrank_forward_matches_materialised_weights(lively_model, tokenizer):
     members = [0, 1, 2]
     low = LowRankWeights(lively_model, pop, 0, members, 0.2)
     full = StackedWeights(lively_model, pop, 0, members, 0.2)
-    x = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0))
     q, k, v = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
-    for names in [(q,), ("model.embed_tokens.weight",), (q, k, v)]:
-        assert torch.allclose(low.linear(x, names), full.linear(x, names), atol=1e-5)
+    for rows in (5, 40):  # fewer rows than inputs (decode: low-rank path), more (prefill: materialised)
+        x = torch.randn(3, rows, 32, generator=torch.Generator().manual_seed(rows))
+        for names in [(q,), ("model.embed_tokens.weight",), (q, k, v)]:
+            assert torch.allclose(low.linear(x, names), full.linear(x, names), atol=1e-5)
     assert torch.equal(full.linear(x, (q, k))[..., :32], full.linear(x, (q,)))
     ids = torch.randint(len(tokenizer), (3, 7), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(low.embed(ids, "model.embed_tokens.weight"), full.embed(ids, "model.embed_tokens.weight"),
@@ -135,3 +136,20 @@ def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_mod
         assert torch.equal(out[m, :, :ref.shape[1]], ref), m
     population.restore()
     assert not torch.equal(out[0], out[1])
+
+
+def test_build_mode_pairs_population_and_evaluator(tiny_model, fitness):
+    from esft.errors import EsftError
+    from esft.es.modes import build_mode
+
+    params = _params(tiny_model)
+    pop, ev = build_mode("inplace", tiny_model, params, 0, fitness)
+    assert type(pop) is Population and isinstance(ev, InplaceEvaluator)
+    pop, ev = build_mode("batched", tiny_model, params, 0, fitness)
+    assert type(pop) is Population and ev.weights is StackedWeights
+    pop, ev = build_mode("lowrank", tiny_model, params, 0, fitness, rank=3)
+    assert isinstance(pop, LowRankPopulation) and pop.rank == 3 and ev.weights is LowRankWeights
+    with pytest.raises(EsftError, match="unknown es.mode"):
+        build_mode("sharded", tiny_model, params, 0, fitness)
+    with pytest.raises(EsftError, match="generation"):
+        build_mode("batched", tiny_model, params, 0, lambda model, indices, member: (0.0, 0))

@@ -40,11 +40,15 @@ class SharedWeights:
         self.weights = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
         self.fused: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    def linear_weight(self, names: tuple[str, ...]) -> torch.Tensor:
+        """The shared weights of `names` stacked along the output dimension [Σ out, in], built once."""
         w = self.fused.get(names)
         if w is None:
             w = self.fused[names] = torch.cat([self.weights[n] for n in names])
-        return F.linear(x, w)
+        return w
+
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        return F.linear(x, self.linear_weight(names))
 
     def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
         return F.embedding(ids, self.weights[name])

@@ -28,14 +28,29 @@ class LowRankPopulation(Population):
             raise ValueError(f"lowrank rank must be >= 1, got {rank}")
         super().__init__(params, seed)
         self.rank = rank
+        self._last: dict[str, tuple[int, int, torch.Tensor]] = {}
+        """Per tensor, the last pair's noise: members 2k and 2k+1 are visited one after the other."""
+
+    def _pair_noise(self, iteration: int, pair: int, name: str) -> torch.Tensor:
+        """A pair's noise for one tensor: [out + in, r] factor rows for a matrix, else shaped like it."""
+        hit = self._last.get(name)
+        if hit is not None and hit[:2] == (iteration, pair):
+            return hit[2]
+        theta = self.master[name]
+        if theta.dim() == 2:
+            gen = torch.Generator(device=theta.device)
+            gen.manual_seed(noise_key(self.seed, iteration, pair, name))
+            noise = torch.randn((sum(theta.shape), self.rank), generator=gen, dtype=torch.float32,
+                                device=theta.device)
+        else:
+            noise = tensor_noise(theta, self.seed, iteration, pair, name)
+        self._last[name] = (iteration, pair, noise)
+        return noise
 
     def factors(self, iteration: int, member: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(±A/√r [out, r], B [in, r]) of a matrix, both from one generator keyed by the member's pair."""
-        theta = self.master[name]
-        out_dim, in_dim = theta.shape
-        gen = torch.Generator(device=theta.device)
-        gen.manual_seed(noise_key(self.seed, iteration, member // 2, name))
-        ab = torch.randn((out_dim + in_dim, self.rank), generator=gen, dtype=torch.float32, device=theta.device)
+        ab = self._pair_noise(iteration, member // 2, name)
+        out_dim = self.master[name].shape[0]
         sign = -1.0 if member % 2 else 1.0
         return ab[:out_dim] * (sign / math.sqrt(self.rank)), ab[out_dim:]
 
@@ -43,7 +58,7 @@ class LowRankPopulation(Population):
         if self.master[name].dim() == 2:
             a, b = self.factors(iteration, member, name)
             return a @ b.T
-        noise = tensor_noise(self.master[name], self.seed, iteration, member // 2, name)
+        noise = self._pair_noise(iteration, member // 2, name)
         return -noise if member % 2 else noise
 
     def perturbation_factors(self, iteration: int, member: int, name: str,
@@ -98,6 +113,10 @@ class LowRankWeights(StackedWeights):
         if not all(low):
             return torch.cat([self.linear(x, (n,)) for n in names], dim=-1)
         b, a_t = self._fused(names)
+        if x.shape[1] > x.shape[2]:
+            # more rows per member than inputs (prefill): adding (x·B)(σA)ᵀ would be a second pass over a
+            # large output, so build this call's member weights θᵀ + B(σA)ᵀ [N, in, out] and do one bmm
+            return torch.bmm(x, torch.baddbmm(self.linear_weight(names).T, b, a_t))
         return super().linear(x, names).baddbmm_(torch.bmm(x, b), a_t)
 
     def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
