@@ -2,9 +2,11 @@
 
 `LowRankPopulation` redefines a member's direction, so the inherited perturb/restore/update stay
 consistent with it: evaluating a low-rank population `inplace` is the reference, and `LowRankWeights`
-computes the same member forward without materialising any ΔW, as x·θᵀ + ((x·Bᵢ)·(σAᵢ)ᵀ) in one bmm
-pair over the member dimension. Factors are keyed per tensor like `esft.es.noise`; members 2k and 2k+1
-share factors with opposite signs. 1-D tensors (norm gains) keep full-rank noise, also antithetic.
+computes the same member forward in the population loop: x·θᵀ + (x·Bᵢ)(σAᵢ)ᵀ with shared θ when a member
+has few rows (decoding), and one bmm with this call's θ + σAᵢBᵢᵀ when it has more rows than inputs
+(prefill), where the extra pass over a large output would cost more than building the weights.
+Factors are keyed per tensor like `esft.es.noise`; members 2k and 2k+1 share factors with opposite
+signs. 1-D tensors (norm gains) keep full-rank noise, also antithetic.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class LowRankPopulation(Population):
             a, b = self.factors(iteration, member, name)
             return a @ b.T
         noise = self._pair_noise(iteration, member // 2, name)
-        return -noise if member % 2 else noise
+        return -noise if member % 2 else noise.clone()
 
     def perturbation_factors(self, iteration: int, member: int, name: str,
                              sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
