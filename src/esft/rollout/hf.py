@@ -57,11 +57,22 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
         )
-        new = out[:, ids.shape[1]:].tolist()
-        for row in new:
-            n = row.index(eos) + 1 if eos in row else len(row)
-            while n > 0 and row[n - 1] == tokenizer.pad_token_id:
-                n -= 1
-            counts.append(n)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+        done = decode_completions(tokenizer, out[:, ids.shape[1]:].tolist())
+        texts.extend(done.texts)
+        counts.extend(done.n_tokens)
+    return Generations(texts, counts)
+
+
+def decode_completions(tokenizer, rows: Sequence[Sequence[int]]) -> Generations:
+    """Completions from generated token rows: cut after the first end-of-turn, trailing pads dropped."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    texts: list[str] = []
+    counts: list[int] = []
+    for row in rows:
+        row = list(row)
+        n = row.index(eos) + 1 if eos in row else len(row)
+        while n > 0 and row[n - 1] == pad:
+            n -= 1
+        counts.append(n)
+        texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
     return Generations(texts, counts)

@@ -1,0 +1,166 @@
+"""Population modes against the pure-inference limit, on the tiny default model (CPU), as JSON lines.
+
+For each setting, `pure` is one generation of all N×B rows with the unperturbed model through the same
+population decoder the batched modes use (`pure_hf`: the same rows in one HF `generate` call, for
+reference). Each mode's number is a full ES iteration (`ESTrainer.step`: evaluate, shape, update),
+median over `--iterations` after one warm-up, each mode in a fresh process. Peak RSS is taken after
+the warm-up iteration, before any pure run; then every timed iteration is paired with a pure run just
+before it, and `ratio_to_pure` is the median of the paired ratios, which holds up on a shared machine.
+
+    python benchmarks/population_modes.py                       # both settings, every mode
+    python benchmarks/population_modes.py --settings a --modes batched lowrank
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SETTINGS = {
+    # the conciseness study: few prompts per member, per-call overhead dominates
+    "a": {"population": 30, "task": "conciseness", "prompts": 2, "max_new_tokens": 100},
+    # a task shape: many prompts per member, compute dominates
+    "b": {"population": 32, "task": "countdown", "prompts": 64, "max_new_tokens": 32},
+}
+MODES = ("pure", "pure_hf", "inplace", "batched", "lowrank")
+
+
+def _setup(setting: dict, warmstart_steps: int):
+    from esft.es.fitness import TaskFitness
+    from esft.models import TinyModelConfig, build_tiny_model, build_tokenizer, supervised_warmstart, \
+        warmstart_examples
+    from esft.tasks import get_task
+    from esft.tasks.conciseness import embedded_rows
+
+    tokenizer = build_tokenizer()
+    cfg = TinyModelConfig(warmstart_steps=warmstart_steps)
+    model = build_tiny_model(cfg, tokenizer)
+    if warmstart_steps:
+        supervised_warmstart(model, tokenizer, cfg, warmstart_examples(cfg, set()))
+    model.eval()
+    task = get_task(setting["task"])
+    rows = (embedded_rows()["train"] if setting["task"] == "conciseness"
+            else task.generate_rows(setting["prompts"], random.Random(0)))[: setting["prompts"]]
+    fitness = TaskFitness(task, rows, tokenizer, setting["max_new_tokens"], generation_batch_size=len(rows))
+    return model, tokenizer, fitness
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int]:
+    """(seconds, generated tokens) of all members × prompts rows with the unperturbed model."""
+    from esft.es.decoder import Qwen3Decoder, SharedWeights
+    from esft.rollout import decode_completions, generate
+
+    prompts = fitness.prompt_ids
+    start = time.perf_counter()
+    if hf:
+        rows = [p for _ in range(members) for p in prompts]
+        tokens = generate(model, tokenizer, rows, fitness.max_new_tokens, batch_size=len(rows)).total_tokens
+    else:
+        out = Qwen3Decoder(model).generate(SharedWeights(model), members, prompts, fitness.max_new_tokens,
+                                           tokenizer.pad_token_id, tokenizer.eos_token_id)
+        tokens = decode_completions(tokenizer, out.reshape(-1, out.shape[-1]).tolist()).total_tokens
+    return time.perf_counter() - start, tokens
+
+
+def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: int) -> dict:
+    """One mode in one setting: median seconds per ES iteration (or per pure generation)."""
+    import esft.es.fitness as fitness_module
+    from esft.es import ESConfig
+    from esft.es.modes import build_mode
+    from esft.es.trainer import ESTrainer, trainable
+
+    setting = SETTINGS[name]
+    model, tokenizer, fitness = _setup(setting, warmstart_steps)
+    n = setting["population"]
+    seconds, tokens, outside, paired, peak = [], 0, [], [], 0.0
+    if mode.startswith("pure"):
+        for i in range(iterations + 1):
+            s, tokens = _pure(model, tokenizer, fitness, n, hf=mode == "pure_hf")
+            if i:
+                seconds.append(s)
+    else:
+        in_generate = [0.0]
+        timed = fitness_module.generate
+
+        def generate(*args, **kwargs):  # time inplace's generate calls; other modes never call it
+            start = time.perf_counter()
+            try:
+                return timed(*args, **kwargs)
+            finally:
+                in_generate[0] += time.perf_counter() - start
+
+        fitness_module.generate = generate
+        cfg = ESConfig(population=n, sigma=0.0015, alpha=0.00075, iterations=iterations + 1, seed=0)
+        trainer = ESTrainer(model, fitness, len(fitness.rows), cfg)
+        trainer.population, trainer.evaluator = build_mode(mode, model, trainable(model), cfg.seed, fitness,
+                                                           rank=rank)
+        for i in range(iterations + 1):
+            if i:
+                paired.append(_pure(model, tokenizer, fitness, n, hf=False)[0])
+            in_generate[0] = 0.0
+            record = trainer.step(i)
+            if i:
+                seconds.append(record["seconds"])
+                outside.append(1 - in_generate[0] / record["seconds"])
+            else:
+                peak = _peak_rss_mb()
+            tokens = record["tokens"]
+    sec = statistics.median(seconds)
+    result = {
+        "setting": name, **setting, "mode": mode, "threads": torch.get_num_threads(),
+        "warmstart_steps": warmstart_steps, "seconds": round(sec, 4), "tokens": tokens,
+        "tokens_per_s": round(tokens / sec, 1), "peak_rss_mb": round(peak or _peak_rss_mb(), 1),
+        "runs": [round(s, 4) for s in seconds],
+    }
+    if not mode.startswith("pure"):
+        result["pure_runs"] = [round(s, 4) for s in paired]
+        result["ratio_to_pure"] = round(statistics.median(s / p for s, p in zip(seconds, paired)), 3)
+    if mode == "lowrank":
+        result["rank"] = rank
+    if mode == "inplace":
+        result["fraction_outside_generate"] = round(statistics.median(outside), 4)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=1, help="lowrank rank r")
+    parser.add_argument("--warmstart-steps", type=int, default=0,
+                        help="0: random init (every row runs to max_new_tokens)")
+    parser.add_argument("--child", nargs=2, metavar=("SETTING", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(*args.child, args.iterations, args.warmstart_steps, args.rank)), flush=True)
+        return
+    for name in args.settings:
+        pure = None
+        for mode in ["pure"] + [m for m in args.modes if m != "pure"]:
+            out = subprocess.run([sys.executable, __file__, "--child", name, mode, "--iterations",
+                                  str(args.iterations), "--threads", str(args.threads), "--rank", str(args.rank),
+                                  "--warmstart-steps", str(args.warmstart_steps)],
+                                 check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            pure = pure or result["seconds"]
+            result.setdefault("ratio_to_pure", round(result["seconds"] / pure, 3))
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

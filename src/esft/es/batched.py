@@ -1,0 +1,108 @@
+"""`batched` mode: the whole population in one greedy generation loop, member offsets inside the forward.
+
+Each member's weights θ + Population.perturbation(...) are stacked once per iteration ([N, out, in] per
+matrix, cast to the model's dtype exactly as `Population.perturb` casts them), and every linear layer
+becomes one bmm over the member dimension, so the arithmetic per token equals unperturbed inference.
+Memory is N copies of the evolved weights: this mode is for small models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from esft.es.decoder import MemberWeights, Qwen3Decoder, SharedWeights
+from esft.es.fitness import FitnessError, TaskFitness
+from esft.es.population import Population
+from esft.rollout import Generations, decode_completions
+
+
+class StackedWeights(SharedWeights):
+    """Full-rank per-member weights θ + σεₘ for every evolved tensor; frozen tensors stay shared."""
+
+    def __init__(self, model: torch.nn.Module, population: Population, iteration: int, members: Sequence[int],
+                 sigma: float, names: Iterable[str] | None = None) -> None:
+        """Stack the tensors `names` (default: every evolved tensor) for `members`."""
+        super().__init__(model)
+        self.stacked = {
+            name: torch.stack([population.master[name] + population.perturbation(iteration, m, name, sigma)
+                               for m in members]).to(self.weights[name].dtype)
+            for name in (population.master if names is None else names)
+        }
+        self.fused_stacked: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        stacked = [n in self.stacked for n in names]
+        if not any(stacked):
+            return super().linear(x, names)
+        if not all(stacked):
+            return torch.cat([self.linear(x, (n,)) for n in names], dim=-1)
+        w = self.fused_stacked.get(names)
+        if w is None:  # [N, in, out]: bmm streams it far faster than a transposed view on CPU
+            fused = torch.cat([self.stacked[n] for n in names], dim=1)
+            w = self.fused_stacked[names] = fused.transpose(1, 2).contiguous()
+        return torch.bmm(x, w)
+
+    def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
+        w = self.stacked.get(name)
+        if w is None:
+            return super().embed(ids, name)
+        n, vocab, dim = w.shape
+        offsets = torch.arange(n, device=ids.device)[:, None] * vocab
+        return F.embedding(ids + offsets, w.view(n * vocab, dim))
+
+    def vector(self, name: str, ndim: int) -> torch.Tensor:
+        w = self.stacked.get(name)
+        if w is None:
+            return super().vector(name, ndim)
+        return w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
+
+
+WeightsFactory = Callable[[torch.nn.Module, Population, int, Sequence[int], float], MemberWeights]
+
+
+def member_fitness(fitness: TaskFitness, gens: Generations, indices: Sequence[int], member: int) -> float:
+    """Mean task reward of one member's completions, with TaskFitness's checks on every reward."""
+    total = 0.0
+    for i, text in zip(indices, gens.texts):
+        try:
+            r = float(fitness.task.reward(text, fitness.rows[i]))
+        except Exception as err:  # a grader bug must stop the run, not be averaged away
+            raise FitnessError(f"member {member}, prompt {i}: reward function raised {err!r}") from err
+        if not math.isfinite(r):
+            raise FitnessError(f"member {member}, prompt {i}: reward is {r}")
+        total += r
+    return total / len(indices)
+
+
+class BatchedEvaluator:
+    """Generate for many members at once, `members_per_pass` at a time (None: the whole population)."""
+
+    def __init__(self, model: torch.nn.Module, population: Population, fitness: TaskFitness,
+                 weights: WeightsFactory = StackedWeights, members_per_pass: int | None = None) -> None:
+        self.model = model
+        self.population = population
+        self.fitness = fitness
+        self.weights = weights
+        self.members_per_pass = members_per_pass
+        self.decoder = Qwen3Decoder(model)
+
+    def __call__(self, iteration: int, members: Iterable[int], sigma: float,
+                 indices: Sequence[int]) -> list[tuple[float, int]]:
+        members = list(members)
+        step = self.members_per_pass or max(1, len(members))
+        tok = self.fitness.tokenizer
+        prompts = [self.fitness.prompt_ids[i] for i in indices]
+        results = []
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            weights = self.weights(self.model, self.population, iteration, chunk, sigma)
+            tokens = self.decoder.generate(weights, len(chunk), prompts, self.fitness.max_new_tokens,
+                                           tok.pad_token_id, tok.eos_token_id)
+            for member, rows in zip(chunk, tokens.tolist()):
+                gens = decode_completions(tok, rows)
+                results.append((member_fitness(self.fitness, gens, indices, member), gens.total_tokens))
+        return results

@@ -1,0 +1,155 @@
+"""Population modes: `batched` and `lowrank` return what `inplace` returns on the same seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esft.es import Population
+from esft.es.batched import BatchedEvaluator, StackedWeights
+from esft.es.decoder import Qwen3Decoder, SharedWeights
+from esft.es.fitness import TaskFitness
+from esft.es.lowrank import LowRankPopulation, LowRankWeights
+from esft.es.modes import InplaceEvaluator
+from esft.rollout import encode_prompts
+from esft.tasks import get_task
+
+MAX_NEW = 12
+
+
+@pytest.fixture()
+def lively_model(tiny_model):
+    """The micro model with larger weights, so greedy outputs differ between prompts and members."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=gen)
+    return tiny_model
+
+
+@pytest.fixture()
+def fitness(tokenizer):
+    task = get_task("conciseness")
+    rows = [{"prompt": "Solve: 3 + 5 =", "target": "8"}, {"prompt": "Can penguins fly?", "target": "No"},
+            {"prompt": "Name a colour.", "target": "red"}]
+    return TaskFitness(task, rows, tokenizer, MAX_NEW, generation_batch_size=8)
+
+
+def _params(model):
+    return {n: p for n, p in model.named_parameters()}
+
+
+def test_decoder_matches_hf_generate(lively_model, tokenizer):
+    prompts = encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in ["hi", "Solve: 3 + 5 =", "ok?"]])
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    with torch.inference_mode():
+        ref = lively_model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
+                                    max_new_tokens=20, do_sample=False)[:, width:]
+    out = Qwen3Decoder(lively_model).generate(SharedWeights(lively_model), 2, prompts, 20,
+                                               tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert torch.equal(out[0, :, :ref.shape[1]], ref) and torch.equal(out[1], out[0])
+    assert len(set(map(tuple, ref.tolist()))) == 3
+
+
+def test_batched_equals_inplace(lively_model, fitness):
+    pop = Population(_params(lively_model), seed=5)
+    before = {n: p.detach().clone() for n, p in lively_model.named_parameters()}
+    members, indices = range(6), [0, 1, 2]
+    inplace = InplaceEvaluator(lively_model, pop, fitness)(3, members, 0.05, indices)
+    batched = BatchedEvaluator(lively_model, pop, fitness)(3, members, 0.05, indices)
+    chunked = BatchedEvaluator(lively_model, pop, fitness, members_per_pass=4)(3, members, 0.05, indices)
+    assert batched == inplace and chunked == inplace
+    assert len({f for f, _ in inplace}) > 1, "members must differ for the comparison to mean anything"
+    for n, p in lively_model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_lowrank_directions_are_rank_r_antithetic_and_keyed(tiny_model):
+    pop = LowRankPopulation(_params(tiny_model), seed=1, rank=2)
+    name = "model.layers.0.mlp.up_proj.weight"
+    d0, d1, d2 = (pop.direction(4, m, name) for m in (0, 1, 2))
+    assert torch.linalg.matrix_rank(d0) == 2 and torch.equal(d1, -d0) and not torch.allclose(d2, d0)
+    a, b = pop.factors(4, 0, name)
+    assert torch.allclose(d0, a @ b.T) and torch.equal(pop.direction(4, 0, name), d0)
+    other = "model.layers.0.mlp.gate_proj.weight"  # same shape, different key
+    assert not torch.allclose(pop.direction(4, 0, other), d0)
+    gain = "model.layers.0.input_layernorm.weight"
+    assert torch.equal(pop.direction(4, 1, gain), -pop.direction(4, 0, gain))
+    assert torch.equal(pop.perturbation(4, 3, name, 0.5), 0.5 * pop.direction(4, 3, name))
+
+
+def test_lowrank_update_is_weighted_sum_of_low_rank_directions(tiny_model):
+    pop = LowRankPopulation(_params(tiny_model), seed=1, rank=3)
+    theta = {n: t.clone() for n, t in pop.master.items()}
+    weights = [1.0, -0.5, 0.25, 2.0]
+    pop.update(7, weights, alpha=0.1)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    step = sum(w * pop.direction(7, m, name) for m, w in enumerate(weights))
+    assert torch.allclose(pop.master[name], theta[name] + 0.1 / 4 * step, atol=1e-7)
+    assert torch.equal(dict(tiny_model.named_parameters())[name].detach(), pop.master[name])
+
+
+def test_lowrank_batched_equals_lowrank_inplace(lively_model, fitness):
+    pop = LowRankPopulation(_params(lively_model), seed=5, rank=2)
+    members, indices = range(6), [0, 1, 2]
+    inplace = InplaceEvaluator(lively_model, pop, fitness)(2, members, 0.6, indices)
+    batched = BatchedEvaluator(lively_model, pop, fitness, weights=LowRankWeights)(2, members, 0.6, indices)
+    assert batched == inplace
+    assert len({f for f, _ in inplace}) > 1
+
+
+def test_lowrank_forward_matches_materialised_weights(lively_model, tokenizer):
+    """Logit-level check, independent of greedy ties: x·θᵀ + (x·B)(σA)ᵀ equals x·(θ + σABᵀ)ᵀ."""
+    pop = LowRankPopulation(_params(lively_model), seed=2, rank=4)
+    members = [0, 1, 2]
+    low = LowRankWeights(lively_model, pop, 0, members, 0.2)
+    full = StackedWeights(lively_model, pop, 0, members, 0.2)
+    q, k, v = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
+    for rows in (5, 40):  # fewer rows than inputs (decode: low-rank path), more (prefill: materialised)
+        x = torch.randn(3, rows, 32, generator=torch.Generator().manual_seed(rows))
+        for names in [(q,), ("model.embed_tokens.weight",), (q, k, v)]:
+            assert torch.allclose(low.linear(x, names), full.linear(x, names), atol=1e-5)
+    assert torch.equal(full.linear(x, (q, k))[..., :32], full.linear(x, (q,)))
+    ids = torch.randint(len(tokenizer), (3, 7), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(low.embed(ids, "model.embed_tokens.weight"), full.embed(ids, "model.embed_tokens.weight"),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["batched", "lowrank"])
+def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_model, tokenizer):
+    """Token for token: each member's rows of the population loop equal model.generate on θ + offset."""
+    population, weights = ((Population(_params(lively_model), seed=9), StackedWeights) if mode == "batched"
+                           else (LowRankPopulation(_params(lively_model), seed=9, rank=4), LowRankWeights))
+    prompts = encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in ["hi", "Solve: 3 + 5 =", "ok?"]])
+    members, sigma = [0, 1, 2, 3], 0.3
+    out = Qwen3Decoder(lively_model).generate(weights(lively_model, population, 1, members, sigma), len(members),
+                                              prompts, 16, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    for m in members:
+        population.perturb(1, m, sigma)
+        with torch.inference_mode():
+            ref = lively_model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
+                                        max_new_tokens=16, do_sample=False)[:, width:]
+        assert torch.equal(out[m, :, :ref.shape[1]], ref), m
+    population.restore()
+    assert not torch.equal(out[0], out[1])
+
+
+def test_build_mode_pairs_population_and_evaluator(tiny_model, fitness):
+    from esft.errors import EsftError
+    from esft.es.modes import build_mode
+
+    params = _params(tiny_model)
+    pop, ev = build_mode("inplace", tiny_model, params, 0, fitness)
+    assert type(pop) is Population and isinstance(ev, InplaceEvaluator)
+    pop, ev = build_mode("batched", tiny_model, params, 0, fitness)
+    assert type(pop) is Population and ev.weights is StackedWeights
+    pop, ev = build_mode("lowrank", tiny_model, params, 0, fitness, rank=3)
+    assert isinstance(pop, LowRankPopulation) and pop.rank == 3 and ev.weights is LowRankWeights
+    with pytest.raises(EsftError, match="unknown es.mode"):
+        build_mode("sharded", tiny_model, params, 0, fitness)
+    with pytest.raises(EsftError, match="generation"):
+        build_mode("batched", tiny_model, params, 0, lambda model, indices, member: (0.0, 0))
