@@ -78,8 +78,7 @@ def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: i
     """One mode in one setting: median seconds per ES iteration (or per pure generation)."""
     import esft.es.fitness as fitness_module
     from esft.es import ESConfig
-    from esft.es.modes import build_mode
-    from esft.es.trainer import ESTrainer, trainable
+    from esft.es.trainer import ESTrainer
 
     setting = SETTINGS[name]
     model, tokenizer, fitness = _setup(setting, warmstart_steps)
@@ -102,10 +101,9 @@ def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: i
                 in_generate[0] += time.perf_counter() - start
 
         fitness_module.generate = generate
-        cfg = ESConfig(population=n, sigma=0.0015, alpha=0.00075, iterations=iterations + 1, seed=0)
+        cfg = ESConfig(population=n, sigma=0.0015, alpha=0.00075, iterations=iterations + 1, seed=0, mode=mode,
+                       rank=rank)
         trainer = ESTrainer(model, fitness, len(fitness.rows), cfg)
-        trainer.population, trainer.evaluator = build_mode(mode, model, trainable(model), cfg.seed, fitness,
-                                                           rank=rank)
         for i in range(iterations + 1):
             if i:
                 paired.append(_pure(model, tokenizer, fitness, n, hf=False)[0])

@@ -14,8 +14,8 @@ import torch
 from esft.es import ESConfig
 from esft.es.distributed import ShardedEvaluator, init_distributed, is_main_process
 from esft.es.fitness import TaskFitness
-from esft.es.modes import MODES, build_mode
-from esft.es.trainer import ESTrainer, trainable
+from esft.es.modes import MODES
+from esft.es.trainer import ESTrainer
 from esft.models import TinyModelConfig, build_tiny_model, build_tokenizer
 from esft.tasks import get_task
 
@@ -35,9 +35,9 @@ def train(mode: str, seen: list[int] | None = None) -> tuple[dict[str, torch.Ten
             if p.dim() == 2:
                 p.normal_(0, 0.3, generator=gen)
     fitness = TaskFitness(get_task("conciseness"), ROWS, tokenizer, 12, generation_batch_size=8)
-    cfg = ESConfig(population=5, sigma=0.5, alpha=0.05, iterations=2, seed=5)
+    cfg = ESConfig(population=5, sigma=0.5, alpha=0.05, iterations=2, seed=5, mode=mode, rank=2)
     trainer = ESTrainer(model, fitness, len(ROWS), cfg)
-    trainer.population, local = build_mode(mode, model, trainable(model), cfg.seed, fitness, rank=2)
+    local = trainer.evaluator.local
 
     def recording(iteration, members, sigma, indices):
         members = list(members)

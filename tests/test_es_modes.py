@@ -138,18 +138,25 @@ def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_mod
     assert not torch.equal(out[0], out[1])
 
 
-def test_build_mode_pairs_population_and_evaluator(tiny_model, fitness):
+def test_trainer_builds_the_configured_mode(tiny_model, fitness):
     from esft.errors import EsftError
-    from esft.es.modes import build_mode
+    from esft.es import ESConfig
+    from esft.es.modes import build_evaluator
+    from esft.es.trainer import ESTrainer
 
-    params = _params(tiny_model)
-    pop, ev = build_mode("inplace", tiny_model, params, 0, fitness)
-    assert type(pop) is Population and isinstance(ev, InplaceEvaluator)
-    pop, ev = build_mode("batched", tiny_model, params, 0, fitness)
-    assert type(pop) is Population and ev.weights is StackedWeights
-    pop, ev = build_mode("lowrank", tiny_model, params, 0, fitness, rank=3)
-    assert isinstance(pop, LowRankPopulation) and pop.rank == 3 and ev.weights is LowRankWeights
+    for mode, pop_type, weights in [("batched", Population, StackedWeights), ("lowrank", LowRankPopulation, LowRankWeights)]:
+        trainer = ESTrainer(tiny_model, fitness, len(fitness.rows), ESConfig(population=4, mode=mode, rank=3))
+        assert type(trainer.population) is pop_type and trainer.evaluator.local.weights is weights
+    assert ESTrainer(tiny_model, fitness, len(fitness.rows), ESConfig(rank=3, mode="lowrank")).population.rank == 3
+    trainer = ESTrainer(tiny_model, fitness, len(fitness.rows), ESConfig(population=4))
+    assert isinstance(trainer.evaluator.local, InplaceEvaluator)
     with pytest.raises(EsftError, match="unknown es.mode"):
-        build_mode("sharded", tiny_model, params, 0, fitness)
+        build_evaluator("sharded", tiny_model, trainer.population, fitness)
     with pytest.raises(EsftError, match="generation"):
-        build_mode("batched", tiny_model, params, 0, lambda model, indices, member: (0.0, 0))
+        build_evaluator("batched", tiny_model, trainer.population, lambda model, indices, member: (0.0, 0))
+    with pytest.raises(EsftError, match="does not match"):
+        build_evaluator("lowrank", tiny_model, trainer.population, fitness)
+    with pytest.raises(EsftError, match="antithetic by construction"):
+        ESConfig(mode="lowrank", antithetic="signed")
+    with pytest.raises(EsftError, match="use mode inplace"):
+        ESConfig(mode="batched", fitness="random")

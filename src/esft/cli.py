@@ -81,6 +81,7 @@ def _fitness(cfg, args, task, rows: list[dict], tokenizer):
 
 
 def cmd_train(args) -> None:
+    from esft.es.distributed import init_distributed
     from esft.es import ESConfig
     from esft.es.trainer import ESTrainer
     from esft.io import read_jsonl
@@ -89,6 +90,7 @@ def cmd_train(args) -> None:
 
     if args.method != "es":
         raise SystemExit(f"esft train: method {args.method!r} is not available yet; available: es")
+    init_distributed(args.device)  # a no-op unless launched by torchrun
     model, tokenizer = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
     task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus"))
     rows = read_jsonl(Path(args.data) / "train.jsonl")

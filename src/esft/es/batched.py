@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from esft.es.decoder import MemberWeights, Qwen3Decoder, SharedWeights
-from esft.es.fitness import FitnessError, TaskFitness
+from esft.es.fitness import TaskFitness
 from esft.es.population import Population
-from esft.rollout import Generations, decode_completions
+from esft.rollout import decode_completions
 
 
 class StackedWeights(SharedWeights):
@@ -64,20 +64,6 @@ class StackedWeights(SharedWeights):
 WeightsFactory = Callable[[torch.nn.Module, Population, int, Sequence[int], float], MemberWeights]
 
 
-def member_fitness(fitness: TaskFitness, gens: Generations, indices: Sequence[int], member: int) -> float:
-    """Mean task reward of one member's completions, with TaskFitness's checks on every reward."""
-    total = 0.0
-    for i, text in zip(indices, gens.texts):
-        try:
-            r = float(fitness.task.reward(text, fitness.rows[i]))
-        except Exception as err:  # a grader bug must stop the run, not be averaged away
-            raise FitnessError(f"member {member}, prompt {i}: reward function raised {err!r}") from err
-        if not math.isfinite(r):
-            raise FitnessError(f"member {member}, prompt {i}: reward is {r}")
-        total += r
-    return total / len(indices)
-
-
 class BatchedEvaluator:
     """Generate for many members at once, `members_per_pass` at a time (None: the whole population)."""
 
@@ -104,5 +90,5 @@ class BatchedEvaluator:
                                            tok.pad_token_id, tok.eos_token_id)
             for member, rows in zip(chunk, tokens.tolist()):
                 gens = decode_completions(tok, rows)
-                results.append((member_fitness(self.fitness, gens, indices, member), gens.total_tokens))
+                results.append((self.fitness.score(gens.texts, indices, member), gens.total_tokens))
         return results

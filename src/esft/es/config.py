@@ -16,6 +16,7 @@ Shaping = Literal["zscore", "rank", "raw"]
 Step = Literal["standard", "nes"]
 Antithetic = Literal["none", "signed", "paired"]
 FitnessKind = Literal["task", "loglik", "random"]
+Mode = Literal["inplace", "batched", "lowrank"]
 
 
 def _reject_unknown(cls: type, cfg: dict[str, Any], where: str) -> None:
@@ -93,6 +94,14 @@ class ESConfig:
     random: i.i.d. N(0, 1) per member, independent of θ (a flat landscape, for Proposition 1)."""
     lora: LoRAConfig | None = None
     """Evolve LoRA adapters instead of the full parameters."""
+    mode: Mode = "inplace"
+    """Population evaluation: inplace (one member at a time, any model), batched (the whole population
+    in one generation loop with member offsets inside the forward; Qwen3 models) or lowrank (EGGROLL:
+    rank-r antithetic matrix directions AᵢBᵢᵀ/√r, batched likewise)."""
+    rank: int = 1
+    """lowrank: rank r of each member's matrix directions."""
+    members_per_pass: int | None = None
+    """batched/lowrank: members per generation loop (None: all); bounds memory."""
     seed: int = 0
     """Keys the noise and the minibatches; a run is a function of this seed and its inputs."""
     generation_batch_size: int = 64
@@ -114,6 +123,16 @@ class ESConfig:
                                      ("fitness", self.fitness, ("task", "loglik", "random"))]:
             if value not in allowed:
                 raise EsftError(f"es.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.mode not in ("inplace", "batched", "lowrank"):
+            raise EsftError(f"es.mode must be one of inplace, batched, lowrank; got {self.mode!r}")
+        if self.rank < 1 or (self.members_per_pass is not None and self.members_per_pass < 1):
+            raise EsftError("es.rank and es.members_per_pass must be >= 1")
+        if self.mode != "inplace" and (self.fitness != "task" or self.lora is not None):
+            raise EsftError(f"es.mode {self.mode} evaluates generation rewards of full-parameter members: "
+                            "use mode inplace with fitness loglik/random or lora")
+        if self.mode == "lowrank" and (self.antithetic != "none" or self.group_sigma):
+            raise EsftError("es.mode lowrank is antithetic by construction and scales its factors by σ only: "
+                            "leave es.antithetic none and es.group_sigma empty")
         if self.antithetic != "none" and self.population % 2:
             raise EsftError(f"es.antithetic needs an even population, got {self.population}")
         if self.antithetic == "paired" and self.population < 4 and self.shaping != "raw":

@@ -39,8 +39,12 @@ class TaskFitness:
         """(mean reward, generated tokens) of `model` on rows `indices`."""
         gens = generate(model, self.tokenizer, [self.prompt_ids[i] for i in indices], self.max_new_tokens,
                         self.generation_batch_size)
+        return self.score(gens.texts, indices, member), gens.total_tokens
+
+    def score(self, texts: Sequence[str], indices: Sequence[int], member: int) -> float:
+        """Mean reward of one member's completions of rows `indices`; stops on a bad reward."""
         total = 0.0
-        for i, text in zip(indices, gens.texts):
+        for i, text in zip(indices, texts):
             try:
                 r = float(self.task.reward(text, self.rows[i]))
             except Exception as err:  # a grader bug must stop the run, not be averaged away
@@ -48,7 +52,7 @@ class TaskFitness:
             if not math.isfinite(r):
                 raise FitnessError(f"member {member}, prompt {i}: reward is {r}")
             total += r
-        return total / len(indices), gens.total_tokens
+        return total / len(indices)
 
 
 class CorpusFitness:

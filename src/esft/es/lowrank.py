@@ -12,7 +12,7 @@ signs. 1-D tensors (norm gains) keep full-rank noise, also antithetic.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,11 @@ from esft.es.population import Population
 class LowRankPopulation(Population):
     """A Population whose matrix directions are AᵢBᵢᵀ/√r (sign-flipped for odd members)."""
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], seed: int, rank: int) -> None:
+    def __init__(self, params: dict[str, torch.nn.Parameter], seed: int, rank: int,
+                 alpha_scale: Mapping[str, float] | None = None) -> None:
         if rank < 1:
             raise ValueError(f"lowrank rank must be >= 1, got {rank}")
-        super().__init__(params, seed)
+        super().__init__(params, seed, alpha_scale=alpha_scale)
         self.rank = rank
         self._last: dict[str, tuple[int, int, torch.Tensor]] = {}
         """Per tensor, the last pair's noise: members 2k and 2k+1 are visited one after the other."""

@@ -9,7 +9,7 @@ same seeds, within floating-point tolerance (`lowrank` as `inplace` on a LowRank
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
@@ -46,16 +46,14 @@ class InplaceEvaluator:
         return results
 
 
-Mode = Literal["inplace", "batched", "lowrank"]
 MODES: tuple[str, ...] = ("inplace", "batched", "lowrank")
 
 
-def build_mode(mode: Mode, model: torch.nn.Module, params: dict[str, torch.nn.Parameter], seed: int,
-               fitness: Fitness, rank: int = 1, members_per_pass: int | None = None) -> tuple[Population, Evaluator]:
-    """The population (whose directions the update uses) and the evaluator of one mode."""
+def build_evaluator(mode: str, model: torch.nn.Module, population: Population, fitness: Fitness,
+                    members_per_pass: int | None = None) -> Evaluator:
+    """The evaluator of `mode` for `population` (a LowRankPopulation for `lowrank`)."""
     if mode == "inplace":
-        population = Population(params, seed)
-        return population, InplaceEvaluator(model, population, fitness)
+        return InplaceEvaluator(model, population, fitness)
     if mode not in MODES:
         raise EsftError(f"unknown es.mode {mode!r}; allowed: {', '.join(MODES)}")
     from esft.es.batched import BatchedEvaluator, StackedWeights
@@ -64,8 +62,7 @@ def build_mode(mode: Mode, model: torch.nn.Module, params: dict[str, torch.nn.Pa
 
     if not isinstance(fitness, TaskFitness):
         raise EsftError(f"es.mode {mode!r} needs a generation (task) fitness; use mode inplace")
-    if mode == "batched":
-        population = Population(params, seed)
-        return population, BatchedEvaluator(model, population, fitness, StackedWeights, members_per_pass)
-    population = LowRankPopulation(params, seed, rank)
-    return population, BatchedEvaluator(model, population, fitness, LowRankWeights, members_per_pass)
+    if (mode == "lowrank") != isinstance(population, LowRankPopulation):
+        raise EsftError(f"es.mode {mode!r} does not match a {type(population).__name__}")
+    weights = LowRankWeights if mode == "lowrank" else StackedWeights
+    return BatchedEvaluator(model, population, fitness, weights, members_per_pass)

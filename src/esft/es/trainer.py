@@ -23,9 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
 from esft.es.config import ESConfig
+from esft.es.distributed import ShardedEvaluator, is_main_process
 from esft.es.fitness import RandomFitness
 from esft.es.lora import lora_phases, merged_weights, wrap_lora
-from esft.es.modes import Fitness, InplaceEvaluator
+from esft.es.lowrank import LowRankPopulation
+from esft.es.modes import Fitness, build_evaluator
 from esft.es.population import Population
 from esft.es.shaping import member_weights
 from esft.io import atomic_path, write_jsonl
@@ -58,10 +60,13 @@ def build_population(model: torch.nn.Module, cfg: ESConfig) -> tuple[torch.nn.Mo
         groups = {n: param_group(n) for n in params} if cfg.group_alpha or cfg.group_sigma else {}
     except ValueError as err:
         raise EsftError(f"es.group_alpha/group_sigma: {err}") from None
+    alpha_scale = {n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()}
+    if cfg.mode == "lowrank":
+        return model, LowRankPopulation(params, cfg.seed, cfg.rank, alpha_scale=alpha_scale)
     population = Population(
         params, cfg.seed, antithetic=cfg.antithetic != "none",
         sigma_scale={n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()},
-        alpha_scale={n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()},
+        alpha_scale=alpha_scale,
         phases=lora_phases(list(params), cfg.lora.order) if cfg.lora is not None else None,
     )
     return model, population
@@ -114,8 +119,9 @@ class ESTrainer:
             self.evaluator = RandomFitness(cfg.seed)
         elif fitness is None:
             raise EsftError(f"es.fitness {cfg.fitness!r} needs a fitness function")
-        else:
-            self.evaluator = InplaceEvaluator(self.model, self.population, fitness)
+        else:  # members are sharded over torch.distributed ranks when it is initialised
+            self.evaluator = ShardedEvaluator(
+                build_evaluator(cfg.mode, self.model, self.population, fitness, cfg.members_per_pass))
         self.theta0 = {n: p.detach().clone() for n, p in self.population.params.items()}
         self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
         self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
@@ -124,7 +130,7 @@ class ESTrainer:
 
     # --- resumable state ----------------------------------------------------------------------
     def _save_state(self) -> None:
-        if self.state_path is None:
+        if self.state_path is None or not is_main_process():
             return
         meta = {
             "fingerprint": self.fingerprint,
@@ -200,7 +206,12 @@ class ESTrainer:
         return self.records
 
     def write_outputs(self, out_dir: str | Path) -> None:
-        """weights.safetensors (fp32, HF names, adapters merged), run.jsonl and drift.parquet, atomically."""
+        """weights.safetensors (fp32, HF names, adapters merged), run.jsonl and drift.parquet, atomically.
+
+        Under torch.distributed every rank holds the same θ; only the main process writes.
+        """
+        if not is_main_process():
+            return
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "weights.safetensors") as tmp:
