@@ -81,3 +81,36 @@ def test_bad_reward_stops_the_run_naming_member_and_prompt(tiny_model, tokenizer
     with pytest.raises(FitnessError, match=match):
         trainer.train()
     assert trainer.records == []  # nothing was averaged or logged
+
+
+def test_sampled_fitness_uses_common_random_numbers(tokenizer):
+    """With temperature > 0 every member of an iteration samples with the same seed; iterations differ."""
+    import torch
+
+    from esft.es import Population
+    from esft.es.modes import InplaceEvaluator
+    from esft.models import TinyModelConfig, build_tiny_model
+    from esft.tasks import get_task
+
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                             warmstart_steps=0), tokenizer).eval()
+    rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, 7)]
+    seen: list[list[str]] = []
+
+    class Recording(TaskFitness):
+        def score(self, texts, indices, member):
+            seen.append(list(texts))
+            return super().score(texts, indices, member)
+
+    fitness = Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12, generation_batch_size=8,
+                        temperature=1.5)
+    evaluator = InplaceEvaluator(model, Population(dict(model.named_parameters()), seed=3), fitness)
+    state = torch.random.get_rng_state()
+    # σ = 0: every member is θ itself, so only the sampling seed could make their completions differ
+    evaluator(0, range(3), 0.0, list(range(6)))
+    evaluator(1, range(1), 0.0, list(range(6)))
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[3] != seen[0]
+    assert len({t for texts in seen for t in texts}) > 6  # sampling, not greedy
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched

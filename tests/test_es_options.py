@@ -156,7 +156,7 @@ def test_schema_mirrors_the_config_dataclasses():
             "alpha_decay": 0.5, "alpha_decay_every": 10, "sigma_decay": 0.9, "sigma_decay_every": 5,
             "fitness": "loglik", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "order": "BA",
                                           "normalize": True},
-            "mode": "inplace", "rank": 2, "members_per_pass": None,
+            "temperature": 0.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
             "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2}
     jsonschema.validate(full, _es_schema())
     assert ESConfig.from_dict(full).to_dict() == full

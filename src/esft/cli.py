@@ -69,7 +69,8 @@ def _fitness(cfg, args, task, rows: list[dict], tokenizer):
     from esft.io import read_jsonl
 
     if cfg.fitness == "task":
-        return TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size), len(rows)
+        return TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size,
+                           cfg.temperature), len(rows)
     if cfg.fitness == "loglik":
         if args.corpus:
             texts = [row["text"] for row in read_jsonl(args.corpus)]

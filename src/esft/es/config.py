@@ -94,6 +94,9 @@ class ESConfig:
     random: i.i.d. N(0, 1) per member, independent of θ (a flat landscape, for Proposition 1)."""
     lora: LoRAConfig | None = None
     """Evolve LoRA adapters instead of the full parameters."""
+    temperature: float = 0.0
+    """Generation temperature of task fitness: 0 is greedy; > 0 samples (softmax, no top-k/top-p)
+    with one sampling seed per iteration shared by every member (common random numbers)."""
     mode: Mode = "inplace"
     """Population evaluation: inplace (one member at a time, any model), batched (the whole population
     in one generation loop with member offsets inside the forward; Qwen3 models) or lowrank (EGGROLL:
@@ -130,6 +133,11 @@ class ESConfig:
         if self.mode != "inplace" and (self.fitness != "task" or self.lora is not None):
             raise EsftError(f"es.mode {self.mode} evaluates generation rewards of full-parameter members: "
                             "use mode inplace with fitness loglik/random or lora")
+        if self.temperature < 0:
+            raise EsftError(f"es.temperature must be >= 0, got {self.temperature}")
+        if self.temperature > 0 and (self.mode != "inplace" or self.fitness != "task"):
+            raise EsftError("es.temperature > 0 samples task completions in mode inplace only "
+                            "(the batched decoder is greedy)")
         if self.mode == "lowrank" and (self.antithetic != "none" or self.group_sigma):
             raise EsftError("es.mode lowrank is antithetic by construction and scales its factors by σ only: "
                             "leave es.antithetic none and es.group_sigma empty")

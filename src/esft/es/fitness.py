@@ -27,8 +27,9 @@ class TaskFitness:
     """Scores the live model on chosen train rows; prompts are tokenised once and reused by every member."""
 
     def __init__(self, task: Task, rows: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int,
-                 generation_batch_size: int) -> None:
+                 generation_batch_size: int, temperature: float = 0.0) -> None:
         self.task = task
+        self.temperature = temperature
         self.rows = list(rows)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -38,7 +39,7 @@ class TaskFitness:
     def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
         """(mean reward, generated tokens) of `model` on rows `indices`."""
         gens = generate(model, self.tokenizer, [self.prompt_ids[i] for i in indices], self.max_new_tokens,
-                        self.generation_batch_size)
+                        self.generation_batch_size, self.temperature)
         return self.score(gens.texts, indices, member), gens.total_tokens
 
     def score(self, texts: Sequence[str], indices: Sequence[int], member: int) -> float:

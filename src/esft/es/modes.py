@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from esft.errors import EsftError
+from esft.es.noise import sampling_rng
 from esft.es.population import Population
 
 Fitness = Callable[[torch.nn.Module, Sequence[int], int], tuple[float, int]]
@@ -27,7 +28,11 @@ class Evaluator(Protocol):
 
 
 class InplaceEvaluator:
-    """Perturb the live model to one member at a time; θ is restored bit for bit afterwards."""
+    """Perturb the live model to one member at a time; θ is restored bit for bit afterwards.
+
+    Each member is scored with the same sampling seed (common random numbers), so sampled generation
+    (es.temperature > 0) differs between members only through their weights.
+    """
 
     def __init__(self, model: torch.nn.Module, population: Population, fitness: Fitness) -> None:
         self.model = model
@@ -40,7 +45,8 @@ class InplaceEvaluator:
         try:
             for member in members:
                 self.population.perturb(iteration, member, sigma)
-                results.append(self.fitness(self.model, indices, member))
+                with sampling_rng(self.population.seed, iteration):
+                    results.append(self.fitness(self.model, indices, member))
         finally:
             self.population.restore()
         return results

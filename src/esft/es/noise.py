@@ -8,6 +8,8 @@ noise does not depend on the order in which tensors are visited or on any global
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -23,3 +25,15 @@ def tensor_noise(like: torch.Tensor, seed: int, iteration: int, member: int, nam
     gen = torch.Generator(device=like.device)
     gen.manual_seed(noise_key(seed, iteration, member, name))
     return torch.randn(like.shape, generator=gen, dtype=torch.float32, device=like.device)
+
+
+@contextmanager
+def sampling_rng(seed: int, iteration: int) -> Iterator[None]:
+    """Seed torch's global RNG with the iteration's sampling key, and restore it afterwards.
+
+    Every member of an iteration evaluates inside this context, so sampled completions use common
+    random numbers: members differ only by their weights. The caller's RNG state is left untouched.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(noise_key(seed, iteration, -1, "sampling"))
+        yield

@@ -44,8 +44,12 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-             batch_size: int = 64) -> Generations:
-    """Greedy completions of pre-tokenised prompts, in batches of `batch_size`."""
+             batch_size: int = 64, temperature: float = 0.0) -> Generations:
+    """Completions of pre-tokenised prompts, in batches of `batch_size`: greedy, or sampled at
+    `temperature` > 0 (pure softmax sampling, no top-k/top-p) from torch's global RNG, which the
+    caller seeds (see `esft.es.noise.sampling_rng`)."""
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+        else dict(do_sample=False)
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     texts: list[str] = []
@@ -54,7 +58,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
         chunk = prompt_ids[start:start + batch_size]
         ids, mask = _left_pad(chunk, tokenizer.pad_token_id, device)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
         )
         done = decode_completions(tokenizer, out[:, ids.shape[1]:].tolist())
