@@ -1,4 +1,4 @@
-"""Config validation: every shipped config is valid, and mistakes give one line naming key and allowed values."""
+"""Config validation: mistakes give one line naming the key and what is allowed (shipped configs: test_tasks_config)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from esft.config import ConfigError, load_config, validate_config
+from esft.config import ConfigError, validate_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 
@@ -16,14 +16,6 @@ SCHEMA = REPO / "config" / "schema.yaml"
 @pytest.fixture()
 def default():
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-
-
-CONFIGS = sorted(p for p in (REPO / "config").glob("*.yaml") if p != SCHEMA)
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
-    load_config(path, SCHEMA)
 
 
 @pytest.mark.parametrize(
