@@ -82,8 +82,8 @@ def _fitness(cfg, args, task, rows: list[dict], tokenizer):
 
 
 def cmd_train(args) -> None:
-    from esft.es.distributed import init_distributed
     from esft.es import ESConfig
+    from esft.es.distributed import init_distributed
     from esft.es.trainer import ESTrainer
     from esft.io import read_jsonl
     from esft.models import load_model
