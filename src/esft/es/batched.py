@@ -8,7 +8,6 @@ Memory is N copies of the evolved weights: this mode is for small models.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch

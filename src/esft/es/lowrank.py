@@ -64,6 +64,15 @@ class LowRankPopulation(Population):
         noise = self._pair_noise(iteration, member // 2, name)
         return -noise if member % 2 else noise.clone()
 
+    def weighted_directions(self, iteration: int, coefs: Mapping[int, float], name: str) -> torch.Tensor:
+        """Σ cₘ·AₘBₘᵀ of a matrix as one product [out, M·r] @ [M·r, in], as EGGROLL updates."""
+        if self.master[name].dim() != 2 or not coefs:
+            return super().weighted_directions(iteration, coefs, name)
+        factors = [(c, *self.factors(iteration, m, name)) for m, c in coefs.items()]
+        a = torch.cat([c * a for c, a, _ in factors], dim=1)
+        b = torch.cat([b for _, _, b in factors], dim=1)
+        return a @ b.T
+
     def perturbation_factors(self, iteration: int, member: int, name: str,
                              sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ·±A/√r, B): the factors whose product is `perturbation` of a matrix."""

@@ -86,17 +86,13 @@ class Population:
         Antithetic pairs are summed as (w₂ₖ − w₂ₖ₊₁)·ε_k, so each noise draw is generated once.
         """
         n = len(weights)
-        if self.antithetic:
-            coefs = {k: float(weights[2 * k]) - float(weights[2 * k + 1]) for k in range(n // 2)}
+        if self.antithetic:  # a pair's directions are ±ε_k: one draw, weighted by the difference
+            coefs = {2 * k: float(weights[2 * k]) - float(weights[2 * k + 1]) for k in range(n // 2)}
         else:
             coefs = {i: float(w) for i, w in enumerate(weights)}
+        coefs = {member: c for member, c in coefs.items() if c != 0.0}
         for name in self.active(iteration):
-            theta = self.master[name]
-            acc = torch.zeros_like(theta)
-            for key, c in coefs.items():
-                if c != 0.0:
-                    member = 2 * key if self.antithetic else key
-                    acc.add_(self.direction(iteration, member, name), alpha=c)
+            acc = self.weighted_directions(iteration, coefs, name)
             lr = alpha * self.alpha_scale.get(name, 1.0)
             if normalize:
                 rms = float(acc.pow(2).mean().sqrt())
@@ -106,6 +102,13 @@ class Population:
             if sigma is not None:
                 scale /= sigma * self.sigma_scale.get(name, 1.0)
             yield name, acc.mul_(scale)
+
+    def weighted_directions(self, iteration: int, coefs: Mapping[int, float], name: str) -> torch.Tensor:
+        """Σ cₘ·dₘ over members m of one tensor, in fp32 (a fresh tensor the caller may modify)."""
+        acc = torch.zeros_like(self.master[name])
+        for member, c in coefs.items():
+            acc.add_(self.direction(iteration, member, name), alpha=c)
+        return acc
 
     @torch.no_grad()
     def update(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None = None,
