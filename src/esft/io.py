@@ -16,6 +16,7 @@ from typing import Any, IO
 
 from esft.errors import EsftError
 
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""

@@ -35,6 +35,7 @@ from esft.params import param_group
 
 log = logging.getLogger(__name__)
 
+
 def minibatch(cfg: ESConfig, iteration: int, n_rows: int) -> list[int]:
     """Prompt indices of one iteration: all rows, or a seeded subset shared by every member."""
     if cfg.batch_size is None or cfg.batch_size >= n_rows:
