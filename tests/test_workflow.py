@@ -119,3 +119,10 @@ def test_bad_config_key_stops_with_one_line(tmp_path):
     assert len(lines) == 1
     assert lines[0].startswith("config error: es: unknown key(s) 'sigmaa'; allowed: alpha, ")
     assert ", sigma" in lines[0]
+
+
+@pytest.mark.parametrize("profile", ["slurm", "local"])
+def test_shipped_profiles_plan_the_workflow(tmp_path, profile):
+    """The cluster and local profiles load and plan every job (a dry run submits nothing)."""
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / profile)))
+    assert jobs["train"] == 3 and jobs["base_model"] == 1
