@@ -110,3 +110,18 @@ def test_replay_rebuilds_the_trained_weights_bitwise(base, tmp_path, cfg, extra)
     main(["replay", "--base", str(base / "base"), "--run", str(tmp_path / "run" / "run.jsonl"),
           "--out", str(tmp_path / "replayed.safetensors")])
     _assert_same_weights(tmp_path / "replayed.safetensors", trained)
+
+
+def test_replay_uses_the_runs_recorded_dtype(base, tmp_path):
+    """A bfloat16 run records its dtype; replay without --dtype rebuilds it bitwise, float32 would not."""
+    cfg = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 3, "seed": 4}
+    main(_train_args(base, cfg, tmp_path / "run", extra=["--dtype", "bfloat16"]))
+    records = read_jsonl(tmp_path / "run" / "run.jsonl")
+    assert {(r["dtype"], r["device"]) for r in records} == {("bfloat16", "cpu")}
+    trained = tmp_path / "run" / "weights.safetensors"
+    replay_args = ["replay", "--base", str(base / "base"), "--run", str(tmp_path / "run" / "run.jsonl")]
+    main([*replay_args, "--out", str(tmp_path / "replayed.safetensors")])
+    _assert_same_weights(tmp_path / "replayed.safetensors", trained)
+    main([*replay_args, "--dtype", "float32", "--out", str(tmp_path / "fp32.safetensors")])
+    with pytest.raises(AssertionError):
+        _assert_same_weights(tmp_path / "fp32.safetensors", trained)

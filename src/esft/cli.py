@@ -108,12 +108,18 @@ def cmd_train(args) -> None:
 def cmd_replay(args) -> None:
     from safetensors.torch import save_file
 
+    from esft.errors import EsftError
     from esft.es.trainer import replay
     from esft.io import atomic_path, read_jsonl
     from esft.models import load_model
 
-    model, _ = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
     records = read_jsonl(args.run)
+    if not records:
+        raise EsftError(f"{args.run}: the run log has no iterations")
+    # the run's own dtype and device unless overridden: replay is bitwise only on those
+    dtype = args.dtype or records[0].get("dtype", "float32")
+    device = args.device or records[0].get("device", "cpu")
+    model, _ = load_model(args.base, args.init, dtype=dtype, device=device)
     weights = replay(model, records)
     with atomic_path(args.out) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "esft": json.dumps(records[0]["config"])})
@@ -219,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = add("replay", cmd_replay, "rebuild a run's final weights from its initial weights and run.jsonl "
-            "(bitwise with the run's --dtype and --device)")
-    model_args(p)
+            "(bitwise on the run's dtype and device, which it uses unless told otherwise)")
+    p.add_argument("--base", required=True, help="base-model directory (with model.json), hub id or path")
+    p.add_argument("--dtype", default=None, help="default: the dtype recorded in run.jsonl")
+    p.add_argument("--device", default=None, help="default: the device recorded in run.jsonl")
     p.add_argument("--init", default=None, help="the run's initial weights.safetensors (default: the base)")
     p.add_argument("--run", required=True, help="the run's run.jsonl")
     p.add_argument("--out", required=True, help="weights.safetensors to write")

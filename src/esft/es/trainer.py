@@ -124,6 +124,9 @@ class ESTrainer:
             self.evaluator = ShardedEvaluator(
                 build_evaluator(cfg.mode, self.model, self.population, fitness, cfg.members_per_pass))
         self.theta0 = {n: p.detach().clone() for n, p in self.population.params.items()}
+        first = next(iter(self.theta0.values()))
+        self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
+        """Logged with every iteration: replay is bitwise only in the run's own dtype and device."""
         self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
         self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
         self.records: list[dict[str, Any]] = []
@@ -189,6 +192,7 @@ class ESTrainer:
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
             "drift_sq": sum(drift.values()),
             "config": cfg.to_dict(),
+            **self.runtime,
         }
 
     def train(self) -> list[dict[str, Any]]:
