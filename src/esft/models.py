@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from esft.io import read_json, write_json
 from esft.errors import EsftError
+from esft.io import read_json, write_json
+from esft.rollout import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,8 @@ def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[
     for step in range(cfg.warmstart_steps):
         idx = torch.randint(len(encoded), (cfg.warmstart_batch_size,), generator=gen).tolist()
         batch = [encoded[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, lab) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = pad_batch([ids for ids, _ in batch], tokenizer.pad_token_id)
+        labels, _ = pad_batch([lab for _, lab in batch], -100)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from esft.errors import EsftError
-from esft.rollout import encode_prompts, generate
+from esft.rollout import encode_prompts, generate, pad_batch
 from esft.tasks import Task
 
 
@@ -83,13 +83,7 @@ class CorpusFitness:
         total, count = 0.0, 0
         for start in range(0, len(indices), self.batch_size):
             rows = [self.ids[i] for i in indices[start:start + self.batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-                mask[j, : len(r)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = pad_batch(rows, self.tokenizer.pad_token_id, device=device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             scored = mask[:, 1:].bool()

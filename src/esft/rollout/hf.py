@@ -32,13 +32,16 @@ def encode_prompts(tokenizer, messages: Sequence[list[dict[str, str]]]) -> list[
     return encoded
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded to one width: left for generation, right for scoring."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -56,7 +59,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
     counts: list[int] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start:start + batch_size]
-        ids, mask = _left_pad(chunk, tokenizer.pad_token_id, device)
+        ids, mask = pad_batch(chunk, tokenizer.pad_token_id, left=True, device=device)
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
