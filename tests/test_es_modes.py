@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -160,3 +162,57 @@ def test_trainer_builds_the_configured_mode(tiny_model, fitness):
         ESConfig(mode="lowrank", antithetic="signed")
     with pytest.raises(EsftError, match="use mode inplace"):
         ESConfig(mode="batched", fitness="random")
+
+
+@pytest.mark.parametrize("kind", ["plain", "antithetic", "lowrank"])
+def test_stacked_perturbations_equal_each_members_bit_for_bit(tiny_model, kind):
+    params = _params(tiny_model)
+    scale = {n: 2.5 for n in params if "mlp" in n or "norm" in n}
+    pop = (LowRankPopulation(params, seed=4, rank=2, sigma_scale=scale) if kind == "lowrank"
+           else Population(params, seed=4, antithetic=kind == "antithetic", sigma_scale=scale))
+    members = [5, 0, 1, 2, 3]
+    for name in ["model.layers.0.mlp.up_proj.weight", "model.layers.0.post_attention_layernorm.weight"]:
+        stacked = pop.perturbations(3, members, name, 0.1)
+        for row, m in zip(stacked, members):
+            assert torch.equal(row, pop.perturbation(3, m, name, 0.1)), (name, m)
+    phased = Population(params, seed=4, phases=[{"model.norm.weight"}, {"model.embed_tokens.weight"}])
+    assert not phased.perturbations(1, [0, 1], "model.norm.weight", 0.1).any()
+
+
+def test_lowrank_group_sigma_scales_its_factors(tiny_model):
+    from esft.es import ESConfig
+    from esft.es.trainer import build_population
+
+    name, gain = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
+    _, pop = build_population(copy.deepcopy(tiny_model), ESConfig(mode="lowrank", rank=2, group_sigma={"attn": 3.0}))
+    _, ref = build_population(copy.deepcopy(tiny_model), ESConfig(mode="lowrank", rank=2))
+    assert torch.allclose(pop.perturbation(1, 3, name, 0.1), 3.0 * ref.perturbation(1, 3, name, 0.1))
+    assert torch.equal(pop.perturbation(1, 3, gain, 0.1), ref.perturbation(1, 3, gain, 0.1))
+    a, b = pop.member_factors(1, [2, 3], name, 0.1)
+    assert torch.allclose(a[1] @ b[1].T, pop.perturbation(1, 3, name, 0.1), atol=1e-7)
+    assert torch.equal(a[0], -a[1]) and torch.equal(b[0], b[1])
+    # the NES step divides by each tensor's own noise scale σ·σ_g
+    theta = pop.master[name].clone()
+    for p in (pop, ref):
+        p.update(1, [1.0, -1.0], alpha=0.1, sigma=0.1)
+    assert torch.allclose((pop.master[name] - theta) * 3.0, ref.master[name] - theta, atol=1e-7)
+    assert not torch.equal(ref.master[name], theta)
+
+
+def test_lowrank_group_sigma_batched_equals_inplace(lively_model, fitness):
+    params = _params(lively_model)
+    pop = LowRankPopulation(params, seed=5, rank=2, sigma_scale={n: 0.25 for n in params if "mlp" in n})
+    members, indices = range(6), [0, 1, 2]
+    inplace = InplaceEvaluator(lively_model, pop, fitness)(2, members, 0.6, indices)
+    assert BatchedEvaluator(lively_model, pop, fitness, weights=LowRankWeights)(2, members, 0.6, indices) == inplace
+    assert len({f for f, _ in inplace}) > 1
+
+
+def test_lowrank_update_counts_an_unpaired_last_member(tiny_model):
+    pop = LowRankPopulation(_params(tiny_model), seed=1, rank=1)
+    theta = {n: t.clone() for n, t in pop.master.items()}
+    weights = [0.5, -0.5, 2.0]
+    pop.update(2, weights, alpha=0.3)
+    for name in ["model.layers.0.mlp.down_proj.weight", "model.norm.weight"]:
+        step = sum(w * pop.direction(2, m, name) for m, w in enumerate(weights))
+        assert torch.allclose(pop.master[name], theta[name] + 0.3 / 3 * step, atol=1e-7), name

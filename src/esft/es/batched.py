@@ -27,11 +27,13 @@ class StackedWeights(SharedWeights):
         """Stack the tensors `names` (default: every evolved tensor) for `members`."""
         super().__init__(model)
         self.stacked = {
-            name: torch.stack([population.master[name] + population.perturbation(iteration, m, name, sigma)
-                               for m in members]).to(self.weights[name].dtype)
+            name: population.perturbations(iteration, members, name, sigma).add_(population.master[name])
+            .to(self.weights[name].dtype)
             for name in (population.master if names is None else names)
         }
         self.fused_stacked: dict[tuple[str, ...], torch.Tensor] = {}
+        self.vectors: dict[tuple[str, int], torch.Tensor] = {}
+        """1-D stacked tensors viewed to broadcast against [N, ...] activations, per (name, ndim)."""
 
     def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
         stacked = [n in self.stacked for n in names]
@@ -54,10 +56,13 @@ class StackedWeights(SharedWeights):
         return F.embedding(ids + offsets, w.view(n * vocab, dim))
 
     def vector(self, name: str, ndim: int) -> torch.Tensor:
-        w = self.stacked.get(name)
+        w = self.vectors.get((name, ndim))
         if w is None:
-            return super().vector(name, ndim)
-        return w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
+            w = self.stacked.get(name)
+            if w is None:
+                return super().vector(name, ndim)
+            w = self.vectors[name, ndim] = w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
+        return w
 
 
 WeightsFactory = Callable[[torch.nn.Module, Population, int, Sequence[int], float], MemberWeights]

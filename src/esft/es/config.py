@@ -138,9 +138,9 @@ class ESConfig:
         if self.temperature > 0 and (self.mode != "inplace" or self.fitness != "task"):
             raise EsftError("es.temperature > 0 samples task completions in mode inplace only "
                             "(the batched decoder is greedy)")
-        if self.mode == "lowrank" and (self.antithetic != "none" or self.group_sigma):
-            raise EsftError("es.mode lowrank is antithetic by construction and scales its factors by σ only: "
-                            "leave es.antithetic none and es.group_sigma empty")
+        if self.mode == "lowrank" and self.antithetic != "none":
+            raise EsftError("es.mode lowrank is antithetic by construction (members 2k, 2k+1 use ±AₖBₖᵀ) and "
+                            "shapes each member's own fitness: leave es.antithetic none")
         if self.antithetic != "none" and self.population % 2:
             raise EsftError(f"es.antithetic needs an even population, got {self.population}")
         if self.antithetic == "paired" and self.population < 4 and self.shaping != "raw":

@@ -64,6 +64,23 @@ class Population:
             return torch.zeros_like(self.master[name])
         return (sigma * self.sigma_scale.get(name, 1.0)) * self.direction(iteration, member, name)
 
+    def perturbations(self, iteration: int, members: Sequence[int], name: str, sigma: float) -> torch.Tensor:
+        """`perturbation` of several members of one tensor, stacked [M, *shape], bit for bit the same.
+
+        The population modes build every member's weights at once; an antithetic pair's draw is
+        generated once (negating and scaling commute exactly).
+        """
+        if self.phases is not None and name not in self.phases[iteration % len(self.phases)]:
+            return self.master[name].new_zeros((len(members), *self.master[name].shape))
+        draws: dict[int, torch.Tensor] = {}
+        rows = []
+        for member in members:
+            key = member // 2 if self.antithetic else member
+            if key not in draws:
+                draws[key] = tensor_noise(self.master[name], self.seed, iteration, key, name)
+            rows.append(draws[key].neg() if self.antithetic and member % 2 else draws[key])
+        return torch.stack(rows).mul_(sigma * self.sigma_scale.get(name, 1.0))
+
     @torch.no_grad()
     def perturb(self, iteration: int, member: int, sigma: float) -> None:
         """Write member `member`'s weights θ + offset into the model (only the active tensors change)."""
@@ -88,6 +105,8 @@ class Population:
         n = len(weights)
         if self.antithetic:  # a pair's directions are ±ε_k: one draw, weighted by the difference
             coefs = {2 * k: float(weights[2 * k]) - float(weights[2 * k + 1]) for k in range(n // 2)}
+            if n % 2:  # an unpaired last member (lowrank allows odd populations)
+                coefs[n - 1] = float(weights[n - 1])
         else:
             coefs = {i: float(w) for i, w in enumerate(weights)}
         coefs = {member: c for member, c in coefs.items() if c != 0.0}

@@ -62,12 +62,11 @@ def build_population(model: torch.nn.Module, cfg: ESConfig) -> tuple[torch.nn.Mo
     except ValueError as err:
         raise EsftError(f"es.group_alpha/group_sigma: {err}") from None
     alpha_scale = {n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()}
+    sigma_scale = {n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()}
     if cfg.mode == "lowrank":
-        return model, LowRankPopulation(params, cfg.seed, cfg.rank, alpha_scale=alpha_scale)
+        return model, LowRankPopulation(params, cfg.seed, cfg.rank, sigma_scale=sigma_scale, alpha_scale=alpha_scale)
     population = Population(
-        params, cfg.seed, antithetic=cfg.antithetic != "none",
-        sigma_scale={n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()},
-        alpha_scale=alpha_scale,
+        params, cfg.seed, antithetic=cfg.antithetic != "none", sigma_scale=sigma_scale, alpha_scale=alpha_scale,
         phases=lora_phases(list(params), cfg.lora.order) if cfg.lora is not None else None,
     )
     return model, population
