@@ -59,7 +59,7 @@ def _peak_rss_mb() -> float:
 
 def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int]:
     """(seconds, generated tokens) of all members × prompts rows with the unperturbed model."""
-    from esft.es.decoder import Qwen3Decoder, SharedWeights
+    from esft.es.decoder import PopulationDecoder, SharedWeights
     from esft.rollout import decode_completions, generate
 
     prompts = fitness.prompt_ids
@@ -68,8 +68,8 @@ def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int
         rows = [p for _ in range(members) for p in prompts]
         tokens = generate(model, tokenizer, rows, fitness.max_new_tokens, batch_size=len(rows)).total_tokens
     else:
-        out = Qwen3Decoder(model).generate(SharedWeights(model), members, prompts, fitness.max_new_tokens,
-                                           tokenizer.pad_token_id, tokenizer.eos_token_id)
+        out = PopulationDecoder(model).generate(SharedWeights(model), members, prompts, fitness.max_new_tokens,
+                                                tokenizer.pad_token_id, tokenizer.eos_token_id)
         tokens = decode_completions(tokenizer, out.reshape(-1, out.shape[-1]).tolist()).total_tokens
     return time.perf_counter() - start, tokens
 

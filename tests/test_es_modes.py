@@ -9,7 +9,7 @@ import torch
 
 from esft.es import Population
 from esft.es.batched import BatchedEvaluator, StackedWeights
-from esft.es.decoder import Qwen3Decoder, SharedWeights
+from esft.es.decoder import PopulationDecoder, SharedWeights
 from esft.es.fitness import TaskFitness
 from esft.es.lowrank import LowRankPopulation, LowRankWeights
 from esft.es.modes import InplaceEvaluator
@@ -49,8 +49,8 @@ def test_decoder_matches_hf_generate(lively_model, tokenizer):
     with torch.inference_mode():
         ref = lively_model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
                                     max_new_tokens=20, do_sample=False)[:, width:]
-    out = Qwen3Decoder(lively_model).generate(SharedWeights(lively_model), 2, prompts, 20,
-                                               tokenizer.pad_token_id, tokenizer.eos_token_id)
+    out = PopulationDecoder(lively_model).generate(SharedWeights(lively_model), 2, prompts, 20,
+                                                    tokenizer.pad_token_id, tokenizer.eos_token_id)
     assert torch.equal(out[0, :, :ref.shape[1]], ref) and torch.equal(out[1], out[0])
     assert len(set(map(tuple, ref.tolist()))) == 3
 
@@ -126,8 +126,9 @@ def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_mod
                            else (LowRankPopulation(_params(lively_model), seed=9, rank=4), LowRankWeights))
     prompts = encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in ["hi", "Solve: 3 + 5 =", "ok?"]])
     members, sigma = [0, 1, 2, 3], 0.3
-    out = Qwen3Decoder(lively_model).generate(weights(lively_model, population, 1, members, sigma), len(members),
-                                              prompts, 16, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    out = PopulationDecoder(lively_model).generate(weights(lively_model, population, 1, members, sigma),
+                                                   len(members), prompts, 16, tokenizer.pad_token_id,
+                                                   tokenizer.eos_token_id)
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
     for m in members:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from esft.es.decoder import MemberWeights, Qwen3Decoder, SharedWeights
+from esft.es.decoder import MemberWeights, PopulationDecoder, SharedWeights
 from esft.es.fitness import TaskFitness
 from esft.es.population import Population
 from esft.rollout import decode_completions
@@ -78,7 +78,7 @@ class BatchedEvaluator:
         self.fitness = fitness
         self.weights = weights
         self.members_per_pass = members_per_pass
-        self.decoder = Qwen3Decoder(model)
+        self.decoder = PopulationDecoder(model)
 
     def __call__(self, iteration: int, members: Iterable[int], sigma: float,
                  indices: Sequence[int]) -> list[tuple[float, int]]:

@@ -99,8 +99,8 @@ class ESConfig:
     with one sampling seed per iteration shared by every member (common random numbers)."""
     mode: Mode = "inplace"
     """Population evaluation: inplace (one member at a time, any model), batched (the whole population
-    in one generation loop with member offsets inside the forward; Qwen3 models) or lowrank (EGGROLL:
-    rank-r antithetic matrix directions AᵢBᵢᵀ/√r, batched likewise)."""
+    in one generation loop with member offsets inside the forward; Qwen3, Qwen2 and Llama models) or
+    lowrank (EGGROLL: rank-r antithetic matrix directions AᵢBᵢᵀ/√r, batched likewise)."""
     rank: int = 1
     """lowrank: rank r of each member's matrix directions."""
     members_per_pass: int | None = None

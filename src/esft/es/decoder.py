@@ -1,16 +1,18 @@
-"""A KV-cached greedy decoder for Qwen3 models that runs a whole population in one generation loop.
+"""A KV-cached greedy decoder for Qwen3, Qwen2 and Llama models that runs a whole population in one loop.
 
 Rows are laid out member-major, [N members, B prompts]. Every weight is read through a `MemberWeights`
 provider, so one loop serves three purposes: `SharedWeights` (the unperturbed model for every row: the
 `pure` inference limit), per-member full-rank weights (`batched`) and low-rank offsets (`lowrank`).
-The numerics follow transformers' Qwen3 (fp32 RMSNorm, its rotary module, left-padding positions as
-in `generate`), so greedy tokens match `model.generate` in the common case; HF's per-step overhead,
-which dominates small models, is avoided.
+Which parts a layer has (q/k norms as in Qwen3, projection biases as in Qwen2 or Llama's bias flags) is
+read off the model's modules. The numerics follow transformers (fp32 RMSNorm, the model's own rotary
+module, left-padding positions as in `generate`), so greedy tokens match `model.generate` in the common
+case; HF's per-step overhead, which dominates small models, is avoided.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -30,7 +32,7 @@ class MemberWeights(Protocol):
         """Rows of member m's embedding for ids [N, R] -> [N, R, d]."""
 
     def vector(self, name: str, ndim: int) -> torch.Tensor:
-        """A 1-D weight (norm gain), shaped to broadcast against an `ndim`-dimensional [N, ...] input."""
+        """A 1-D weight (norm gain, bias), shaped to broadcast against an `ndim`-dimensional [N, ...] input."""
 
 
 class SharedWeights:
@@ -58,7 +60,7 @@ class SharedWeights:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' Qwen3RMSNorm: normalise in fp32, cast back, then scale."""
+    """transformers' RMSNorm (Qwen3, Qwen2, Llama): normalise in fp32, cast back, then scale."""
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -69,65 +71,145 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-class Qwen3Decoder:
-    """Greedy decoding of [N, B] rows of a Qwen3ForCausalLM through a `MemberWeights` provider."""
+_ARCHITECTURES = ("qwen3", "qwen2", "llama")
+"""model_type values whose layers this decoder reproduces (pre-norm RMSNorm attention and gated MLP)."""
+
+_POSITIONAL_ROPE = ("default", "linear", "llama3", "yarn")
+"""Rope types whose cos/sin depend on the position alone: one table from the model's rotary module then
+serves every step. dynamic and longrope rescale with the sequence length as `generate` grows it."""
+
+_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """Linear layers of the same input, computed as one fused product; biases None where they have none."""
+
+    weights: tuple[str, ...]
+    biases: tuple[str, ...] | None
+
+
+def _projection(model: torch.nn.Module, modules: Sequence[str]) -> _Projection:
+    """The fused projection of `modules`, with their biases if the modules have them (all or none)."""
+    has_bias = [model.get_submodule(m).bias is not None for m in modules]
+    if any(has_bias) != all(has_bias):
+        raise EsftError(f"population-batched decoding fuses {', '.join(modules)}: they must all have biases or none")
+    return _Projection(tuple(f"{m}.weight" for m in modules),
+                       tuple(f"{m}.bias" for m in modules) if all(has_bias) else None)
+
+
+@dataclass(frozen=True)
+class _LayerNames:
+    """One decoder layer's parameter names; q_norm/k_norm are None where the layer has none (Qwen2, Llama)."""
+
+    input_norm: str
+    qkv: _Projection
+    q_norm: str | None
+    k_norm: str | None
+    o: _Projection
+    post_norm: str
+    gate_up: _Projection
+    down: _Projection
+
+
+def _layer_names(model: torch.nn.Module, i: int) -> _LayerNames:
+    """Layer i's structure, read off its modules rather than the model type."""
+    p = f"model.layers.{i}."
+    a, m = p + "self_attn.", p + "mlp."
+    attn = model.get_submodule(p + "self_attn")
+    if getattr(attn, "sliding_window", None) is not None:
+        raise EsftError(f"population-batched decoding does not support sliding-window attention (layer {i})")
+
+    def head_norm(name: str) -> str | None:
+        return f"{a}{name}.weight" if isinstance(getattr(attn, name, None), torch.nn.Module) else None
+
+    return _LayerNames(p + "input_layernorm.weight", _projection(model, [a + "q_proj", a + "k_proj", a + "v_proj"]),
+                       head_norm("q_norm"), head_norm("k_norm"), _projection(model, [a + "o_proj"]),
+                       p + "post_attention_layernorm.weight",
+                       _projection(model, [m + "gate_proj", m + "up_proj"]), _projection(model, [m + "down_proj"]))
+
+
+class PopulationDecoder:
+    """Greedy decoding of [N, B] rows of a Qwen3, Qwen2 or Llama causal LM through a `MemberWeights` provider."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         cfg = model.config
-        if cfg.model_type != "qwen3":
-            raise EsftError(f"population-batched decoding supports qwen3 models, not {cfg.model_type!r}")
-        if getattr(cfg, "attention_bias", False) or getattr(cfg, "sliding_window", None) and getattr(
-                cfg, "use_sliding_window", False):
-            raise EsftError("population-batched decoding does not support attention bias or sliding windows")
+        if cfg.model_type not in _ARCHITECTURES:
+            raise EsftError(f"population-batched decoding supports {', '.join(_ARCHITECTURES)} models, not "
+                            f"{cfg.model_type!r}: use es.mode inplace")
+        self.rotary = model.model.rotary_emb
+        rope = getattr(self.rotary, "rope_type", "default")
+        if rope not in _POSITIONAL_ROPE:
+            raise EsftError(f"population-batched decoding supports rope types {', '.join(_POSITIONAL_ROPE)}, "
+                            f"not {rope!r}: use es.mode inplace")
+        if cfg.hidden_act not in _ACTIVATIONS:
+            raise EsftError(f"population-batched decoding supports activations {', '.join(_ACTIVATIONS)}, "
+                            f"not {cfg.hidden_act!r}: use es.mode inplace")
         self.model = model
-        self.layers = cfg.num_hidden_layers
+        self.layers = [_layer_names(model, i) for i in range(cfg.num_hidden_layers)]
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.act = {"silu": F.silu, "gelu": F.gelu}[cfg.hidden_act]
-        self.rotary = model.model.rotary_emb
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+        head = _projection(model, ["lm_head"])
         tied = model.lm_head.weight is model.model.embed_tokens.weight
-        self.head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        self.head = replace(head, weights=("model.embed_tokens.weight",)) if tied else head
 
-    def _layer(self, w: MemberWeights, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               cache: tuple[torch.Tensor, torch.Tensor], start: int, mask: torch.Tensor) -> torch.Tensor:
+    def _biases(self, w: MemberWeights, members: int) -> dict[_Projection, torch.Tensor]:
+        """Every biased projection's biases, concatenated like its fused weights, [N, 1, Σ out]: read once
+        per generation (the provider's biases are fixed for it), so a step adds them in one op."""
+        projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return {p: torch.cat([w.vector(n, 3).expand(members, 1, -1) for n in p.biases], dim=-1)
+                for p in projections + [self.head] if p.biases is not None}
+
+    @staticmethod
+    def _project(w: MemberWeights, biases: dict[_Projection, torch.Tensor], x: torch.Tensor,
+                 p: _Projection) -> torch.Tensor:
+        """x·Wᵀ (+ b) of a fused projection; bias-free models (Qwen3) pay no extra op."""
+        y = w.linear(x, p.weights)
+        return y if p.biases is None else y + biases[p]
+
+    def _heads(self, w: MemberWeights, x: torch.Tensor, norm: str | None, heads: int, n: int,
+               t: int) -> torch.Tensor:
+        """[N, B·T, heads·D] -> [N·B, heads, T, D], RMS-normalised per head where the layer has a q/k norm."""
+        x = x.reshape(n, -1, heads, self.head_dim)
+        if norm is not None:
+            x = _rms_norm(x, w.vector(norm, 4), self.eps)
+        return x.view(-1, t, heads, self.head_dim).transpose(1, 2)
+
+    def _layer(self, w: MemberWeights, biases: dict[_Projection, torch.Tensor], layer: _LayerNames,
+               x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+               start: int, mask: torch.Tensor) -> torch.Tensor:
         n, rows, _ = x.shape
         t = cos.shape[2]
         b = rows // t
-        p = f"model.layers.{i}."
-        h = _rms_norm(x, w.vector(p + "input_layernorm.weight", 3), self.eps)
-        a = p + "self_attn."
-        qkv = w.linear(h, (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"))
+        h = _rms_norm(x, w.vector(layer.input_norm, 3), self.eps)
+        qkv = self._project(w, biases, h, layer.qkv)
         q, k, v = qkv.split([self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2, dim=-1)
-        q = q.reshape(n, rows, self.heads, self.head_dim)
-        k = k.reshape(n, rows, self.kv_heads, self.head_dim)
         v = v.reshape(n * b, t, self.kv_heads, self.head_dim)
-        q = _rms_norm(q, w.vector(p + "self_attn.q_norm.weight", 4), self.eps)
-        k = _rms_norm(k, w.vector(p + "self_attn.k_norm.weight", 4), self.eps)
-        q = _rotate(q.view(n * b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-        k = _rotate(k.view(n * b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+        q = _rotate(self._heads(w, q, layer.q_norm, self.heads, n, t), cos, sin)
+        k = _rotate(self._heads(w, k, layer.k_norm, self.kv_heads, n, t), cos, sin)
         keys, values = cache
         keys[:, :, start:start + t] = k
         values[:, :, start:start + t] = v.transpose(1, 2)
         end = start + t
         attn = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
                                               scale=self.head_dim ** -0.5, enable_gqa=True)
-        x = x + w.linear(attn.transpose(1, 2).reshape(n, rows, self.heads * self.head_dim),
-                         (a + "o_proj.weight",))
-        h = _rms_norm(x, w.vector(p + "post_attention_layernorm.weight", 3), self.eps)
-        gate, up = w.linear(h, (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")).chunk(2, dim=-1)
-        return x + w.linear(self.act(gate) * up, (p + "mlp.down_proj.weight",))
+        x = x + self._project(w, biases, attn.transpose(1, 2).reshape(n, rows, self.heads * self.head_dim), layer.o)
+        h = _rms_norm(x, w.vector(layer.post_norm, 3), self.eps)
+        gate, up = self._project(w, biases, h, layer.gate_up).chunk(2, dim=-1)
+        return x + self._project(w, biases, self.act(gate) * up, layer.down)
 
-    def _logits(self, w: MemberWeights, ids: torch.Tensor, positions: torch.Tensor, rope: tuple, caches: list,
-                start: int, mask: torch.Tensor) -> torch.Tensor:
+    def _logits(self, w: MemberWeights, biases: dict[_Projection, torch.Tensor], ids: torch.Tensor,
+                positions: torch.Tensor, rope: tuple, caches: list, start: int, mask: torch.Tensor) -> torch.Tensor:
         """Next-token logits [N, B, V] after feeding ids [N, B, T] at `positions` [N·B, T]."""
         n, b, t = ids.shape
         x = w.embed(ids.reshape(n, b * t), "model.embed_tokens.weight")
         cos, sin = rope[0][positions].unsqueeze(1), rope[1][positions].unsqueeze(1)
-        for i in range(self.layers):
-            x = self._layer(w, i, x, cos, sin, caches[i], start, mask)
+        for layer, cache in zip(self.layers, caches):
+            x = self._layer(w, biases, layer, x, cos, sin, cache, start, mask)
         last = x.view(n, b, t, -1)[:, :, -1]
-        return w.linear(_rms_norm(last, w.vector("model.norm.weight", 3), self.eps), (self.head_name,))
+        return self._project(w, biases, _rms_norm(last, w.vector("model.norm.weight", 3), self.eps), self.head)
 
     @torch.inference_mode()
     def generate(self, weights: MemberWeights, members: int, prompt_ids: Sequence[Sequence[int]],
@@ -153,11 +235,12 @@ class Qwen3Decoder:
                                                 torch.arange(total, device=device)[None]))
         shape = (rows, self.kv_heads, total, self.head_dim)
         caches = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-                  for _ in range(self.layers)]
+                  for _ in self.layers]
         # prefill: causal over real tokens; each position also sees itself so pad rows stay finite
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         mask = (causal & valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
-        logits = self._logits(weights, ids, positions, rope, caches, 0, mask[:, None])
+        biases = self._biases(weights, members)
+        logits = self._logits(weights, biases, ids, positions, rope, caches, 0, mask[:, None])
         alive = torch.ones(members, b, dtype=torch.bool, device=device)
         out = []
         for step in range(max_new_tokens):
@@ -168,6 +251,6 @@ class Qwen3Decoder:
                 break
             pos = width + step
             valid[:, pos] = True
-            logits = self._logits(weights, token[..., None], (lengths + step)[:, None], rope, caches, pos,
+            logits = self._logits(weights, biases, token[..., None], (lengths + step)[:, None], rope, caches, pos,
                                   valid[:, None, None, :pos + 1])
         return torch.stack(out, dim=-1)
