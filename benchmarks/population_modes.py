@@ -6,6 +6,10 @@ reference). Each mode's number is a full ES iteration (`ESTrainer.step`: evaluat
 median over `--iterations` after one warm-up, each mode in a fresh process. Peak RSS is taken after
 the warm-up iteration, before any pure run; then every timed iteration is paired with a pure run just
 before it, and `ratio_to_pure` is the median of the paired ratios, which holds up on a shared machine.
+The random-init members tie, so shaping would zero the update: tied iterations shape seeded random
+fitness instead, and the update is timed too. `batched` also reports `floor_ratio`: `pure` plus drawing
+its N full-rank noise tensors plus reading its N member copies of the matrices once per new token at
+this thread's measured stream bandwidth: the least time any full-rank batched evaluation could take.
 
     python benchmarks/population_modes.py                       # both settings, every mode
     python benchmarks/population_modes.py --settings a --modes batched lowrank
@@ -74,9 +78,50 @@ def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int
     return time.perf_counter() - start, tokens
 
 
+def _untie_shaping(trainer_module) -> None:
+    """Shape seeded random fitness when every member ties, so each timed iteration applies a real update.
+
+    Members of the random-init model all produce the same tokens, so shaping would give zero weights and
+    the trainer would skip the update; the benchmark must time it like any other part of the iteration.
+    """
+    shape = trainer_module.member_weights
+    gen = torch.Generator().manual_seed(0)
+
+    def member_weights(fitness, shaping, antithetic):
+        if len(set(fitness)) > 1:
+            return shape(fitness, shaping, antithetic)
+        return shape(torch.randn(len(fitness), generator=gen).tolist(), shaping, antithetic)
+
+    trainer_module.member_weights = member_weights
+
+
+def _stream_gb_per_s(nbytes: int) -> float:
+    """Best read bandwidth (GB/s) summing a fresh fp32 buffer of `nbytes`, twice over, on this thread."""
+    buffers = [torch.ones(nbytes // 4) for _ in range(2)]
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for b in buffers:
+            b.sum()
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best / 1e9
+
+
+def _randn_seconds(count: int) -> float:
+    """Best time to draw `count` standard normals from a seeded generator on this thread."""
+    gen = torch.Generator().manual_seed(0)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.randn(count, generator=gen)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: int) -> dict:
     """One mode in one setting: median seconds per ES iteration (or per pure generation)."""
     import esft.es.fitness as fitness_module
+    import esft.es.trainer as trainer_module
     from esft.es import ESConfig
     from esft.es.trainer import ESTrainer
 
@@ -101,6 +146,7 @@ def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: i
                 in_generate[0] += time.perf_counter() - start
 
         fitness_module.generate = generate
+        _untie_shaping(trainer_module)
         cfg = ESConfig(population=n, sigma=0.0015, alpha=0.00075, iterations=iterations + 1, seed=0, mode=mode,
                        rank=rank)
         trainer = ESTrainer(model, fitness, len(fitness.rows), cfg)
@@ -127,6 +173,15 @@ def measure(name: str, mode: str, iterations: int, warmstart_steps: int, rank: i
         result["ratio_to_pure"] = round(statistics.median(s / p for s, p in zip(seconds, paired)), 3)
     if mode == "lowrank":
         result["rank"] = rank
+    if mode == "batched":
+        # the least any implementation can add to pure: drawing N full-rank noise tensors, and reading
+        # each member's own matrices once per new token at this thread's stream bandwidth
+        nbytes = n * sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+        bandwidth = _stream_gb_per_s(nbytes)
+        noise = _randn_seconds(n * sum(p.numel() for p in model.parameters()))
+        floor = noise + setting["max_new_tokens"] * nbytes / (bandwidth * 1e9)
+        result.update(member_weights_mb=round(nbytes / 1e6, 2), stream_gb_per_s=round(bandwidth, 2),
+                      noise_seconds=round(noise, 4), floor_ratio=round(1 + floor / statistics.median(paired), 3))
     if mode == "inplace":
         result["fraction_outside_generate"] = round(statistics.median(outside), 4)
     return result

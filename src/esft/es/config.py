@@ -36,10 +36,12 @@ class LoRAConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     order: str = "BA"
     """Phase pattern over iterations: iteration t evolves order[t mod len(order)] ('A' or 'B'). B starts
-    at zero, so a perturbation of A alone changes the model only at second order: start with B."""
+    at zero, and while it is zero a perturbation of A alone does not change the model at all (all
+    members tie): start with B. The blog's code (Bhoy1/ES_LLM_1, cvllm3.py) alternates starting with A."""
     normalize: bool = False
     """Rescale each adapter tensor's step to RMS α per entry (α·α_g, before any NES division), so the
-    step size does not depend on the scale of the shaped fitness or of the noise sum."""
+    step size does not depend on the scale of the shaped fitness or of the noise sum. Our option: the
+    blog's code applies the plain step α/N Σ zᵢεᵢ (false here)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:

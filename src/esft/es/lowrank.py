@@ -62,24 +62,27 @@ class LowRankPopulation(Population):
         a, b = self.factors(iteration, member, name)
         return a @ b.T
 
+    def _signed_factors(self, iteration: int, members: Sequence[int], name: str,
+                        scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cₘ·±A/√r [M, out, r], B [M, in, r]) of a matrix for `members` with per-member scales cₘ."""
+        out_dim = self.master[name].shape[0]
+        ab = torch.stack([self._pair_factors(iteration, m // 2, name) for m in members])
+        c = torch.tensor([(-s if m % 2 else s) / math.sqrt(self.rank) for m, s in zip(members, scales)],
+                         device=ab.device)
+        return ab[:, :out_dim] * c[:, None, None], ab[:, out_dim:]
+
     def weighted_directions(self, iteration: int, coefs: Mapping[int, float], name: str) -> torch.Tensor:
         """Σ cₘ·AₘBₘᵀ of a matrix as one product [out, M·r] @ [M·r, in], as EGGROLL updates."""
         if self.master[name].dim() != 2 or not coefs:
             return super().weighted_directions(iteration, coefs, name)
-        factors = [(c, *self.factors(iteration, m, name)) for m, c in coefs.items()]
-        a = torch.cat([c * a for c, a, _ in factors], dim=1)
-        b = torch.cat([b for _, _, b in factors], dim=1)
-        return a @ b.T
+        a, b = self._signed_factors(iteration, list(coefs), name, list(coefs.values()))
+        return a.transpose(0, 1).flatten(1) @ b.transpose(0, 1).flatten(1).T
 
     def member_factors(self, iteration: int, members: Sequence[int], name: str,
                        sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ·σ_g·±A/√r [M, out, r], B [M, in, r]) of a matrix for `members`: the factors whose
         products are their `perturbation`s, built with one scaling for the whole population."""
-        out_dim = self.master[name].shape[0]
-        ab = torch.stack([self._pair_factors(iteration, m // 2, name) for m in members])
-        signs = torch.tensor([-1.0 if m % 2 else 1.0 for m in members], device=ab.device)
-        scale = signs * (sigma * self.sigma_scale.get(name, 1.0) / math.sqrt(self.rank))
-        return ab[:, :out_dim] * scale[:, None, None], ab[:, out_dim:]
+        return self._signed_factors(iteration, members, name, [sigma * self.sigma_scale.get(name, 1.0)] * len(members))
 
     def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
         if self.master[name].dim() != 2:
