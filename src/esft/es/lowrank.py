@@ -51,10 +51,8 @@ class LowRankPopulation(Population):
 
     def factors(self, iteration: int, member: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(±A/√r [out, r], B [in, r]) of a matrix; members 2k and 2k+1 share them with opposite signs."""
-        ab = self._pair_factors(iteration, member // 2, name)
-        out_dim = self.master[name].shape[0]
-        sign = -1.0 if member % 2 else 1.0
-        return ab[:out_dim] * (sign / math.sqrt(self.rank)), ab[out_dim:]
+        a, b = self._signed_factors(iteration, [member], name, [1.0])
+        return a[0], b[0]
 
     def direction(self, iteration: int, member: int, name: str) -> torch.Tensor:
         if self.master[name].dim() != 2:
@@ -82,7 +80,8 @@ class LowRankPopulation(Population):
                        sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ·σ_g·±A/√r [M, out, r], B [M, in, r]) of a matrix for `members`: the factors whose
         products are their `perturbation`s, built with one scaling for the whole population."""
-        return self._signed_factors(iteration, members, name, [sigma * self.sigma_scale.get(name, 1.0)] * len(members))
+        scale = sigma * self.sigma_scale.get(name, 1.0)
+        return self._signed_factors(iteration, members, name, [scale] * len(members))
 
     def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
         if self.master[name].dim() != 2:
