@@ -95,7 +95,9 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
     ({"population": 4, "sigma": 0.05, "alpha": 0.02, "iterations": 3, "antithetic": "paired", "shaping": "raw",
       "fitness": "loglik", "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "up_proj"], "normalize": True},
       "seed": 1}, True),
-], ids=["full-parameter", "lora"])
+    ({"population": 5, "sigma": 0.1, "alpha": 0.5, "iterations": 3, "mode": "lowrank", "rank": 2, "step": "nes",
+      "group_sigma": {"mlp": 2.0}, "seed": 3}, False),
+], ids=["full-parameter", "lora", "lowrank"])
 def test_replay_rebuilds_the_trained_weights_bitwise(base, tmp_path, cfg, extra):
     args = []
     if extra:  # a corpus file for the log-likelihood fitness
