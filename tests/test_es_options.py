@@ -157,7 +157,7 @@ def test_schema_mirrors_the_config_dataclasses():
             "fitness": "loglik", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "order": "BA",
                                           "normalize": True},
             "temperature": 0.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
-            "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2}
+            "max_rollouts": 100, "max_tokens": None, "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2}
     jsonschema.validate(full, _es_schema())
     assert ESConfig.from_dict(full).to_dict() == full
     for bad in ({"antithetic": "both"}, {"group_alpha": {"ffn": 1.0}}, {"lora": {"order": "AC"}}):
@@ -180,9 +180,9 @@ def test_drift_is_exact_and_theta0_costs_the_model_dtype(tiny_model):
     model = tiny_model.to(torch.bfloat16)
     trainer = ESTrainer(model, None, 1, ESConfig(population=4, sigma=0.01, alpha=1e-4, iterations=3, fitness="random"))
     start = {n: t.clone() for n, t in trainer.population.master.items()}
-    assert all(t.dtype == torch.bfloat16 for t in trainer.theta0.values())
+    assert all(t.dtype == torch.bfloat16 for t in trainer.drift.theta0.values())
     trainer.train()
-    last = [d for d in trainer.drift if d["iteration"] == 2]
+    last = [d for d in trainer.drift.rows if d["iteration"] == 2]
     assert {d["parameter"] for d in last} == set(start)
     for d in last:
         expected = float(((trainer.population.master[d["parameter"]] - start[d["parameter"]]) ** 2).sum())

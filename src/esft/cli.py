@@ -6,7 +6,6 @@ Config slices arrive as JSON (`--cfg '{"sigma": 0.01}'`) or as a path to a YAML/
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -63,55 +62,23 @@ def cmd_base_model(args) -> None:
     build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out)
 
 
-def _fitness(cfg, args, task, rows: list[dict], tokenizer):
-    """The model fitness of `es.fitness` (None for `random`, which never evaluates the model)."""
-    from esft.es.fitness import CorpusFitness, TaskFitness
-    from esft.io import read_jsonl
-
-    if cfg.fitness == "task":
-        return TaskFitness(task, rows, tokenizer, args.task_cfg["max_new_tokens"], cfg.generation_batch_size,
-                           cfg.temperature), len(rows)
-    if cfg.fitness == "loglik":
-        if args.corpus:
-            texts = [row["text"] for row in read_jsonl(args.corpus)]
-        else:  # the task's training conversations with their reference answers
-            texts = [tokenizer.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False)
-                     + task.reference(r) for r in rows]
-        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size), len(texts)
-    return None, len(rows)
-
-
 def cmd_train(args) -> None:
-    from esft.es import ESConfig
-    from esft.es.distributed import init_distributed
-    from esft.es.trainer import ESTrainer
-    from esft.io import read_jsonl
-    from esft.models import load_model
-    from esft.tasks import get_task
+    from esft.training import TrainJob, train
 
-    if args.method != "es":
-        raise SystemExit(f"esft train: method {args.method!r} is not available yet; available: es")
-    init_distributed(args.device)  # a no-op unless launched by torchrun
-    model, tokenizer = load_model(args.base, args.init, dtype=args.dtype, device=args.device)
-    task = get_task(args.task, format_bonus=args.task_cfg.get("format_bonus"))
-    rows = read_jsonl(Path(args.data) / "train.jsonl")
-    cfg = ESConfig.from_dict(args.cfg)
-    fitness, n_rows = _fitness(cfg, args, task, rows, tokenizer)
-    inputs = [Path(p) for p in (args.init, args.corpus) if p]
-    fingerprint = json.dumps([args.task, args.task_cfg, [(str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                                                         for p in inputs]])
-    trainer = ESTrainer(model, fitness, n_rows, cfg, state_dir=args.state_dir, fingerprint=fingerprint)
-    trainer.train()
-    trainer.write_outputs(args.out)
+    train(TrainJob(
+        method=args.method, task=args.task, base=args.base, data=Path(args.data), task_cfg=args.task_cfg,
+        cfg=args.cfg, out=Path(args.out), init=args.init, run_id=args.run_id,
+        state_dir=Path(args.state_dir) if args.state_dir else None, device=args.device, dtype=args.dtype,
+        corpus=args.corpus,
+    ))
 
 
 def cmd_replay(args) -> None:
-    from safetensors.torch import save_file
-
     from esft.errors import EsftError
     from esft.es.trainer import replay
-    from esft.io import atomic_path, read_jsonl
+    from esft.io import read_jsonl
     from esft.models import load_model
+    from esft.runs import save_weights
 
     records = read_jsonl(args.run)
     if not records:
@@ -121,8 +88,7 @@ def cmd_replay(args) -> None:
     device = args.device or records[0].get("device", "cpu")
     model, _ = load_model(args.base, args.init, dtype=dtype, device=device)
     weights = replay(model, records)
-    with atomic_path(args.out) as tmp:
-        save_file(weights, str(tmp), metadata={"format": "pt", "esft": json.dumps(records[0]["config"])})
+    save_weights(args.out, weights)
 
 
 def cmd_evaluate(args) -> None:
@@ -213,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "train one stage of one method on one task")
     model_args(p)
-    p.add_argument("--method", default="es")
+    p.add_argument("--method", default="es", help="es, grpo or lbes")
     p.add_argument("--task", required=True)
+    p.add_argument("--run-id", default="", help="the run's identity, method/schedule/stage-task: keys its noise "
+                   "and seeds apart from other stages (the workflow sets it)")
     p.add_argument("--task-cfg", type=_cfg, required=True)
     p.add_argument("--init", default=None, help="weights.safetensors to start from (default: the base)")
     p.add_argument("--data", required=True, help="the task's data directory")

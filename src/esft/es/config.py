@@ -107,8 +107,13 @@ class ESConfig:
     """lowrank: rank r of each member's matrix directions."""
     members_per_pass: int | None = None
     """batched/lowrank: members per generation loop (None: all); bounds memory."""
+    max_rollouts: int | None = None
+    """Stop after the iteration whose cumulative rollouts (completions generated) reach this (None: no bound)."""
+    max_tokens: int | None = None
+    """Stop after the iteration whose cumulative generated tokens reach this (None: no bound)."""
     seed: int = 0
-    """Keys the noise and the minibatches; a run is a function of this seed and its inputs."""
+    """Keys the noise and the minibatches (with the run's identity); a run is a function of this seed
+    and its inputs."""
     generation_batch_size: int = 64
     checkpoint_every: int = 10
     """Iterations between resumable state snapshots."""
@@ -158,6 +163,9 @@ class ESConfig:
                 raise EsftError(f"es.{name}_decay must be > 0")
             if getattr(self, f"{name}_decay_every") < 1:
                 raise EsftError(f"es.{name}_decay_every must be >= 1")
+        for name in ("max_rollouts", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise EsftError(f"es.{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.checkpoint_every < 1:
             raise EsftError(f"es.checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

@@ -26,6 +26,9 @@ class FitnessError(EsftError):
 class TaskFitness:
     """Scores the live model on chosen train rows; prompts are tokenised once and reused by every member."""
 
+    generates = True
+    """Its evaluations generate completions (counted as rollouts and generated tokens)."""
+
     def __init__(self, task: Task, rows: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int,
                  generation_batch_size: int, temperature: float = 0.0) -> None:
         self.task = task
@@ -41,6 +44,10 @@ class TaskFitness:
         gens = generate(model, self.tokenizer, [self.prompt_ids[i] for i in indices], self.max_new_tokens,
                         self.generation_batch_size, self.temperature)
         return self.score(gens.texts, indices, member), gens.total_tokens
+
+    def prompt_tokens(self, indices: Sequence[int]) -> int:
+        """Prompt tokens one member processes on rows `indices`."""
+        return sum(len(self.prompt_ids[i]) for i in indices)
 
     def score(self, texts: Sequence[str], indices: Sequence[int], member: int) -> float:
         """Mean reward of one member's completions of rows `indices`; stops on a bad reward."""

@@ -1,10 +1,10 @@
 """The ES training loop: evaluate every member on the same prompts, shape, update, log, checkpoint.
 
-One line per iteration goes to run.jsonl (seed, minibatch, raw fitness, update weights, α_t, σ_t,
-step kind, antithetic mode, LoRA phase, tokens, seconds, and the ES config), enough for `replay` to
-rebuild θ_T from θ_0 bit for bit. Resumable state is written atomically every
-`checkpoint_every` iterations to a state directory outside the job's outputs, so a killed job restarts
-where it stopped and ends with the same weights as an uninterrupted run.
+One line per iteration goes to run.jsonl (the common fields of `esft.runs` plus run id, seed,
+minibatch, raw fitness, update weights, α_t, σ_t, step kind, antithetic mode, LoRA phase and the ES
+config), enough for `replay` to rebuild θ_T from θ_0 bit for bit. Resumable state is written atomically
+every `checkpoint_every` iterations to a state directory outside the job's outputs, so a killed job
+restarts where it stopped and ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
 from esft.es.config import ESConfig
@@ -28,19 +27,21 @@ from esft.es.fitness import RandomFitness
 from esft.es.lora import lora_phases, merged_weights, wrap_lora
 from esft.es.lowrank import LowRankPopulation
 from esft.es.modes import Fitness, build_evaluator
+from esft.es.noise import run_seed
 from esft.es.population import Population
 from esft.es.shaping import member_weights
-from esft.io import atomic_path, write_jsonl
 from esft.params import param_group
+from esft.runs import Budget, Drift, ResumeState, write_run
 
 log = logging.getLogger(__name__)
 
 
-def minibatch(cfg: ESConfig, iteration: int, n_rows: int) -> list[int]:
-    """Prompt indices of one iteration: all rows, or a seeded subset shared by every member."""
+def minibatch(cfg: ESConfig, iteration: int, n_rows: int, seed: int | None = None) -> list[int]:
+    """Prompt indices of one iteration: all rows, or a subset drawn from `seed` (default: es.seed)
+    and shared by every member."""
     if cfg.batch_size is None or cfg.batch_size >= n_rows:
         return list(range(n_rows))
-    rng = random.Random(f"{cfg.seed}|batch|{iteration}")
+    rng = random.Random(f"{cfg.seed if seed is None else seed}|batch|{iteration}")
     return sorted(rng.sample(range(n_rows), cfg.batch_size))
 
 
@@ -49,13 +50,15 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def build_population(model: torch.nn.Module, cfg: ESConfig) -> tuple[torch.nn.Module, Population]:
+def build_population(model: torch.nn.Module, cfg: ESConfig, run_id: str = "") -> tuple[torch.nn.Module, Population]:
     """(model to evaluate, population) for `cfg`: LoRA-wrapped if configured, with σ_g/α_g and phases.
 
-    Training and replay both build their population here, so they apply the same update.
+    Noise (and LoRA's initial A) is keyed on es.seed and the run's identity (`run_seed`). Training
+    and replay both build their population here, so they apply the same update.
     """
+    seed = run_seed(cfg.seed, run_id)
     if cfg.lora is not None:
-        model = wrap_lora(model, cfg.lora, cfg.seed)
+        model = wrap_lora(model, cfg.lora, seed)
     params = trainable(model)
     try:
         groups = {n: param_group(n) for n in params} if cfg.group_alpha or cfg.group_sigma else {}
@@ -64,9 +67,9 @@ def build_population(model: torch.nn.Module, cfg: ESConfig) -> tuple[torch.nn.Mo
     alpha_scale = {n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()}
     sigma_scale = {n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()}
     if cfg.mode == "lowrank":
-        return model, LowRankPopulation(params, cfg.seed, cfg.rank, sigma_scale=sigma_scale, alpha_scale=alpha_scale)
+        return model, LowRankPopulation(params, seed, cfg.rank, sigma_scale=sigma_scale, alpha_scale=alpha_scale)
     population = Population(
-        params, cfg.seed, antithetic=cfg.antithetic != "none", sigma_scale=sigma_scale, alpha_scale=alpha_scale,
+        params, seed, antithetic=cfg.antithetic != "none", sigma_scale=sigma_scale, alpha_scale=alpha_scale,
         phases=lora_phases(list(params), cfg.lora.order) if cfg.lora is not None else None,
     )
     return model, population
@@ -83,7 +86,7 @@ def export_weights(model: torch.nn.Module, population: Population, cfg: ESConfig
     """fp32 weights under standard Hugging Face names: the master, or the base with adapters merged."""
     if cfg.lora is not None:
         return merged_weights(model, population.master)
-    return {n: t.contiguous() for n, t in population.master.items()}
+    return dict(population.master)
 
 
 def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -95,7 +98,7 @@ def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, t
     if "config" not in records[0]:
         raise EsftError("replay: the run log has no ES config (it predates replay support)")
     cfg = ESConfig.from_dict(records[0]["config"])
-    model, population = build_population(model, cfg)
+    model, population = build_population(model, cfg, records[0].get("run_id", ""))
     for record in records:
         apply_update(population, cfg, record["iteration"], record["shaped"], record["alpha"], record["sigma"])
     return export_weights(model, population, cfg)
@@ -104,76 +107,85 @@ def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, t
 class ESTrainer:
     """ES on `model`: `fitness` scores one member on chosen rows (unused for `fitness: random`).
 
-    Drift ||θ_t − θ_0||² per evolved tensor is logged every iteration: one pass over the D evolved
-    values (the update itself makes N/2 to N passes to regenerate noise). θ_0 is kept in the model's
-    own dtype, which holds it exactly (the fp32 master starts as a cast of those values), so the copy
-    costs half the master's memory for a bf16 model, and covers only the adapters under LoRA.
+    Drift ||θ_t − θ_0||² per evolved tensor is logged every iteration (`esft.runs.Drift`): one pass
+    over the D evolved values (the update itself makes N/2 to N passes to regenerate noise). θ_0 is
+    kept in the model's own dtype, which holds it exactly, so the copy costs half the master's memory
+    for a bf16 model, and covers only the adapters under LoRA.
+
+    run_id: the run's identity (method/schedule/stage-task); noise and minibatches are keyed on it
+    as well as on es.seed, so the stages of a sequential run draw independent noise.
     """
 
     def __init__(self, model: torch.nn.Module, fitness: Fitness | None, n_rows: int, cfg: ESConfig,
-                 state_dir: str | Path | None = None, fingerprint: str = "") -> None:
+                 state_dir: str | Path | None = None, fingerprint: str = "", run_id: str = "") -> None:
         self.n_rows = n_rows
         self.cfg = cfg
-        self.model, self.population = build_population(model, cfg)
+        self.run_id = run_id
+        self.seed = run_seed(cfg.seed, run_id)
+        self.fitness = fitness
+        self.budget = Budget(cfg.max_rollouts, cfg.max_tokens)
+        self.model, self.population = build_population(model, cfg, run_id)
         if cfg.fitness == "random":
-            self.evaluator = RandomFitness(cfg.seed)
+            self.evaluator = RandomFitness(self.seed)
         elif fitness is None:
             raise EsftError(f"es.fitness {cfg.fitness!r} needs a fitness function")
         else:  # members are sharded over torch.distributed ranks when it is initialised
             self.evaluator = ShardedEvaluator(
                 build_evaluator(cfg.mode, self.model, self.population, fitness, cfg.members_per_pass))
-        self.theta0 = {n: p.detach().clone() for n, p in self.population.params.items()}
-        first = next(iter(self.theta0.values()))
+        self.drift = Drift(self.population.params)
+        first = next(iter(self.drift.theta0.values()))
         self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
         """Logged with every iteration: replay is bitwise only in the run's own dtype and device."""
-        self.state_path = Path(state_dir) / "state.safetensors" if state_dir else None
-        self.fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([cfg.to_dict(), run_id, fingerprint], sort_keys=True).encode())
+        self.state = ResumeState(state_dir, digest.hexdigest())
         self.records: list[dict[str, Any]] = []
-        self.drift: list[dict[str, Any]] = []
 
     # --- resumable state ----------------------------------------------------------------------
     def _save_state(self) -> None:
-        if self.state_path is None or not is_main_process():
-            return
-        meta = {
-            "fingerprint": self.fingerprint,
-            "records": json.dumps(self.records),
-            "drift": json.dumps(self.drift),
-        }
-        with atomic_path(self.state_path) as tmp:
-            save_file({n: t.contiguous() for n, t in self.population.master.items()}, str(tmp), metadata=meta)
+        if is_main_process():
+            self.state.save(self.population.master, {"records": self.records, "drift": self.drift.rows})
 
     def _load_state(self) -> None:
-        if self.state_path is None or not self.state_path.exists():
+        saved = self.state.load()
+        if saved is None:
             return
-        from safetensors import safe_open
-
-        with safe_open(str(self.state_path), "pt") as fh:
-            meta = fh.metadata()
-        if meta.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring state %s: it belongs to another configuration", self.state_path)
-            return
-        self.population.load_master(load_file(str(self.state_path)))
-        self.records = json.loads(meta["records"])
-        self.drift = json.loads(meta["drift"])
-        log.info("resumed from %s at iteration %d", self.state_path, len(self.records))
+        tensors, meta = saved
+        self.population.load_master(tensors)
+        self.records, self.drift.rows = meta["records"], meta["drift"]
+        log.info("resumed from %s at iteration %d", self.state.path, len(self.records))
 
     # --- the loop -----------------------------------------------------------------------------
+    def counts(self, indices: Sequence[int], results: Sequence[tuple[float, int]]) -> dict[str, int]:
+        """The iteration's common cost fields: rollouts, generated tokens and prompt tokens.
+
+        A generating fitness reports generated tokens per member and every member processes the
+        prompts of `indices`; a prefill-only fitness (loglik) reports the tokens it scored.
+        """
+        n_members = len(results)
+        reported = sum(n for _, n in results)
+        if getattr(self.fitness, "generates", False):
+            return {"rollouts": n_members * len(indices), "tokens": reported,
+                    "prompt_tokens": n_members * self.fitness.prompt_tokens(indices)}
+        return {"rollouts": 0, "tokens": 0, "prompt_tokens": reported}
+
     def step(self, iteration: int) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
         alpha, sigma = cfg.alpha_at(iteration), cfg.sigma_at(iteration)
-        indices = minibatch(cfg, iteration, self.n_rows)
+        indices = minibatch(cfg, iteration, self.n_rows, self.seed)
         results = self.evaluator(iteration, range(cfg.population), sigma, indices)
         fitness = [value for value, _ in results]
-        tokens = sum(n for _, n in results)
         weights = member_weights(fitness, cfg.shaping, cfg.antithetic)
         apply_update(self.population, cfg, iteration, weights, alpha, sigma)
-        drift = {n: float(torch.sub(t, self.theta0[n]).square_().sum()) for n, t in self.population.master.items()}
-        self.drift.extend({"iteration": iteration, "parameter": n, "drift_sq": d} for n, d in drift.items())
+        drift = self.drift.measure(iteration, self.population.master)
         seconds = time.perf_counter() - start
+        counts = self.counts(indices, results)
         return {
             "iteration": iteration,
+            "seconds": seconds,
+            "reward_mean": sum(fitness) / len(fitness),
+            **counts,
+            "run_id": self.run_id,
             "seed": cfg.seed,
             "sigma": sigma,
             "alpha": alpha,
@@ -186,10 +198,8 @@ class ESTrainer:
             "shaped": weights,
             "fitness_mean": sum(fitness) / len(fitness),
             "fitness_max": max(fitness),
-            "tokens": tokens,
-            "seconds": seconds,
-            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-            "drift_sq": sum(drift.values()),
+            "tokens_per_s": counts["tokens"] / seconds if seconds > 0 else 0.0,
+            "drift_sq": drift,
             "config": cfg.to_dict(),
             **self.runtime,
         }
@@ -198,12 +208,16 @@ class ESTrainer:
         self._load_state()
         cfg = self.cfg
         for iteration in range(len(self.records), cfg.iterations):
+            stop = self.budget.exhausted(self.records)
+            if stop:
+                log.info("stopping before iteration %d: %s", iteration + 1, stop)
+                break
             record = self.step(iteration)
             self.records.append(record)
             log.info(
-                "iter %d/%d fitness mean %.4f max %.4f | %d tokens, %.0f tok/s, %.2fs",
+                "iter %d/%d fitness mean %.4f max %.4f | %d rollouts, %d tokens, %.0f tok/s, %.2fs",
                 iteration + 1, cfg.iterations, record["fitness_mean"], record["fitness_max"],
-                record["tokens"], record["tokens_per_s"], record["seconds"],
+                record["rollouts"], record["tokens"], record["tokens_per_s"], record["seconds"],
             )
             if (iteration + 1) % cfg.checkpoint_every == 0 and iteration + 1 < cfg.iterations:
                 self._save_state()
@@ -216,13 +230,5 @@ class ESTrainer:
         """
         if not is_main_process():
             return
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "weights.safetensors") as tmp:
-            save_file(export_weights(self.model, self.population, self.cfg), str(tmp),
-                      metadata={"format": "pt", "esft": json.dumps(self.cfg.to_dict())})
-        write_jsonl(out_dir / "run.jsonl", self.records)
-        with atomic_path(out_dir / "drift.parquet") as tmp:
-            pd.DataFrame(self.drift, columns=["iteration", "parameter", "drift_sq"]).to_parquet(tmp, index=False)
-        if self.state_path is not None and self.state_path.exists():
-            self.state_path.unlink()
+        write_run(out_dir, export_weights(self.model, self.population, self.cfg), self.records, self.drift.frame())
+        self.state.clear()

@@ -1,0 +1,50 @@
+"""ES as a training method: `train(job)` builds the configured fitness and runs one ES stage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from esft.es.config import ESConfig
+from esft.es.fitness import CorpusFitness, TaskFitness
+from esft.es.modes import Fitness
+from esft.io import read_jsonl
+from esft.tasks import Task, get_task
+from esft.training import TrainJob
+
+
+def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int,
+                  corpus: str | None = None) -> tuple[Fitness | None, int]:
+    """(model fitness of `es.fitness`, number of rows it draws from); None for `random`, which never
+    evaluates the model. loglik scores `corpus` ({text} rows) or, by default, the train conversations
+    with their reference answers."""
+    if cfg.fitness == "task":
+        return TaskFitness(task, rows, tokenizer, max_new_tokens, cfg.generation_batch_size, cfg.temperature), len(rows)
+    if cfg.fitness == "loglik":
+        if corpus:
+            texts = [row["text"] for row in read_jsonl(corpus)]
+        else:
+            texts = [tokenizer.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False)
+                     + task.reference(r) for r in rows]
+        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size), len(texts)
+    return None, len(rows)
+
+
+def train(job: TrainJob) -> None:
+    from esft.es.distributed import init_distributed
+    from esft.es.trainer import ESTrainer
+    from esft.models import load_model
+    from esft.runs import input_fingerprint
+
+    init_distributed(job.device)  # a no-op unless launched by torchrun
+    model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
+    task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
+    rows = read_jsonl(job.data / "train.jsonl")
+    cfg = ESConfig.from_dict(job.cfg)
+    fitness, n_rows = build_fitness(cfg, task, rows, tokenizer, job.task_cfg["max_new_tokens"], job.corpus)
+    fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init, job.corpus])])
+    trainer = ESTrainer(model, fitness, n_rows, cfg, state_dir=job.state_dir, fingerprint=fingerprint,
+                        run_id=job.run_id)
+    trainer.train()
+    trainer.write_outputs(job.out)

@@ -1,0 +1,157 @@
+"""What every training method shares and none owns: the run log, drift, budgets, resume state, export.
+
+A run directory holds the same three files whatever the method (ES, GRPO, LBES), so every downstream
+stage treats methods alike:
+
+- `weights.safetensors`: fp32 tensors under standard Hugging Face names, loadable onto the base model
+  (`esft.models.load_weights`) and by plain transformers; one metadata key, so identical tensors give
+  identical bytes (safetensors writes two or more keys in a per-process random order);
+- `run.jsonl`: one record per iteration or optimizer step with the common fields below plus the
+  method's own;
+- `drift.parquet`: ||θ_t − θ_0||² per named parameter per step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from esft.errors import EsftError
+from esft.io import atomic_path, write_jsonl
+
+log = logging.getLogger(__name__)
+
+COMMON_FIELDS = ("iteration", "seconds", "reward_mean", "rollouts", "tokens", "prompt_tokens")
+"""Fields of every run.jsonl record: 0-based step, wall seconds of the step, mean training reward,
+completions generated, generated tokens, and prompt tokens processed (prefill-only scoring included)."""
+
+DRIFT_COLUMNS = ["iteration", "parameter", "drift_sq"]
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    """Raise if a run.jsonl record lacks a common field: every downstream stage relies on them."""
+    missing = [f for f in COMMON_FIELDS if f not in record]
+    if missing:
+        raise EsftError(f"run record {record.get('iteration', '?')} lacks common field(s) {missing}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Stop a run once its cumulative rollouts or generated tokens reach a bound (None: unbounded).
+
+    Checked after each step, so the step that reaches the bound completes and the stop point is a
+    function of the run's own deterministic counts: the same run stops at the same step every time.
+    """
+
+    max_rollouts: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_rollouts", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EsftError(f"{name} must be >= 1 or null, got {value}")
+
+    def exhausted(self, records: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why the run must stop after `records` (None: it may go on)."""
+        rollouts = sum(r["rollouts"] for r in records)
+        tokens = sum(r["tokens"] for r in records)
+        if self.max_rollouts is not None and rollouts >= self.max_rollouts:
+            return f"max_rollouts {self.max_rollouts} reached ({rollouts} rollouts)"
+        if self.max_tokens is not None and tokens >= self.max_tokens:
+            return f"max_tokens {self.max_tokens} reached ({tokens} generated tokens)"
+        return None
+
+
+class Drift:
+    """||θ_t − θ_0||² per named tensor per step.
+
+    θ_0 is kept in each tensor's own dtype, which holds it exactly; a measurement is one pass over
+    the tensors. `rows` is JSON-able, so it travels in resume state.
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.theta0 = {n: p.detach().clone() for n, p in params.items()}
+        self.rows: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def measure(self, step: int, params: Mapping[str, torch.Tensor]) -> float:
+        """Record ||θ − θ_0||² of every tensor at `step`; returns the total."""
+        total = 0.0
+        for name, theta0 in self.theta0.items():
+            d = float(torch.sub(params[name].detach().float(), theta0.float()).square_().sum())
+            self.rows.append({"iteration": step, "parameter": name, "drift_sq": d})
+            total += d
+        return total
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=DRIFT_COLUMNS)
+
+
+def save_weights(path: str | Path, weights: Mapping[str, torch.Tensor]) -> None:
+    """fp32 weights under their (HF) names, atomically, with one metadata key (byte-identical reruns)."""
+    tensors = {n: t.detach().to(device="cpu", dtype=torch.float32).contiguous() for n, t in weights.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def write_run(out_dir: str | Path, weights: Mapping[str, torch.Tensor], records: Sequence[Mapping[str, Any]],
+              drift: pd.DataFrame) -> None:
+    """The three files of a run directory, each written atomically; records must carry the common fields."""
+    for record in records:
+        check_record(record)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(out_dir / "weights.safetensors", weights)
+    write_jsonl(out_dir / "run.jsonl", records)
+    with atomic_path(out_dir / "drift.parquet") as tmp:
+        drift.to_parquet(tmp, index=False)
+
+
+class ResumeState:
+    """A job's resumable state: tensors plus JSON metadata, written atomically outside its outputs.
+
+    The state is tagged with a fingerprint of the job's configuration and inputs; state left by a
+    different configuration is ignored (with a warning) rather than resumed.
+    """
+
+    def __init__(self, state_dir: str | Path | None, fingerprint: str, name: str = "state.safetensors") -> None:
+        self.path = Path(state_dir) / name if state_dir else None
+        self.fingerprint = fingerprint
+
+    def save(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        payload = {"esft_state": json.dumps({"fingerprint": self.fingerprint, **meta})}
+        with atomic_path(self.path) as tmp:
+            save_file({n: t.detach().contiguous() for n, t in tensors.items()}, str(tmp), metadata=payload)
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """(tensors, metadata) of a matching saved state, or None."""
+        if self.path is None or not self.path.exists():
+            return None
+        with safe_open(str(self.path), "pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("esft_state", "{}"))
+        if meta.pop("fingerprint", None) != self.fingerprint:
+            log.warning("ignoring state %s: it belongs to another configuration or input", self.path)
+            return None
+        return load_file(str(self.path)), meta
+
+    def clear(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def input_fingerprint(paths: Iterable[str | Path | None]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of each input file: resume state of a job whose inputs changed is not reused."""
+    return [(str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths if p]
