@@ -127,3 +127,33 @@ def test_replay_uses_the_runs_recorded_dtype(base, tmp_path):
     main([*replay_args, "--dtype", "float32", "--out", str(tmp_path / "fp32.safetensors")])
     with pytest.raises(AssertionError):
         _assert_same_weights(tmp_path / "fp32.safetensors", trained)
+
+
+def test_sequential_stages_draw_independent_noise(base, tmp_path):
+    """Noise is keyed on the run's identity: two stages with one es.seed take different steps, the same
+    stage twice the same step (byte-identical checkpoints), and replay follows the recorded run id."""
+    cfg = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 1, "seed": 0}
+    for name, run_id in (("a", "es/sequential/1-x"), ("b", "es/sequential/2-y"), ("c", "es/sequential/1-x")):
+        main(_train_args(base, cfg, tmp_path / name, extra=["--run-id", run_id]))
+    assert read_jsonl(tmp_path / "a" / "run.jsonl")[0]["run_id"] == "es/sequential/1-x"
+    a, b = (load_file(str(tmp_path / n / "weights.safetensors")) for n in "ab")
+    assert all(not a[n].equal(b[n]) for n in a)
+    assert (tmp_path / "a" / "weights.safetensors").read_bytes() == (tmp_path / "c" / "weights.safetensors").read_bytes()
+    main(["replay", "--base", str(base / "base"), "--run", str(tmp_path / "b" / "run.jsonl"),
+          "--out", str(tmp_path / "replayed.safetensors")])
+    _assert_same_weights(tmp_path / "replayed.safetensors", tmp_path / "b" / "weights.safetensors")
+
+
+@pytest.mark.parametrize("budget, expected", [({"max_rollouts": 20}, 3), ({"max_tokens": 1}, 1)])
+def test_budget_stops_at_the_same_iteration_every_time(base, tmp_path, budget, expected):
+    """2 train rows × 4 members = 8 rollouts per iteration: 20 rollouts end the run after the third."""
+    cfg = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 10, "seed": 5, **budget}
+    runs = []
+    for name in ("first", "second"):
+        main(_train_args(base, cfg, tmp_path / name))
+        runs.append(read_jsonl(tmp_path / name / "run.jsonl"))
+    assert len(runs[0]) == len(runs[1]) == expected
+    assert [r["rollouts"] for r in runs[0]] == [8] * expected
+    assert [r["tokens"] for r in runs[0]] == [r["tokens"] for r in runs[1]]
+    assert all(r["prompt_tokens"] > 0 and r["reward_mean"] == r["fitness_mean"] for r in runs[0])
+    _assert_same_weights(tmp_path / "first" / "weights.safetensors", tmp_path / "second" / "weights.safetensors")
