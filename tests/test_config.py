@@ -29,7 +29,11 @@ def default():
         (lambda c: c["tasks"].update(bogus={}), "config error: tasks: unknown key 'bogus'; allowed: one of 'countdown',"),
         (lambda c: c["train"]["sequential"].append("mmlu"), "config error: train.sequential: task 'mmlu' is not under tasks"),
         (lambda c: c["runtime"].update(device="tpu"), "config error: runtime.device = 'tpu' is not allowed; allowed: string matching"),
-        (lambda c: c.pop("es"), "config error: <top level>: 'es' is a required property"),
+        (lambda c: c.pop("es"), "config error: train.methods lists 'es' but the config has no es: section"),
+        (lambda c: c["train"].update(per_method={"es": {"single": ["mmlu"]}}),
+         "config error: train.per_method.es.single: task 'mmlu' is not under tasks"),
+        (lambda c: c["train"].update(per_method={"es": {"sequential": [], "singel": []}}),
+         "config error: train.per_method.es: unknown key(s) 'singel'; allowed: sequential, single"),
         (lambda c: c["tasks"]["math"].update(n_test=0), "config error: tasks.math.n_test = 0 is not allowed; allowed: integer >= 1"),
     ],
 )

@@ -77,14 +77,21 @@ def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any])
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Cross-key checks the schema cannot express: trained tasks must be configured tasks."""
+    """Cross-key checks the schema cannot express: trained tasks must be configured tasks, and every
+    trained method needs its config section."""
     train, tasks = config.get("train", {}), config.get("tasks", {})
-    for key in ("sequential", "single", "overrides"):
-        for name in train.get(key, []):
+    lists = {key: train.get(key, []) for key in ("sequential", "single", "overrides")}
+    for method, own in train.get("per_method", {}).items():
+        lists.update({f"per_method.{method}.{key}": names for key, names in own.items()})
+    for key, names in lists.items():
+        for name in names:
             if name not in tasks:
                 raise ConfigError(
                     f"config error: train.{key}: task {name!r} is not under tasks; allowed: {', '.join(tasks)}"
                 )
+    for method in train.get("methods", []):
+        if method not in config:
+            raise ConfigError(f"config error: train.methods lists {method!r} but the config has no {method}: section")
 
 
 def load_config(path: str | Path, schema: str | Path) -> dict[str, Any]:

@@ -23,12 +23,19 @@ def task_names():
     return list(config["tasks"])
 
 
+def schedule_tasks(method, schedule):
+    """The tasks `method` trains in `schedule` (sequential or single): its own list under
+    train.per_method, else the shared one."""
+    own = config["train"].get("per_method", {}).get(method, {})
+    return own.get(schedule, config["train"][schedule])
+
+
 def training_runs():
     """(method, schedule, stage, task) of every training job."""
     runs = []
     for method in config["train"]["methods"]:
-        runs += [(method, "sequential", k, t) for k, t in enumerate(config["train"]["sequential"], 1)]
-        runs += [(method, "single", 1, t) for t in config["train"]["single"]]
+        runs += [(method, "sequential", k, t) for k, t in enumerate(schedule_tasks(method, "sequential"), 1)]
+        runs += [(method, "single", 1, t) for t in schedule_tasks(method, "single")]
     return runs
 
 
@@ -50,13 +57,26 @@ def method_config(method, task):
     return {**config[method], **overrides}
 
 
+def checkpoint_weights(wildcards):
+    return [] if wildcards.ckpt == "base" else f"{R}/train/{wildcards.ckpt}/weights.safetensors"
+
+
 def test_files():
     return [f"{R}/data/{t}/test.jsonl" for t in task_names()]
 
 
+def train_init(wildcards):
+    """Sequential stage k > 1 starts from stage k-1 of the same method; everything else from the base."""
+    k = int(wildcards.stage)
+    if wildcards.schedule == "single" or k == 1:
+        return []
+    previous = schedule_tasks(wildcards.method, "sequential")[k - 2]
+    return f"{run_dir(wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
+
+
 def final_targets():
     figures = [f"{R}/figures/training_fitness.png"]
-    if config["train"]["sequential"]:
+    if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
         figures.append(f"{R}/figures/accuracy_sequential.png")
     tables = [f"{R}/tables/{name}.{ext}" for name in ("accuracy", "update_norms") for ext in ("csv", "md")]
     return figures + tables

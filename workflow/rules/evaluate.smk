@@ -1,7 +1,3 @@
-def checkpoint_weights(wildcards):
-    return [] if wildcards.ckpt == "base" else f"{R}/train/{wildcards.ckpt}/weights.safetensors"
-
-
 rule evaluate:
     input:
         base=f"{R}/model/base",

@@ -1,12 +1,3 @@
-def train_init(wildcards):
-    """Sequential stage k > 1 starts from stage k-1 of the same method; everything else from the base."""
-    k = int(wildcards.stage)
-    if wildcards.schedule == "single" or k == 1:
-        return []
-    previous = config["train"]["sequential"][k - 2]
-    return f"{run_dir(wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
-
-
 rule train:
     input:
         base=f"{R}/model/base",
@@ -28,6 +19,7 @@ rule train:
         f"{LOGS}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}.log",
     shell:
         "esft --threads {threads} train --method {wildcards.method} --task {wildcards.task} "
+        "--run-id {wildcards.method}/{wildcards.schedule}/{wildcards.stage}-{wildcards.task} "
         "--base {input.base} {params.init} --data $(dirname {input.data}) {params.runtime} "
         "--cfg {params.cfg:q} --task-cfg {params.task_cfg:q} --state-dir {params.state} "
         "--out $(dirname {output.weights}) > {log} 2>&1"
