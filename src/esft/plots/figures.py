@@ -1,4 +1,4 @@
-"""Matplotlib figures: accuracy after each sequential stage, and ES training fitness per iteration."""
+"""Matplotlib figures: accuracy after each sequential stage, and training reward per step of any method."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> N
 
 
 def training_fitness(runs: dict[str, str | Path], out: str | Path, dpi: int = 120) -> None:
-    """Mean and best member fitness per iteration, one panel per training run."""
+    """Mean training reward per step (the common run.jsonl field of every method), and the best ES
+    member where the run logs one; one panel per training run."""
     n = len(runs)
     cols = min(n, 3)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)),
@@ -54,14 +55,16 @@ def training_fitness(runs: dict[str, str | Path], out: str | Path, dpi: int = 12
     for ax, (label, path) in zip(axes.flat, runs.items()):
         records = read_jsonl(path)
         it = [r["iteration"] + 1 for r in records]
-        ax.plot(it, [r["fitness_mean"] for r in records], label="population mean")
-        ax.plot(it, [r["fitness_max"] for r in records], alpha=0.6, label="best member")
+        ax.plot(it, [r["reward_mean"] for r in records], label="mean reward")
+        if records and "fitness_max" in records[0]:
+            ax.plot(it, [r["fitness_max"] for r in records], alpha=0.6, label="best ES member")
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("step (iteration or optimizer step)")
         ax.set_ylabel("training reward")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    for ax in list(axes.flat)[:n]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, out, dpi)
