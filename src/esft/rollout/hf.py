@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +60,24 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False,
     return ids.to(device), mask.to(device)
 
 
+def _batch_seed(seed: int, start: int) -> int:
+    """The 63-bit sampling seed of the generation batch that begins at prompt `start`."""
+    digest = hashlib.blake2b(f"{seed}|generation-batch|{start}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-             batch_size: int = 64, temperature: float = 0.0) -> Generations:
+             batch_size: int = 64, temperature: float = 0.0, seed: int | None = None) -> Generations:
     """Completions of pre-tokenised prompts, in batches of `batch_size`: greedy, or sampled at
-    `temperature` > 0 (pure softmax sampling, no top-k/top-p) from torch's global RNG, which the
-    caller seeds (see `esft.es.noise.sampling_rng`)."""
+    `temperature` > 0 (pure softmax sampling, no top-k/top-p).
+
+    Sampling needs `seed`: each batch draws from torch's RNG seeded with `_batch_seed(seed, start)` (the
+    caller's RNG state is restored), so a batch's completions depend on its prompts, the model and that
+    key alone, not on how many steps earlier batches ran.
+    """
+    if temperature > 0 and seed is None:
+        raise EsftError("sampled generation (temperature > 0) needs a seed")
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
         else dict(do_sample=False)
     device = next(model.parameters()).device
@@ -73,10 +87,13 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start:start + batch_size]
         ids, mask = pad_batch(chunk, tokenizer.pad_token_id, left=True, device=device)
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
-            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-        )
+        with torch.random.fork_rng() if temperature > 0 else nullcontext():
+            if temperature > 0:
+                torch.manual_seed(_batch_seed(seed, start))
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
+                eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+            )
         done = decode_completions(tokenizer, out[:, ids.shape[1]:].tolist(), stops)
         texts.extend(done.texts)
         counts.extend(done.n_tokens)
