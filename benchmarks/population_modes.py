@@ -75,7 +75,7 @@ def _peak_rss_mb() -> float:
 def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int]:
     """(seconds, generated tokens) of all members × prompts rows with the unperturbed model."""
     from esft.es.decoder import PopulationDecoder, SharedWeights
-    from esft.rollout import decode_completions, generate
+    from esft.rollout import decode_completions, generate, stop_ids
 
     prompts = fitness.prompt_ids
     device = next(model.parameters()).device
@@ -85,9 +85,10 @@ def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int
         rows = [p for _ in range(members) for p in prompts]
         tokens = generate(model, tokenizer, rows, fitness.max_new_tokens, batch_size=len(rows)).total_tokens
     else:
+        stops = stop_ids(model, tokenizer)
         out = PopulationDecoder(model).generate(SharedWeights(model), members, prompts, fitness.max_new_tokens,
-                                                tokenizer.pad_token_id, tokenizer.eos_token_id)
-        tokens = decode_completions(tokenizer, out.reshape(-1, out.shape[-1]).tolist()).total_tokens
+                                                tokenizer.pad_token_id, stops)
+        tokens = decode_completions(tokenizer, out.reshape(-1, out.shape[-1]).tolist(), stops).total_tokens
     _sync(device)
     return time.perf_counter() - start, tokens
 

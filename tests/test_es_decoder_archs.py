@@ -20,7 +20,7 @@ from esft.es.decoder import PopulationDecoder, SharedWeights
 from esft.es.fitness import TaskFitness
 from esft.es.lowrank import LowRankPopulation, LowRankWeights
 from esft.es.modes import InplaceEvaluator
-from esft.rollout import encode_prompts
+from esft.rollout import encode_prompts, stop_ids
 from esft.rollout.hf import pad_batch
 from esft.tasks import get_task
 
@@ -69,7 +69,7 @@ def test_decoder_matches_hf_generate(arch_model, tokenizer):
         ref = arch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16,
                                   do_sample=False)[:, ids.shape[1]:]
     out = PopulationDecoder(arch_model).generate(SharedWeights(arch_model), 2, prompts, 16, tokenizer.pad_token_id,
-                                                 tokenizer.eos_token_id)
+                                                 stop_ids(arch_model, tokenizer))
     assert torch.equal(out[0, :, :ref.shape[1]], ref) and torch.equal(out[1], out[0])
     assert len(set(map(tuple, ref.tolist()))) == 3
 

@@ -114,3 +114,58 @@ def test_sampled_fitness_uses_common_random_numbers(tokenizer):
     assert seen[3] != seen[0]
     assert len({t for texts in seen for t in texts}) > 6  # sampling, not greedy
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def _first_call_cut_to_two_steps(model) -> None:
+    """Make the model's first `generate` call stop after 2 new tokens, as a member's early eos would."""
+    hf_generate, calls = model.generate, []
+
+    def generate(*args, **kwargs):
+        calls.append(kwargs["max_new_tokens"])
+        return hf_generate(*args, **{**kwargs, "max_new_tokens": 2 if len(calls) == 1 else kwargs["max_new_tokens"]})
+
+    model.generate = generate
+
+
+def test_sampled_batches_do_not_depend_on_earlier_batches(tiny_model, tokenizer):
+    """Common random numbers hold for every generation batch: a member whose first batch stops early
+    samples its second batch exactly like a member whose first batch ran to max_new_tokens."""
+    from esft.es import Population
+    from esft.es.modes import InplaceEvaluator
+    from esft.tasks import get_task
+
+    rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, 5)]
+    seen: list[list[str]] = []
+
+    class Recording(TaskFitness):
+        def score(self, texts, indices, member):
+            seen.append(list(texts))
+            return super().score(texts, indices, member)
+
+    fitness = Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12, generation_batch_size=2,
+                        temperature=1.5)
+    evaluator = InplaceEvaluator(tiny_model, Population(dict(tiny_model.named_parameters()), seed=3), fitness)
+    _first_call_cut_to_two_steps(tiny_model)
+    evaluator(0, range(2), 0.0, list(range(4)))  # σ = 0: both members are θ; member 0's first batch is cut
+    assert [len(t) for t in seen[0][:2]] != [len(t) for t in seen[1][:2]]
+    assert seen[0][2:] == seen[1][2:]
+
+
+def test_sampled_generation_is_keyed_by_seed_and_batch_start(tiny_model, tokenizer):
+    """Each batch samples from (seed, its start) alone: not from the caller's RNG, nor from how long
+    the batches before it ran; the caller's RNG is left as it was."""
+    from esft.rollout import encode_prompts, generate
+
+    prompts = encode_prompts(tokenizer, [[{"role": "user", "content": "Say 1"}]] * 3)
+    ref = generate(tiny_model, tokenizer, prompts, 12, batch_size=1, temperature=1.5, seed=7)
+    torch.rand(1000)
+    state = torch.random.get_rng_state()
+    assert generate(tiny_model, tokenizer, prompts, 12, batch_size=1, temperature=1.5, seed=7) == ref
+    assert torch.equal(torch.random.get_rng_state(), state)
+    _first_call_cut_to_two_steps(tiny_model)
+    cut = generate(tiny_model, tokenizer, prompts, 12, batch_size=1, temperature=1.5, seed=7)
+    assert cut.n_tokens[0] == 2 and ref.n_tokens[0] > 2
+    assert cut.texts[1:] == ref.texts[1:] and cut.n_tokens[1:] == ref.n_tokens[1:]
+    other = generate(tiny_model, tokenizer, prompts, 12, batch_size=1, temperature=1.5, seed=8)
+    assert other.texts != ref.texts
+    assert len(set(ref.texts)) == 3  # one prompt three times: its batches differ by their start alone

@@ -50,13 +50,14 @@ def test_phases_alternate_and_never_move_both(tiny_model, tokenizer, order):
         seen.append({n.split(".lora_")[1][0] for n, t in trainer.population.master.items() if not torch.equal(live[n], t)})
         return 0.0, 0
 
-    trainer.evaluator.fitness = perturbed
+    trainer.evaluator.local.fitness = perturbed  # the InplaceEvaluator inside the rank-sharding wrapper
     for it in range(4):
         before = {n: t.clone() for n, t in trainer.population.master.items()}
         seen.clear()
         trainer.population.update(it, [1.0, -1.0, 0.5, 0.0, -0.5, 2.0], 0.1)  # a step of this phase
         trainer.evaluator(it, range(cfg.population), 0.05, [0])
         phase = order[it % 2]
+        assert len(seen) == cfg.population, "the recording fitness must see every member"
         assert all(s == {phase} for s in seen), (it, seen)
         moved = {n.split(".lora_")[1][0] for n, t in trainer.population.master.items() if not torch.equal(t, before[n])}
         assert moved == {phase}

@@ -13,7 +13,7 @@ from esft.es.decoder import PopulationDecoder, SharedWeights
 from esft.es.fitness import TaskFitness
 from esft.es.lowrank import LowRankPopulation, LowRankWeights
 from esft.es.modes import InplaceEvaluator
-from esft.rollout import encode_prompts
+from esft.rollout import decode_completions, encode_prompts, generate, stop_ids
 from esft.tasks import get_task
 
 MAX_NEW = 12
@@ -28,6 +28,14 @@ def lively_model(tiny_model):
             if p.dim() == 2:
                 p.normal_(0, 0.3, generator=gen)
     return tiny_model
+
+
+@pytest.fixture()
+def two_eos_model(lively_model, tokenizer):
+    """lively_model stopping, like Qwen's chat models (<|im_end|>, <|endoftext|>), on either of two eos ids.
+    The second, ',', is what greedy decoding emits 2nd on the first fitness prompt and 7th on the third."""
+    lively_model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(",")]
+    return lively_model
 
 
 @pytest.fixture()
@@ -50,7 +58,7 @@ def test_decoder_matches_hf_generate(lively_model, tokenizer):
         ref = lively_model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
                                     max_new_tokens=20, do_sample=False)[:, width:]
     out = PopulationDecoder(lively_model).generate(SharedWeights(lively_model), 2, prompts, 20,
-                                                    tokenizer.pad_token_id, tokenizer.eos_token_id)
+                                                    tokenizer.pad_token_id, stop_ids(lively_model, tokenizer))
     assert torch.equal(out[0, :, :ref.shape[1]], ref) and torch.equal(out[1], out[0])
     assert len(set(map(tuple, ref.tolist()))) == 3
 
@@ -66,6 +74,44 @@ def test_batched_equals_inplace(lively_model, fitness):
     assert len({f for f, _ in inplace}) > 1, "members must differ for the comparison to mean anything"
     for n, p in lively_model.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+def test_stop_ids_follow_the_generation_config_else_the_tokenizer(two_eos_model, tokenizer):
+    assert stop_ids(two_eos_model, tokenizer) == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(",")]
+    two_eos_model.generation_config.eos_token_id = 7
+    assert stop_ids(two_eos_model, tokenizer) == [7]
+    two_eos_model.generation_config.eos_token_id = None
+    assert stop_ids(two_eos_model, tokenizer) == [tokenizer.eos_token_id]
+
+
+def test_decode_cuts_after_the_first_stop_id_and_counts_it(tokenizer):
+    """Qwen pads with <|endoftext|>, itself a stop id: a row ending on it still counts it."""
+    pad, eos, a = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("a")
+    gens = decode_completions(tokenizer, [[a, pad, pad, pad], [a, a, eos, pad], [a, a, a, a]], [eos, pad])
+    assert gens.n_tokens == [2, 3, 4] and gens.texts == ["a", "aa", "aaaa"]
+
+
+def test_generation_stops_on_every_eos_id_of_the_model(two_eos_model, tokenizer, fitness):
+    """HF generate and the population decoder both stop on the second eos id and count it."""
+    gens = generate(two_eos_model, tokenizer, fitness.prompt_ids, MAX_NEW)
+    assert gens.n_tokens == [2, MAX_NEW, 7] and gens.texts[0] == "t,"
+    stops = stop_ids(two_eos_model, tokenizer)
+    out = PopulationDecoder(two_eos_model).generate(SharedWeights(two_eos_model), 2, fitness.prompt_ids, MAX_NEW,
+                                                    tokenizer.pad_token_id, stops)
+    for member in out.tolist():
+        assert decode_completions(tokenizer, member, stops) == gens
+        assert set(member[0][2:]) == {tokenizer.pad_token_id}
+
+
+def test_inplace_and_batched_fitness_stop_on_every_eos_id(two_eos_model, fitness):
+    pop = Population(_params(two_eos_model), seed=5)
+    members, indices = range(6), [0, 1, 2]
+    unperturbed = InplaceEvaluator(two_eos_model, pop, fitness)(3, members, 0.0, indices)
+    assert [tokens for _, tokens in unperturbed] == [2 + MAX_NEW + 7] * 6
+    inplace = InplaceEvaluator(two_eos_model, pop, fitness)(3, members, 0.05, indices)
+    batched = BatchedEvaluator(two_eos_model, pop, fitness)(3, members, 0.05, indices)
+    assert batched == inplace
+    assert len({f for f, _ in inplace}) > 1
 
 
 def test_lowrank_directions_are_rank_r_antithetic_and_keyed(tiny_model):
@@ -128,7 +174,7 @@ def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_mod
     members, sigma = [0, 1, 2, 3], 0.3
     out = PopulationDecoder(lively_model).generate(weights(lively_model, population, 1, members, sigma),
                                                    len(members), prompts, 16, tokenizer.pad_token_id,
-                                                   tokenizer.eos_token_id)
+                                                   stop_ids(lively_model, tokenizer))
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
     for m in members:

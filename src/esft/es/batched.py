@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from esft.es.decoder import MemberWeights, PopulationDecoder, SharedWeights
 from esft.es.fitness import TaskFitness
 from esft.es.population import Population
-from esft.rollout import decode_completions
+from esft.rollout import decode_completions, stop_ids
 
 
 class StackedWeights(SharedWeights):
@@ -79,6 +79,7 @@ class BatchedEvaluator:
         self.weights = weights
         self.members_per_pass = members_per_pass
         self.decoder = PopulationDecoder(model)
+        self.stops = stop_ids(model, fitness.tokenizer)
 
     def __call__(self, iteration: int, members: Iterable[int], sigma: float,
                  indices: Sequence[int]) -> list[tuple[float, int]]:
@@ -91,8 +92,8 @@ class BatchedEvaluator:
             chunk = members[start:start + step]
             weights = self.weights(self.model, self.population, iteration, chunk, sigma)
             tokens = self.decoder.generate(weights, len(chunk), prompts, self.fitness.max_new_tokens,
-                                           tok.pad_token_id, tok.eos_token_id)
+                                           tok.pad_token_id, self.stops)
             for member, rows in zip(chunk, tokens.tolist()):
-                gens = decode_completions(tok, rows)
+                gens = decode_completions(tok, rows, self.stops)
                 results.append((self.fitness.score(gens.texts, indices, member), gens.total_tokens))
         return results

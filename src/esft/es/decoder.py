@@ -213,8 +213,9 @@ class PopulationDecoder:
 
     @torch.inference_mode()
     def generate(self, weights: MemberWeights, members: int, prompt_ids: Sequence[Sequence[int]],
-                 max_new_tokens: int, pad_id: int, eos_id: int) -> torch.Tensor:
-        """Greedy new tokens [N, B, ≤max_new_tokens] of every member on every prompt (pad after eos)."""
+                 max_new_tokens: int, pad_id: int, stop_ids: Sequence[int]) -> torch.Tensor:
+        """Greedy new tokens [N, B, ≤max_new_tokens] of every member on every prompt; a row ends on any
+        of `stop_ids` (`esft.rollout.stop_ids`) and is padded after it."""
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
         b, width = len(prompt_ids), max(len(r) for r in prompt_ids)
@@ -241,12 +242,13 @@ class PopulationDecoder:
         mask = (causal & valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
         biases = self._biases(weights, members)
         logits = self._logits(weights, biases, ids, positions, rope, caches, 0, mask[:, None])
+        stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
         alive = torch.ones(members, b, dtype=torch.bool, device=device)
         out = []
         for step in range(max_new_tokens):
             token = torch.where(alive, logits.argmax(-1), pad_id)
             out.append(token)
-            alive &= token != eos_id
+            alive &= ~torch.isin(token, stops)
             if step + 1 == max_new_tokens or not bool(alive.any()):
                 break
             pos = width + step

@@ -40,9 +40,15 @@ class TaskFitness:
         self.prompt_ids = encode_prompts(tokenizer, [task.messages(r) for r in self.rows])
 
     def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
-        """(mean reward, generated tokens) of `model` on rows `indices`."""
+        """(mean reward, generated tokens) of `model` on rows `indices`.
+
+        Sampled generation is seeded by one draw from torch's global RNG, which the evaluator sets to the
+        iteration's sampling key for every member (`esft.es.noise.sampling_rng`): each generation batch
+        is then keyed by (run seed, iteration, batch start), the same for all members.
+        """
+        seed = int(torch.randint(2**63 - 1, ())) if self.temperature > 0 else None
         gens = generate(model, self.tokenizer, [self.prompt_ids[i] for i in indices], self.max_new_tokens,
-                        self.generation_batch_size, self.temperature)
+                        self.generation_batch_size, self.temperature, seed)
         return self.score(gens.texts, indices, member), gens.total_tokens
 
     def prompt_tokens(self, indices: Sequence[int]) -> int:

@@ -30,8 +30,9 @@ class Evaluator(Protocol):
 class InplaceEvaluator:
     """Perturb the live model to one member at a time; θ is restored bit for bit afterwards.
 
-    Each member is scored with the same sampling seed (common random numbers), so sampled generation
-    (es.temperature > 0) differs between members only through their weights.
+    Each member is scored with the same sampling seed (common random numbers), from which every
+    generation batch is seeded afresh (`esft.rollout.generate`), so sampled generation (es.temperature
+    > 0) differs between members only through their weights, in every batch.
     """
 
     def __init__(self, model: torch.nn.Module, population: Population, fitness: Fitness) -> None:
