@@ -218,6 +218,21 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
         for r, a in zip(read_jsonl(tmp_path / "full" / "run.jsonl"), read_jsonl(out / "run.jsonl"))]
 
 
+@pytest.mark.slow  # ~30 s on 2 shared cores, nearly all of it starting the 2 ranks
+def test_two_gloo_ranks_equal_one_process_bit_for_bit(base, tmp_path):
+    """Members sharded over 2 torchrun ranks: every rank samples the same completions (same seed, same θ)
+    and scores its block; the weights equal a single-process run's."""
+    cfg = {**LBES, "population": 5, "iterations": 3}
+    main(_lbes_args(base, cfg, tmp_path / "one"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    "-m", "esft.cli", *_lbes_args(base, cfg, tmp_path / "two")], check=True, env=env, timeout=240,
+                   cwd=tmp_path, stdout=subprocess.DEVNULL)
+    _assert_same_weights(tmp_path / "two" / "weights.safetensors", tmp_path / "one" / "weights.safetensors")
+    assert [r["fitness"] for r in read_jsonl(tmp_path / "two" / "run.jsonl")] == \
+        [r["fitness"] for r in read_jsonl(tmp_path / "one" / "run.jsonl")]
+
+
 @pytest.mark.parametrize("budget", [{"max_rollouts": 30}, {"max_tokens": 150}])
 def test_budget_stops_at_the_same_iteration_twice(tiny_model, tokenizer, budget):
     init = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
