@@ -56,7 +56,8 @@ def test_fitness_is_the_pooled_pearson_correlation():
     fit = CorrelationFitness(pad_id=0, batch_size=4)
     fit.keep([[1, 2, 3], [1, 4], [1, 5, 6, 7], [1, 8]], [1, 1, 2, 1], [1.0, 0.0, 0.0, 0.0])
     fit.loglik = lambda model: model
-    members = [[-1.0, -2.0, -3.0, -2.0], [-2.0, -1.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0], [-5.0, -3.0, -1.0, -3.0]]
+    members = [[-1.0, -2.0, -3.0, -2.0], [-2.0, -1.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0],
+               [-5.0, -3.0, -1.0, -3.0]]
     values = [fit(m, [0], i) for i, m in enumerate(members)]
     # x = (1,0,0,0): x − x̄ = (.75,−.25,−.25,−.25), Σ = .75; member 0: y − ȳ = (1,0,−1,0), Σ = 2, Σxy = 1
     assert values[0][0] == pytest.approx(1 / math.sqrt(1.5), rel=1e-12)
@@ -139,7 +140,8 @@ def test_update_is_the_nes_step_on_z_scored_correlations(tiny_model, tokenizer):
     assert trainer.scorer.sequences == [prompts[p] + gens.ids[p * n + j] for p, j in record["kept"]]
     assert record["sample_rewards"] == rewards
     assert (record["rollouts"], record["tokens"]) == (2 * n, gens.total_tokens)
-    assert record["prompt_tokens"] == n * (len(prompts[0]) + len(prompts[1])) + 4 * sum(map(len, trainer.scorer.sequences))
+    prefilled = 4 * sum(map(len, trainer.scorer.sequences))  # every member prefills every kept sequence
+    assert record["prompt_tokens"] == n * (len(prompts[0]) + len(prompts[1])) + prefilled
 
     f = record["fitness"]
     mean = sum(f) / 4

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -195,7 +196,7 @@ class LBESTrainer(ESTrainer):
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, task: Task, rows: Sequence[dict[str, Any]],
-                 cfg: LBESConfig, max_new_tokens: int, state_dir=None, fingerprint: str = "",
+                 cfg: LBESConfig, max_new_tokens: int, state_dir: str | Path | None = None, fingerprint: str = "",
                  run_id: str = "") -> None:
         self.lbes = cfg
         self.task = task
