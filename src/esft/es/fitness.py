@@ -15,12 +15,24 @@ from typing import Any
 import torch
 
 from esft.errors import EsftError
-from esft.rollout import encode_prompts, generate, pad_batch
+from esft.rollout import encode_prompts, generate, score_sequences
 from esft.tasks import Task
 
 
 class FitnessError(EsftError):
     """A reward that is not a finite number, or a reward function that raised."""
+
+
+def checked_reward(task: Task, text: str, row: dict[str, Any], where: str) -> float:
+    """The task's reward of one completion; a reward that raises or is not finite stops the run,
+    naming `where` (a grader bug must stop the run, not be averaged away)."""
+    try:
+        r = float(task.reward(text, row))
+    except Exception as err:
+        raise FitnessError(f"{where}: reward function raised {err!r}") from err
+    if not math.isfinite(r):
+        raise FitnessError(f"{where}: reward is {r}")
+    return r
 
 
 class TaskFitness:
@@ -57,20 +69,14 @@ class TaskFitness:
 
     def score(self, texts: Sequence[str], indices: Sequence[int], member: int) -> float:
         """Mean reward of one member's completions of rows `indices`; stops on a bad reward."""
-        total = 0.0
-        for i, text in zip(indices, texts):
-            try:
-                r = float(self.task.reward(text, self.rows[i]))
-            except Exception as err:  # a grader bug must stop the run, not be averaged away
-                raise FitnessError(f"member {member}, prompt {i}: reward function raised {err!r}") from err
-            if not math.isfinite(r):
-                raise FitnessError(f"member {member}, prompt {i}: reward is {r}")
-            total += r
+        total = sum(checked_reward(self.task, text, self.rows[i], f"member {member}, prompt {i}")
+                    for i, text in zip(indices, texts))
         return total / len(indices)
 
 
 class CorpusFitness:
-    """Mean token log-likelihood of fixed texts (EA4LLM): prefill only, padding masked.
+    """Mean token log-likelihood of fixed texts (EA4LLM): prefill only, padding masked, logits chunked
+    (`esft.rollout.scoring`).
 
     Each text is tokenised once (followed by eos) and truncated to `max_length` tokens; the fitness
     of a member on texts `indices` is Σ log p(token | prefix) / (number of scored tokens), so long
@@ -89,20 +95,12 @@ class CorpusFitness:
                 raise EsftError(f"loglik corpus text {i} has no token to score")
             self.ids.append(ids)
 
-    @torch.inference_mode()
     def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
         """(mean token log-likelihood, scored tokens) of `model` on texts `indices`."""
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for start in range(0, len(indices), self.batch_size):
-            rows = [self.ids[i] for i in indices[start:start + self.batch_size]]
-            ids, mask = pad_batch(rows, self.tokenizer.pad_token_id, device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            scored = mask[:, 1:].bool()
-            total += float(logp[scored].sum())
-            count += int(scored.sum())
-        value = total / count
+        scores = score_sequences(model, [self.ids[i] for i in indices], [1] * len(indices),
+                                 self.tokenizer.pad_token_id, self.batch_size)
+        count = sum(n for _, n in scores)
+        value = sum(s for s, _ in scores) / count
         if not math.isfinite(value):
             raise FitnessError(f"member {member}, texts {list(indices)[:8]}: log-likelihood is {value}")
         return value, count

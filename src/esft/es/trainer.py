@@ -168,12 +168,16 @@ class ESTrainer:
                     "prompt_tokens": n_members * self.fitness.prompt_tokens(indices)}
         return {"rollouts": 0, "tokens": 0, "prompt_tokens": reported}
 
+    def evaluate(self, iteration: int, sigma: float, indices: Sequence[int]) -> list[tuple[float, int]]:
+        """(fitness, tokens) of every member on rows `indices` (LBES samples and filters first)."""
+        return self.evaluator(iteration, range(self.cfg.population), sigma, indices)
+
     def step(self, iteration: int) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
         alpha, sigma = cfg.alpha_at(iteration), cfg.sigma_at(iteration)
         indices = minibatch(cfg, iteration, self.n_rows, self.seed)
-        results = self.evaluator(iteration, range(cfg.population), sigma, indices)
+        results = self.evaluate(iteration, sigma, indices)
         fitness = [value for value, _ in results]
         weights = member_weights(fitness, cfg.shaping, cfg.antithetic)
         apply_update(self.population, cfg, iteration, weights, alpha, sigma)

@@ -18,6 +18,8 @@ class Generations:
     """Decoded completions, special tokens removed."""
     n_tokens: list[int]
     """Generated tokens per completion, up to and including the stop token."""
+    ids: list[list[int]]
+    """The generated token ids that `n_tokens` counts: scorers use them, never re-tokenised text."""
 
     @property
     def total_tokens(self) -> int:
@@ -84,6 +86,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
     stops = stop_ids(model, tokenizer)
     texts: list[str] = []
     counts: list[int] = []
+    ids_out: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start:start + batch_size]
         ids, mask = pad_batch(chunk, tokenizer.pad_token_id, left=True, device=device)
@@ -97,7 +100,8 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
         done = decode_completions(tokenizer, out[:, ids.shape[1]:].tolist(), stops)
         texts.extend(done.texts)
         counts.extend(done.n_tokens)
-    return Generations(texts, counts)
+        ids_out.extend(done.ids)
+    return Generations(texts, counts, ids_out)
 
 
 def decode_completions(tokenizer, rows: Sequence[Sequence[int]], stops: Collection[int]) -> Generations:
@@ -109,8 +113,10 @@ def decode_completions(tokenizer, rows: Sequence[Sequence[int]], stops: Collecti
     stops = set(stops)
     texts: list[str] = []
     counts: list[int] = []
+    kept: list[list[int]] = []
     for row in rows:
         n = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
         counts.append(n)
+        kept.append(row[:n])
         texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
-    return Generations(texts, counts)
+    return Generations(texts, counts, kept)
