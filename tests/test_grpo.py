@@ -1,0 +1,339 @@
+"""GRPO through TRL: settings and schema, run log and drift, budgets, resume, carried optimizer, export."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from esft.cli import main
+from esft.errors import EsftError
+from esft.grpo import GRPOSettings, RunLog, check_special_tokens
+from esft.io import read_jsonl, write_jsonl
+from esft.runs import COMMON_FIELDS
+from esft.tasks.conciseness import Conciseness, embedded_rows
+from esft.training import TrainJob, train
+
+from conftest import REPO
+
+TASK_CFG = {"max_new_tokens": 8}
+RUN_ID = "grpo/single/1-conciseness"
+FAST = {"learning_rate": 3e-2, "max_steps": 8, "checkpoint_every": 3}
+"""An untrained micro model learns to answer the conciseness prompts shorter within 16 steps at this rate."""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """An untrained micro base-model directory and the conciseness train split (2 prompts)."""
+    from esft.models import build_base_model
+
+    root = tmp_path_factory.mktemp("grpo-base")
+    build_base_model("tiny", root / "base", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                                 warmstart_steps=0, warmstart_rows_per_task=2,
+                                                 warmstart_tasks=["conciseness"]))
+    (root / "data").mkdir()
+    write_jsonl(root / "data" / "train.jsonl", embedded_rows()["train"])
+    return root
+
+
+def _train(base, cfg, out, state=None, init=None, dtype="float32"):
+    train(TrainJob(method="grpo", task="conciseness", base=str(base / "base"), data=base / "data",
+                   task_cfg=TASK_CFG, cfg=cfg, out=Path(out), init=str(init) if init else None, run_id=RUN_ID,
+                   state_dir=state, dtype=dtype))
+    return read_jsonl(Path(out) / "run.jsonl")
+
+
+def _cli_train(base, cfg, out, state):
+    main(["--threads", "1", "--log-level", "WARNING", "train", "--method", "grpo", "--task", "conciseness",
+          "--base", str(base / "base"), "--data", str(base / "data"), "--task-cfg", json.dumps(TASK_CFG),
+          "--cfg", json.dumps(cfg), "--out", str(out), "--run-id", RUN_ID, "--state-dir", str(state)])
+    return read_jsonl(Path(out) / "run.jsonl")
+
+
+def _base_params(base):
+    from esft.models import load_model
+
+    model, _ = load_model(base / "base")
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _same_weights(a, b):
+    wa, wb = load_file(str(a)), load_file(str(b))
+    return wa.keys() == wb.keys() and all(wa[n].equal(wb[n]) for n in wa)
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "step_time")} for r in records]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_defaults_map_onto_trl_as_the_paper_fixes_them(tmp_path):
+    from trl import GRPOConfig
+
+    cfg = GRPOSettings().trl_config(tmp_path, max_completion_length=16, seed=5, use_cpu=True, save=True)
+    assert (cfg.loss_type, cfg.beta, cfg.num_generations, cfg.num_train_epochs, cfg.max_steps) == ("grpo", 0.0, 8, 20, -1)
+    assert (cfg.optim, cfg.lr_scheduler_type, cfg.max_grad_norm, cfg.weight_decay) == ("adamw_torch", "linear", 1.0, 0.0)
+    assert (cfg.bf16, cfg.logging_steps, cfg.save_steps, cfg.seed, cfg.max_completion_length) == (False, 1, 100, 5, 16)
+    assert cfg.steps_per_generation == cfg.gradient_accumulation_steps and cfg.num_iterations == 1
+    # what the defaults depart from: TRL's own loss default is DAPO's token-level normalisation
+    assert GRPOConfig(output_dir=str(tmp_path), use_cpu=True).loss_type == "dapo"
+    assert GRPOSettings(max_steps=7).trl_config(tmp_path, 8, 0, True, False).max_steps == 7
+
+
+def _grpo_schema():
+    return yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))["$defs"]["grpo"]
+
+
+BAD = [
+    {"learnig_rate": 1e-5},
+    {"learning_rate": "high"}, {"learning_rate": 0}, {"num_train_epochs": -1}, {"max_steps": 0},
+    {"max_steps": 2.5}, {"num_generations": 1}, {"num_generations": True}, {"per_device_train_batch_size": 0},
+    {"gradient_accumulation_steps": "2"}, {"temperature": 0}, {"max_grad_norm": None}, {"beta": -0.1},
+    {"loss_type": "ppo"}, {"seed": -1}, {"bf16": "yes"}, {"max_rollouts": 0}, {"max_tokens": 1.5},
+    {"checkpoint_every": 0}, {"carry_optimizer": 1},
+]
+
+
+def test_schema_mirrors_the_settings_and_both_reject_bad_keys():
+    schema = _grpo_schema()
+    assert set(schema["properties"]) == {f.name for f in fields(GRPOSettings)}
+    assert all(p.get("description") for p in schema["properties"].values())
+    full = {"learning_rate": 1e-5, "num_train_epochs": 2.0, "max_steps": None, "num_generations": 4,
+            "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "temperature": 0.7,
+            "max_grad_norm": 1.0, "beta": 0.04, "loss_type": "dapo", "seed": 3, "bf16": True, "max_rollouts": 64,
+            "max_tokens": None, "checkpoint_every": 5, "carry_optimizer": True}
+    jsonschema.validate(full, schema)
+    assert GRPOSettings.from_dict(full).to_dict() == full
+    for bad in BAD:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(EsftError, match="grpo"):
+            GRPOSettings.from_dict(bad)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(EsftError, match=r"unknown grpo option\(s\) \['learnig_rate'\]; allowed: .*learning_rate"):
+        GRPOSettings.from_dict({"learnig_rate": 1e-5})
+    with pytest.raises(EsftError, match="grpo.loss_type must be"):
+        GRPOSettings(loss_type="ppo")
+    with pytest.raises(EsftError, match="multiple of num_generations"):
+        GRPOSettings(per_device_train_batch_size=6, gradient_accumulation_steps=1, num_generations=4)
+    GRPOSettings(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=4)
+
+
+def test_pad_equal_to_the_end_of_turn_token_is_rejected():
+    from esft.models import EOS, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    check_special_tokens(tokenizer)
+    tokenizer.pad_token = EOS
+    with pytest.raises(EsftError, match=re.escape("distinct from the end-of-turn token '<|im_end|>'")):
+        check_special_tokens(tokenizer)
+
+
+def test_trl_stops_at_every_eos_id_of_the_generation_config(tiny_model, tokenizer, tmp_path):
+    """A model may list several end-of-sequence ids (Qwen3: <|im_end|> and the pad <|endoftext|>)."""
+    from datasets import Dataset
+
+    from esft.grpo import trainer_class
+
+    other = tokenizer.convert_tokens_to_ids("!")
+    tiny_model.generation_config.eos_token_id = [other, tokenizer.pad_token_id]
+    trainer = trainer_class()(
+        model=tiny_model, reward_funcs=lambda completions, **_: [0.0] * len(completions),
+        args=GRPOSettings().trl_config(tmp_path, 4, 0, use_cpu=True, save=False),
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}), processing_class=tokenizer)
+    assert set(trainer.generation_config.eos_token_id) == {tokenizer.eos_token_id, other, tokenizer.pad_token_id}
+
+
+def _esft_imports(module: str) -> set[str]:
+    """esft modules that `module` imports anywhere in its source (lazy imports inside functions too)."""
+    path = REPO / "src" / Path(*module.split("."))
+    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names
+                         if (REPO / "src" / Path(*node.module.split(".")) / a.name).exists())
+    return {m for m in found if m.split(".")[0] == "esft"}
+
+
+def test_grpo_never_imports_the_es_engine():
+    seen, todo = set(), ["esft.grpo"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(_esft_imports(module))
+    assert {"esft.runs", "esft.models", "esft.tasks"} <= seen
+    assert not [m for m in seen if m == "esft.es" or m.startswith("esft.es.")]
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def test_a_short_run_raises_the_reward_and_logs_every_step(base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from esft.models import load_model, resolve_source
+
+    records = _cli_train(base, {**FAST, "max_steps": 16}, tmp_path / "out", tmp_path / "state")
+    rewards = [r["reward_mean"] for r in records]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 1.5, rewards
+    assert [r["iteration"] for r in records] == list(range(16))
+    num_tokens = 0.0
+    for r in records:
+        assert all(f in r for f in COMMON_FIELDS)
+        assert (r["method"], r["dtype"], r["device"], r["config"]["max_steps"]) == ("grpo", "float32", "cpu", 16)
+        assert {"loss", "grad_norm", "learning_rate", "reward_std", "clip_ratio/region_mean",
+                "completions/mean_length", "entropy"} <= set(r)
+        assert r["rollouts"] == 8  # one prompt × num_generations per step
+        assert r["tokens"] == round(r["completions/mean_length"] * r["rollouts"])  # TRL's own lengths
+        assert r["prompt_tokens"] + r["tokens"] == r["num_tokens"] - num_tokens  # TRL's prompt+completion count
+        assert r["reward_mean"] == pytest.approx(r["reward"])
+        num_tokens = r["num_tokens"]
+    assert records[-1]["learning_rate"] < records[0]["learning_rate"]  # linear decay
+    assert not list((tmp_path / "state").glob("**/checkpoint-*"))  # state removed after the outputs
+
+    weights = load_file(str(tmp_path / "out" / "weights.safetensors"))
+    theta0 = _base_params(base)
+    assert weights.keys() == theta0.keys() and "lm_head.weight" not in weights  # tied: stored once
+    drift = read_parquet_last(tmp_path / "out" / "drift.parquet")
+    for name, w in weights.items():
+        assert drift[name] == pytest.approx(float(((w - theta0[name]) ** 2).sum()), rel=1e-5)
+    assert sum(drift.values()) == pytest.approx(records[-1]["drift_sq"], rel=1e-9)
+
+    model, _ = load_model(base / "base", tmp_path / "out" / "weights.safetensors")
+    plain = AutoModelForCausalLM.from_pretrained(resolve_source(base / "base"))
+    missing, unexpected = plain.load_state_dict(weights, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    for name, p in plain.named_parameters():
+        assert p.equal(dict(model.named_parameters())[name]) and p.equal(weights[name])
+    assert plain.lm_head.weight.equal(weights["model.embed_tokens.weight"])
+
+
+def read_parquet_last(path):
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    last = frame[frame["iteration"] == frame["iteration"].max()]
+    return dict(zip(last["parameter"], last["drift_sq"]))
+
+
+def test_budgets_stop_at_the_same_step_twice(base, tmp_path):
+    by_rollouts = _train(base, {**FAST, "max_rollouts": 20}, tmp_path / "r")
+    assert len(by_rollouts) == 3 and sum(r["rollouts"] for r in by_rollouts) == 24
+    runs = [_train(base, {**FAST, "max_tokens": 150}, tmp_path / f"t{i}") for i in range(2)]
+    tokens = [r["tokens"] for r in runs[0]]
+    assert sum(tokens) >= 150 > sum(tokens[:-1]) and len(runs[0]) < FAST["max_steps"]
+    assert _without_timings(runs[0]) == _without_timings(runs[1])
+    assert _same_weights(tmp_path / "t0" / "weights.safetensors", tmp_path / "t1" / "weights.safetensors")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_from_its_trl_checkpoint_bitwise(base, tmp_path, monkeypatch, caplog):
+    """Killed right after the checkpoint of step 3 (mid-epoch: 2 prompts, 1 per step), then restarted."""
+    full = _train(base, FAST, tmp_path / "full")
+    state, out = tmp_path / "state", tmp_path / "resumed"
+
+    on_save = RunLog.on_save
+
+    def save_then_die(self, args, st, control, **kwargs):
+        on_save(self, args, st, control, **kwargs)
+        if st.global_step == 3:
+            raise Killed
+
+    monkeypatch.setattr(RunLog, "on_save", save_then_die)
+    with pytest.raises(Killed):
+        _train(base, FAST, out, state=state)
+    monkeypatch.undo()
+    assert not (out / "weights.safetensors").exists()
+    checkpoints = list((state / "trl").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-3"]
+
+    with caplog.at_level(logging.INFO, logger="esft.grpo"):
+        resumed = _train(base, FAST, out, state=state)
+    assert "resuming from" in caplog.text
+    assert _same_weights(tmp_path / "full" / "weights.safetensors", out / "weights.safetensors")
+    assert _without_timings(resumed) == _without_timings(full)
+    assert read_parquet_last(out / "drift.parquet") == read_parquet_last(tmp_path / "full" / "drift.parquet")
+
+
+def test_state_of_another_config_or_an_incomplete_checkpoint_is_not_resumed(base, tmp_path, monkeypatch, caplog):
+    state = tmp_path / "state"
+    on_save = RunLog.on_save
+
+    def save_then_die(self, args, st, control, **kwargs):
+        on_save(self, args, st, control, **kwargs)
+        if st.global_step == 6:
+            (Path(args.output_dir) / "checkpoint-6" / "esft_state.json").unlink()  # killed before our marker
+            raise Killed
+
+    monkeypatch.setattr(RunLog, "on_save", save_then_die)
+    with pytest.raises(Killed):
+        _train(base, FAST, tmp_path / "a", state=state)
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="esft.grpo"):
+        other = _train(base, {**FAST, "seed": 1}, tmp_path / "b", state=state)
+    assert "another configuration" in caplog.text and "incomplete checkpoint" in caplog.text
+    assert "resuming" not in caplog.text and len(other) == FAST["max_steps"]
+    _train(base, {**FAST, "seed": 1}, tmp_path / "c")
+    assert _same_weights(tmp_path / "b" / "weights.safetensors", tmp_path / "c" / "weights.safetensors")
+
+
+def test_carry_optimizer_continues_the_previous_stage_adamw(base, tmp_path):
+    cfg = {**FAST, "max_steps": 4, "carry_optimizer": True}
+    _train(base, cfg, tmp_path / "s1")
+    first = torch.load(tmp_path / "s1" / "optimizer.pt", weights_only=True)["state"]
+    assert {int(s["step"]) for s in first.values()} == {4}
+
+    init = tmp_path / "s1" / "weights.safetensors"
+    _train(base, cfg, tmp_path / "carried", init=init)
+    carried = torch.load(tmp_path / "carried" / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in carried["state"].values()} == {8}
+    assert {g["lr"] for g in carried["param_groups"]} == {0.0}  # this stage's own linear schedule ran to 0
+
+    _train(base, {**cfg, "carry_optimizer": False}, tmp_path / "fresh", init=init)
+    assert not (tmp_path / "fresh" / "optimizer.pt").exists()
+    assert not _same_weights(tmp_path / "carried" / "weights.safetensors", tmp_path / "fresh" / "weights.safetensors")
+
+    with pytest.raises(EsftError, match="optimizer.pt does not exist"):
+        _train(base, cfg, tmp_path / "bad", init=tmp_path / "fresh" / "weights.safetensors")
+
+
+@pytest.mark.parametrize("bad", ["raise", "nan"])
+def test_a_broken_reward_stops_training_naming_the_row(base, tmp_path, monkeypatch, bad):
+    def reward(self, completion, row):
+        if row["target"] == "No":
+            if bad == "raise":
+                raise RuntimeError("grader bug")
+            return float("nan")
+        return 0.0
+
+    monkeypatch.setattr(Conciseness, "reward", reward)
+    with pytest.raises(EsftError, match="train row 1" + (": RuntimeError" if bad == "raise" else " is nan")):
+        _train(base, FAST, tmp_path / "out")
+    assert not (tmp_path / "out" / "weights.safetensors").exists()
+
+
+def test_half_precision_weights_are_refused(base, tmp_path):
+    with pytest.raises(EsftError, match="grpo.bf16"):
+        _train(base, FAST, tmp_path / "out", dtype="bfloat16")
