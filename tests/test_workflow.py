@@ -59,7 +59,9 @@ def test_run_produces_figures_tables_and_logs(workdir):
     with open(out / "tables" / "accuracy.csv") as fh:
         rows = list(csv.DictReader(fh))
     stages = [(r["method"], r["schedule"], r["stage"]) for r in rows]
-    assert stages == [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es", "single", "1")]
+    assert stages == [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es", "single", "1"),
+                      ("grpo", "sequential", "1"), ("grpo", "sequential", "2"), ("grpo", "single", "1"),
+                      ("lbes", "single", "1")]
     assert {"chemistry", "boolq", "conciseness"} <= set(rows[0])
     for row in rows:
         assert 0.0 <= float(row["chemistry"]) <= 1.0
@@ -83,6 +85,36 @@ def test_run_produces_figures_tables_and_logs(workdir):
     assert not list((out / "state").rglob("state.safetensors"))
 
 
+def test_every_method_writes_the_same_run_files(workdir):
+    """es, grpo and lbes runs each hold weights loadable by plain transformers, run.jsonl with the common
+    fields, and drift.parquet."""
+    import pandas as pd
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from esft.runs import COMMON_FIELDS
+
+    out = workdir / "results" / "small"
+    runs = sorted(p.parent for p in (out / "train").glob("*/*/*/run.jsonl"))
+    assert {r.relative_to(out / "train").parts[0] for r in runs} == {"es", "grpo", "lbes"} and len(runs) == 7
+    for run in runs:
+        records = read_run(run / "run.jsonl")
+        assert records and all(set(COMMON_FIELDS) <= set(r) for r in records), run
+        assert [r["iteration"] for r in records] == list(range(len(records)))
+        drift = pd.read_parquet(run / "drift.parquet")
+        assert list(drift.columns) == ["iteration", "parameter", "drift_sq"] and len(drift) > 0
+        model = AutoModelForCausalLM.from_pretrained(out / "model" / "base")
+        state = load_file(str(run / "weights.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, run  # tied to the embedding
+        assert all(t.dtype == torch.float32 for t in state.values())
+    grpo = read_run(out / "train/grpo/sequential/1-chemistry/run.jsonl")
+    assert all(r["rollouts"] == 8 and "loss" in r for r in grpo)  # 8 completions per step (4 per prompt)
+    lbes = read_run(out / "train/lbes/single/1-boolq/run.jsonl")
+    assert all(r["rollouts"] == 8 * 4 for r in lbes)  # B prompts × n samples
+
+
 def test_second_dry_run_has_nothing_to_do(workdir):
     assert planned_jobs(snakemake(workdir, "-n")) == {}
 
@@ -98,6 +130,12 @@ def test_es_change_reruns_only_training_and_dependents(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
     assert jobs["train"] == 3 and jobs["evaluate"] == 3
     assert "prepare_task" not in jobs and "base_model" not in jobs
+
+
+def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
+    extra = _override(workdir, "lr.yaml", {"grpo": {"learning_rate": 0.001}})
+    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    assert jobs["train"] == 3 and jobs["evaluate"] == 3
 
 
 def test_figure_change_reruns_only_figures(workdir):
@@ -125,4 +163,4 @@ def test_bad_config_key_stops_with_one_line(tmp_path):
 def test_shipped_profiles_plan_the_workflow(tmp_path, profile):
     """The cluster and local profiles load and plan every job (a dry run submits nothing)."""
     jobs = planned_jobs(snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / profile)))
-    assert jobs["train"] == 3 and jobs["base_model"] == 1
+    assert jobs["train"] == 7 and jobs["base_model"] == 1
