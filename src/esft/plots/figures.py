@@ -32,7 +32,7 @@ def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> N
         rows = pd.concat([base, seq[seq["method"] == method]])
         stages = rows.drop_duplicates("stage").sort_values("stage")
         labels = ["base" if s == 0 else f"{s}: {t}" for s, t in zip(stages["stage"], stages["trained_task"])]
-        for task, group in rows.groupby("task"):
+        for task, group in rows.groupby("eval_task"):
             group = group.sort_values("stage")
             ax.plot(group["stage"], group["accuracy"], marker="o", label=task)
         ax.set_xticks(list(stages["stage"]), labels, rotation=20)

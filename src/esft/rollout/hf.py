@@ -14,6 +14,8 @@ class Generations:
     """Decoded completions, special tokens removed."""
     n_tokens: list[int]
     """Generated tokens per completion, up to and including the end-of-turn token."""
+    ids: list[list[int]]
+    """The generated token ids that `n_tokens` counts: scorers use them, never re-tokenised text."""
 
     @property
     def total_tokens(self) -> int:
@@ -57,6 +59,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
     eos = tokenizer.eos_token_id
     texts: list[str] = []
     counts: list[int] = []
+    ids_out: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start:start + batch_size]
         ids, mask = pad_batch(chunk, tokenizer.pad_token_id, left=True, device=device)
@@ -67,7 +70,8 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
         done = decode_completions(tokenizer, out[:, ids.shape[1]:].tolist())
         texts.extend(done.texts)
         counts.extend(done.n_tokens)
-    return Generations(texts, counts)
+        ids_out.extend(done.ids)
+    return Generations(texts, counts, ids_out)
 
 
 def decode_completions(tokenizer, rows: Sequence[Sequence[int]]) -> Generations:
@@ -75,11 +79,13 @@ def decode_completions(tokenizer, rows: Sequence[Sequence[int]]) -> Generations:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     texts: list[str] = []
     counts: list[int] = []
+    kept: list[list[int]] = []
     for row in rows:
         row = list(row)
         n = row.index(eos) + 1 if eos in row else len(row)
         while n > 0 and row[n - 1] == pad:
             n -= 1
         counts.append(n)
+        kept.append(row[:n])
         texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
-    return Generations(texts, counts)
+    return Generations(texts, counts, kept)
