@@ -47,6 +47,9 @@ def default():
         (lambda c: c["train"].update(per_method={"es": {"sequential": [], "singel": []}}),
          "config error: train.per_method.es: unknown key(s) 'singel'; allowed: sequential, single"),
         (lambda c: c["tasks"]["math"].update(n_test=0), "config error: tasks.math.n_test = 0 is not allowed; allowed: integer >= 1"),
+        (lambda c: c["evaluate"]["kl"].update(temperature=-1),
+         "config error: evaluate.kl.temperature = -1 is not allowed; allowed: number >= 0"),
+        (lambda c: c["evaluate"]["kl"].update(prompts=3), "config error: evaluate.kl: unknown key(s) 'prompts'; allowed: batch_size,"),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):
@@ -61,3 +64,15 @@ def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):
 
 def test_valid_config_passes_unchanged(default):
     assert validate_config(copy.deepcopy(default), SCHEMA) == default
+
+
+def test_kl_defaults_fill_a_missing_section_without_touching_the_schema(default):
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = copy.deepcopy(default)
+    del config["evaluate"]["kl"]
+    validate_config(config, schema)
+    assert config["evaluate"]["kl"] == default["evaluate"]["kl"]
+    config["evaluate"]["kl"]["seed"] = 5
+    again = copy.deepcopy(default)
+    del again["evaluate"]["kl"]
+    assert validate_config(again, schema)["evaluate"]["kl"]["seed"] == 0

@@ -55,10 +55,14 @@ def test_unknown_parameter_group_is_an_error():
 def test_accuracy_matrix_orders_base_first(tmp_path):
     files = {}
     for label, acc in [("es/sequential/2-math", 0.5), ("base", 0.1), ("es/sequential/1-countdown", 0.3)]:
-        write_json(tmp_path / f"{label.replace('/', '_')}.json", {"math": {"accuracy": acc, "n": 10},
-                                                                 "countdown": {"accuracy": acc / 2, "n": 10}})
+        write_json(tmp_path / f"{label.replace('/', '_')}.json", {"math": {"accuracy": acc, "n": 10, "tokens": 40},
+                                                                 "countdown": {"accuracy": acc / 2, "n": 10, "tokens": 50}})
         files[label] = tmp_path / f"{label.replace('/', '_')}.json"
-    wide = accuracy_matrix(collect_accuracy(files))
+    long = collect_accuracy(files)
+    assert list(long.columns) == ["checkpoint", "method", "schedule", "stage", "trained_task", "eval_task", "accuracy",
+                                  "n", "n_tokens"]
+    assert set(long["n_tokens"]) == {40, 50}
+    wide = accuracy_matrix(long)
     assert list(wide["stage"]) == [0, 1, 2]
     assert list(wide["trained_task"]) == ["-", "countdown", "math"]
     assert list(wide["math"]) == [0.1, 0.3, 0.5]

@@ -76,6 +76,25 @@ def test_run_produces_figures_tables_and_logs(workdir):
         moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train/es" / run / "run.jsonl"))
         assert (norms[label] > 0) == moved, label
     assert norms["es/single/1-conciseness"] > 0  # length rewards always separate members
+    # KL to the base is zero exactly where the weights did not move; stage 1's previous model is the base
+    with open(out / "eval" / "kl.csv") as fh:
+        kl = list(csv.DictReader(fh))
+    assert list(kl[0]) == ["method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl", "n_prompts",
+                           "n_tokens"]
+    assert len(kl) == 3 * 2 * 3  # checkpoints × references × evaluated tasks
+    by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
+          for r in kl}
+    for (label, reference, task), row in by.items():
+        assert float(row["kl"]) >= 0 and int(row["n_tokens"]) > 0
+        assert int(row["n_prompts"]) == (8 if task == "conciseness" else 16)
+        if reference == "base":
+            assert (float(row["kl"]) > 0) == (norms[label] > 0), (label, task)
+        if not label.startswith("es/sequential/2-"):
+            assert row["kl"] == by[label, "base", task]["kl"]
+    for ext in ("png", "pdf"):
+        assert (out / "figures" / f"kl_sequential.{ext}").stat().st_size > 1000
+    completion = json.loads((out / "eval/base/completions.jsonl").read_text().splitlines()[0])
+    assert completion["prompt_ids"] and completion["completion_ids"]
     run = read_run(out / "train/es/sequential/1-chemistry/run.jsonl")
     assert [r["iteration"] for r in run] == [0, 1]
     assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
@@ -128,7 +147,7 @@ def _override(workdir: Path, name: str, data: dict) -> Path:
 def test_es_change_reruns_only_training_and_dependents(workdir):
     extra = _override(workdir, "sigma.yaml", {"es": {"sigma": 0.02}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs["train"] == 3 and jobs["evaluate"] == 3
+    assert jobs["train"] == 3 and jobs["evaluate"] == 3 and jobs["kl"] == 4
     assert "prepare_task" not in jobs and "base_model" not in jobs
 
 
@@ -141,7 +160,13 @@ def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
 def test_figure_change_reruns_only_figures(workdir):
     extra = _override(workdir, "dpi.yaml", {"figures": {"dpi": 80}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert set(jobs) == {"figure_accuracy_sequential", "figure_training_fitness", "all"}
+    assert set(jobs) == {"figure_accuracy_sequential", "figure_kl_sequential", "figure_training_fitness", "all"}
+
+
+def test_kl_change_reruns_only_kl(workdir):
+    extra = _override(workdir, "kl.yaml", {"evaluate": {"generation_batch_size": 64, "kl": {"temperature": 0.7}}})
+    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    assert jobs == {"kl": 4, "collect_kl": 1, "figure_kl_sequential": 1, "all": 1}
 
 
 def test_report_is_generated(workdir):

@@ -111,6 +111,34 @@ def cmd_collect_accuracy(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def cmd_kl(args) -> None:
+    from esft.evaluate.kl import kl_on_tasks
+    from esft.io import write_json, write_jsonl
+    from esft.models import load_model
+
+    reference, tokenizer = load_model(args.base, args.reference, dtype=args.dtype, device=args.device)
+    model, _ = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    metrics, records = kl_on_tasks(reference, model, tokenizer, data, args.tasks_cfg, args.cfg)
+    write_jsonl(args.completions, records)
+    write_json(args.out, metrics)
+
+
+def cmd_collect_kl(args) -> None:
+    from esft.evaluate.kl import collect_kl
+    from esft.io import atomic_open
+
+    files = {}
+    for key, path in _pairs(args.pairs).items():
+        label, sep, reference = key.rpartition(":")
+        if not sep:
+            raise SystemExit(f"esft: expected LABEL:REFERENCE=PATH, got {key}={path}")
+        files[label, reference] = path
+    df = collect_kl(files)
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
 def cmd_norms(args) -> None:
     from esft.geometry.norms import update_norms
     from esft.io import atomic_open
@@ -131,6 +159,8 @@ def cmd_figure(args) -> None:
     dpi = args.cfg.get("dpi", 120)
     if args.kind == "accuracy":
         figures.accuracy_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
+    elif args.kind == "kl":
+        figures.kl_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
     else:
         figures.training_fitness(_pairs(args.inputs), args.out, dpi)
 
@@ -213,16 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
     p.add_argument("--out", required=True)
 
+    p = add("kl", cmd_kl, "KL(reference ‖ checkpoint) per token on every task's test prompts, along "
+            "completions sampled from the reference")
+    model_args(p)
+    p.add_argument("--reference", default=None, help="the earlier checkpoint's weights.safetensors (default: the base)")
+    p.add_argument("--weights", required=True, help="the later checkpoint's weights.safetensors")
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate.kl config slice")
+    p.add_argument("--completions", required=True, help="jsonl of the sampled completions' token ids and KL")
+    p.add_argument("--out", required=True, help="per-task KL json")
+
+    p = add("collect-kl", cmd_collect_kl, "gather KL files into one long CSV")
+    p.add_argument("--pairs", nargs="+", required=True, help="LABEL:REFERENCE=kl.json ... (REFERENCE previous or base)")
+    p.add_argument("--out", required=True)
+
     p = add("norms", cmd_norms, "update norms ||θ − θ₀|| of checkpoints")
     p.add_argument("--base", required=True)
     p.add_argument("--checkpoints", nargs="+", required=True, help="LABEL=weights.safetensors ...")
     p.add_argument("--out", required=True)
 
     p = add("figure", cmd_figure, "draw a figure")
-    p.add_argument("kind", choices=["accuracy", "fitness"])
-    p.add_argument("--inputs", nargs="+", required=True, help="accuracy.csv, or LABEL=run.jsonl ...")
+    p.add_argument("kind", choices=["accuracy", "kl", "fitness"])
+    p.add_argument("--inputs", nargs="+", required=True, help="accuracy.csv, kl.csv, or LABEL=run.jsonl ...")
     p.add_argument("--cfg", type=_cfg, default={})
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="one file per format (by suffix: png, pdf, ...)")
 
     p = add("table", cmd_table, "write a table as CSV and Markdown")
     p.add_argument("kind", choices=["accuracy", "norms"])

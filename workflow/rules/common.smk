@@ -74,9 +74,32 @@ def train_init(wildcards):
     return f"{run_dir(wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
 
 
+def accuracy_config():
+    """The evaluate slice without `kl`, so that KL options do not rerun the accuracy evaluation."""
+    return {key: value for key, value in config["evaluate"].items() if key != "kl"}
+
+
+def kl_pairs():
+    """(checkpoint label, reference, KL file) of every row of kl.csv: reference `base` is KL(π_0 ‖ π_k),
+    `previous` KL(π_{k−1} ‖ π_k); where π_{k−1} is the base (single schedule, stage 1) both read one file."""
+    pairs = []
+    for method, schedule, stage, task in training_runs():
+        label = run_label(method, schedule, stage, task)
+        base = f"{R}/eval/{label}/kl_base.json"
+        previous = base if schedule == "single" or stage == 1 else f"{R}/eval/{label}/kl_previous.json"
+        pairs += [(label, "previous", previous), (label, "base", base)]
+    return pairs
+
+
+def kl_reference(wildcards):
+    """The earlier model of a KL pair: nothing for the base, else the previous sequential stage."""
+    return [] if wildcards.reference == "base" else train_init(wildcards)
+
+
 def final_targets():
     figures = [f"{R}/figures/training_fitness.png"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
-        figures.append(f"{R}/figures/accuracy_sequential.png")
+        figures += [f"{R}/figures/accuracy_sequential.png", f"{R}/figures/kl_sequential.png"]
     tables = [f"{R}/tables/{name}.{ext}" for name in ("accuracy", "update_norms") for ext in ("csv", "md")]
-    return figures + tables
+    kl = [f"{R}/eval/kl.csv"] if training_runs() else []
+    return figures + tables + kl

@@ -9,7 +9,7 @@ rule evaluate:
     wildcard_constraints:
         ckpt="base|[a-z0-9_]+/(single|sequential)/[0-9]+-[a-z0-9_]+",
     params:
-        cfg=js(config["evaluate"]),
+        cfg=js(accuracy_config()),
         tasks_cfg=js(config["tasks"]),
         data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
         runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
@@ -34,3 +34,42 @@ rule collect_accuracy:
         f"{LOGS}/collect_accuracy.log",
     shell:
         "esft collect-accuracy --metrics {params.metrics} --out {output} > {log} 2>&1"
+
+
+rule kl:
+    input:
+        base=f"{R}/model/base",
+        reference=kl_reference,
+        weights=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/weights.safetensors",
+        data=test_files(),
+    output:
+        metrics=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}.json",
+        completions=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}_completions.jsonl",
+    wildcard_constraints:
+        reference="base|previous",
+    params:
+        cfg=js(config["evaluate"]["kl"]),
+        tasks_cfg=js(config["tasks"]),
+        data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
+        runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+        reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
+    threads: RUNTIME["threads"]
+    log:
+        f"{LOGS}/kl/{{method}}/{{schedule}}/{{stage}}-{{task}}-{{reference}}.log",
+    shell:
+        "esft --threads {threads} kl --base {input.base} {params.reference} --weights {input.weights} "
+        "{params.runtime} --data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
+        "--completions {output.completions} --out {output.metrics} > {log} 2>&1"
+
+
+rule collect_kl:
+    input:
+        sorted({path for _, _, path in kl_pairs()}),
+    output:
+        f"{R}/eval/kl.csv",
+    params:
+        pairs=" ".join(f"{label}:{reference}={path}" for label, reference, path in kl_pairs()),
+    log:
+        f"{LOGS}/collect_kl.log",
+    shell:
+        "esft collect-kl --pairs {params.pairs} --out {output} > {log} 2>&1"

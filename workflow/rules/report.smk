@@ -12,6 +12,20 @@ rule figure_accuracy_sequential:
         "esft figure accuracy --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
+rule figure_kl_sequential:
+    input:
+        f"{R}/eval/kl.csv",
+    output:
+        png=report(f"{R}/figures/kl_sequential.png", caption="../report/kl_sequential.rst", category="Forgetting"),
+        pdf=f"{R}/figures/kl_sequential.pdf",
+    params:
+        cfg=js(config["figures"]),
+    log:
+        f"{LOGS}/figures/kl_sequential.log",
+    shell:
+        "esft figure kl --inputs {input} --cfg {params.cfg:q} --out {output.png} {output.pdf} > {log} 2>&1"
+
+
 rule figure_training_fitness:
     input:
         [f"{run_dir(*run)}/run.jsonl" for run in training_runs()],

@@ -1,1 +1,1 @@
-"""Accuracy of checkpoints on every task (KL and lm-eval holdouts come later)."""
+"""Accuracy of checkpoints on every task, and KL between checkpoints (lm-eval holdouts come later)."""

@@ -1,4 +1,4 @@
-"""Greedy accuracy of one checkpoint on the test split of every task."""
+"""Greedy accuracy of one checkpoint on the test split of every task, with the completions' token ids."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm import tqdm
 
 from esft.io import read_json, read_jsonl, write_json, write_jsonl
 from esft.rollout import encode_prompts, generate
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]],
                    batch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """({task: {accuracy, n, tokens}}, completions) for the test split of each task in `data_dirs`."""
+    """({task: {accuracy, n, tokens}}, completions with their token ids) for the test split of each task.
+
+    Prompts are batched in order of length, so long prompts (BoolQ passages) share batches instead of
+    padding short ones; results come back in file order.
+    """
     metrics: dict[str, Any] = {}
     completions: list[dict[str, Any]] = []
     for name, data_dir in data_dirs.items():
@@ -26,12 +31,20 @@ def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict
         rows = read_jsonl(Path(data_dir) / "test.jsonl")
         start = time.perf_counter()
         prompts = encode_prompts(tokenizer, [task.messages(r) for r in rows])
-        gens = generate(model, tokenizer, prompts, task_cfgs[name]["max_new_tokens"], batch_size)
-        scores = [task.score(text, row) for text, row in zip(gens.texts, rows)]
-        metrics[name] = {"accuracy": sum(scores) / len(scores), "n": len(rows), "tokens": gens.total_tokens}
+        order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+        ids: list[list[int]] = [[] for _ in rows]
+        texts: list[str] = [""] * len(rows)
+        for first in tqdm(range(0, len(order), batch_size), desc=name, unit="batch"):
+            batch = order[first:first + batch_size]
+            gens = generate(model, tokenizer, [prompts[i] for i in batch], task_cfgs[name]["max_new_tokens"],
+                            len(batch))
+            for i, text, row_ids in zip(batch, gens.texts, gens.ids):
+                texts[i], ids[i] = text, row_ids
+        scores = [task.score(text, row) for text, row in zip(texts, rows)]
+        metrics[name] = {"accuracy": sum(scores) / len(scores), "n": len(rows), "tokens": sum(map(len, ids))}
         completions.extend(
-            {"task": name, "index": i, "completion": text, "score": s}
-            for i, (text, s) in enumerate(zip(gens.texts, scores))
+            {"task": name, "index": i, "completion": text, "score": s, "prompt_ids": p, "completion_ids": c}
+            for i, (text, s, p, c) in enumerate(zip(texts, scores, prompts, ids))
         )
         log.info("%s: accuracy %.4f on %d rows (%.1fs)", name, metrics[name]["accuracy"], len(rows),
                  time.perf_counter() - start)
@@ -44,20 +57,21 @@ def write_evaluation(out: str | Path, metrics: dict[str, Any], completions: list
     write_jsonl(out.with_name("completions.jsonl"), completions)
 
 
-def collect_accuracy(files: dict[str, str | Path]) -> pd.DataFrame:
-    """Long table (checkpoint, method, schedule, stage, trained_task, task, accuracy, n) from metric files.
+def checkpoint_fields(label: str) -> dict[str, Any]:
+    """method, schedule, stage, trained_task of a checkpoint label: `base` or `method/schedule/k-task`."""
+    if label == "base":
+        return {"method": "base", "schedule": "-", "stage": 0, "trained_task": "-"}
+    method, schedule, run = label.split("/")
+    k, trained = run.split("-", 1)
+    return {"method": method, "schedule": schedule, "stage": int(k), "trained_task": trained}
 
-    Keys of `files` are checkpoint labels: `base` or `method/schedule/k-task`.
-    """
+
+def collect_accuracy(files: dict[str, str | Path]) -> pd.DataFrame:
+    """Long table (checkpoint, method, schedule, stage, trained_task, eval_task, accuracy, n, n_tokens)
+    from metric files; n_tokens counts the generated tokens. Keys of `files` are checkpoint labels."""
     rows = []
     for label, path in files.items():
-        if label == "base":
-            method, schedule, trained, stage = "base", "-", "-", 0
-        else:
-            method, schedule, run = label.split("/")
-            k, trained = run.split("-", 1)
-            stage = int(k)
         for task, m in read_json(path).items():
-            rows.append({"checkpoint": label, "method": method, "schedule": schedule, "stage": stage,
-                         "trained_task": trained, "task": task, "accuracy": m["accuracy"], "n": m["n"]})
+            rows.append({"checkpoint": label, **checkpoint_fields(label), "eval_task": task,
+                         "accuracy": m["accuracy"], "n": m["n"], "n_tokens": m["tokens"]})
     return pd.DataFrame(rows)

@@ -19,7 +19,7 @@ def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, flo
 def accuracy_matrix(acc: pd.DataFrame) -> pd.DataFrame:
     """One row per checkpoint (base first, then by method, schedule, stage), one column per task."""
     keys = ["checkpoint", "method", "schedule", "stage", "trained_task"]
-    wide = acc.pivot_table(index=keys, columns="task", values="accuracy").reset_index()
+    wide = acc.pivot_table(index=keys, columns="eval_task", values="accuracy").reset_index()
     wide.columns.name = None
     wide = wide.assign(_o=wide["checkpoint"].ne("base")).sort_values(["_o", "method", "schedule", "stage"])
     return wide.drop(columns=["_o", "checkpoint"])

@@ -20,6 +20,14 @@ LOGITS_BUDGET = 1 << 26
 """Logit entries per LM-head slice when no chunk is given (256 MiB in fp32)."""
 
 
+def check_plain_head(model) -> None:
+    """Chunked scorers apply the output embedding to hidden-state slices: refuse models whose logits are
+    scaled or soft-capped after it."""
+    for key in ("final_logit_softcapping", "logit_scale"):
+        if getattr(model.config, key, None):
+            raise EsftError(f"chunked scoring assumes plain LM-head logits; this model sets {key}")
+
+
 @torch.inference_mode()
 def score_sequences(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
                     batch_size: int, chunk: int | None = None) -> list[tuple[float, int]]:
@@ -32,9 +40,7 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], starts: Sequence[
         raise EsftError(f"{len(sequences)} sequences but {len(starts)} start positions")
     if any(s < 1 for s in starts):
         raise EsftError("start positions must be >= 1: the first token has no prefix to score it from")
-    for cfg_key in ("final_logit_softcapping", "logit_scale"):
-        if getattr(model.config, cfg_key, None):
-            raise EsftError(f"chunked scoring assumes plain LM-head logits; this model sets {cfg_key}")
+    check_plain_head(model)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = []

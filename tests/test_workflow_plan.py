@@ -1,0 +1,35 @@
+"""Dry runs (seconds): evaluation and KL jobs follow the training runs that common.smk enumerates, for any
+method and any task lists, without naming a method in the rules."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from test_workflow import planned_jobs, snakemake
+
+
+def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
+    # es trains three tasks in sequence under its own per_method lists, and no single-task run
+    extra = tmp_path / "per_method.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"methods": ["es"], "sequential": ["chemistry"], "single": [],
+                                               "per_method": {"es": {"sequential": ["chemistry", "boolq", "conciseness"],
+                                                                     "single": []}}}}))
+    proc = snakemake(tmp_path, "-n", "-p", "--forceall", extra=extra)
+    jobs = planned_jobs(proc)
+    assert jobs["train"] == 3
+    assert jobs["evaluate"] == 4  # base + 3 stages
+    assert jobs["kl"] == 5  # KL to the base after each stage, to the previous stage after stages 2 and 3
+    assert jobs["collect_kl"] == jobs["figure_kl_sequential"] == 1
+    text = proc.stdout + proc.stderr
+    kl = [line for line in text.splitlines() if re.search(r"esft .*\bkl --base", line)]
+    previous = [line for line in kl if "kl_previous.json" in line]
+    assert len(kl) == 5 and len(previous) == 2
+    for line in previous:
+        stage = int(re.search(r"--weights results/small/train/es/sequential/(\d)-", line).group(1))
+        assert f"--reference results/small/train/es/sequential/{stage - 1}-" in line
+    assert all("--reference" not in line for line in kl if "kl_base.json" in line)
+    collect = next(line for line in text.splitlines() if "esft collect-kl" in line)
+    # stage 1's previous model is the base: its `previous` row reads the base pair
+    assert "es/sequential/1-chemistry:previous=results/small/eval/es/sequential/1-chemistry/kl_base.json" in collect
