@@ -23,6 +23,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/geometry.smk"
+include: "workflow/rules/budgets.smk"
 include: "workflow/rules/report.smk"
 
 
