@@ -166,10 +166,11 @@ def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = Fals
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
             norm = own["distance"].max() / own["scale"].max() if own["scale"].max() > 0 else float("nan")
             ax.set_title(f"{ckpt[1]}-{ckpt[2]}: {ref} (‖Δ‖ = {norm:.3g})")
-            ax.set_xlabel(f"distance from θ₀ (units of ‖Δ_{ref}‖)")
+            ax.set_xlabel(f"s: distance / ‖Δ_{ref}‖")
             ax.set_ylim(-0.02, 1.02)
+            if r == 0:
+                ax.legend(loc="best")
         axes[r][0].set_ylabel(f"accuracy on {ckpt[2]}")
-    axes[0][-1].legend(loc="best")
     fig.tight_layout()
     style.save(fig, out, dpi)
 
