@@ -160,13 +160,30 @@ def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
 def test_figure_change_reruns_only_figures(workdir):
     extra = _override(workdir, "dpi.yaml", {"figures": {"dpi": 80}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert set(jobs) == {"figure_accuracy_sequential", "figure_kl_sequential", "figure_training_fitness", "all"}
+    assert set(jobs) == {"figure_accuracy_sequential", "figure_kl_sequential", "figure_training_fitness",
+                         "figure_training_curves", "figure_drift", "figure_interpolation", "figure_probes", "all"}
 
 
 def test_kl_change_reruns_only_kl(workdir):
     extra = _override(workdir, "kl.yaml", {"evaluate": {"generation_batch_size": 64, "kl": {"temperature": 0.7}}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs == {"kl": 4, "collect_kl": 1, "figure_kl_sequential": 1, "all": 1}
+    assert jobs == {"kl": 9, "collect_kl": 1, "figure_kl_sequential": 1, "all": 1}
+
+
+def test_geometry_and_table1_outputs(workdir):
+    """Without a second method only the drift fits and the findings that need nothing else are measured;
+    Table 1 holds the replayed ES budget beside the final checkpoint."""
+    out = workdir / "results" / "small"
+    for fig in ("drift", "training_curves"):
+        assert (out / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
+    with open(out / "tables" / "single_task.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert list(row) == ["task", "base", "es (1 steps)", "es (2 steps)"] and row["task"] == "conciseness"
+    with open(out / "tables" / "findings.csv") as fh:
+        verdicts = {r["finding"]: r["verdict"] for r in csv.DictReader(fh)}
+    assert verdicts["es update norm >> grpo norm (Table 3)"] == "not measured"
+    assert verdicts["es drift linear in steps, slope ~ a^2 D/N (Figure 6)"] != "not measured"
+    assert "\\toprule" in (out / "tables" / "single_task.tex").read_text()
 
 
 def test_report_is_generated(workdir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def cmd_replay(args) -> None:
     records = read_jsonl(args.run)
     if not records:
         raise EsftError(f"{args.run}: the run log has no iterations")
+    if args.iterations is not None:
+        if not 1 <= args.iterations <= len(records):
+            raise EsftError(f"{args.run}: --iterations {args.iterations} outside 1..{len(records)} (the run's length)")
+        records = records[:args.iterations]
     # the run's own dtype and device unless overridden: replay is bitwise only on those
     dtype = args.dtype or records[0].get("dtype", "float32")
     device = args.device or records[0].get("device", "cpu")
@@ -151,29 +156,155 @@ def cmd_norms(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def _geometry_inputs(args):
+    """(model, tokenizer, θ₀, {label: (Δ_a, Δ_b)} loaded lazily, pair paths) for the pair stages."""
+    from esft.geometry.variants import base_weights
+    from esft.models import load_model
+
+    model, tokenizer = load_model(args.base, dtype=args.dtype, device=args.device)
+    pairs = {label: tuple(paths.split(",")) for label, paths in _pairs(args.pairs).items()}
+    if any(len(p) != 2 for p in pairs.values()):
+        raise SystemExit("esft: --pairs takes LABEL=WEIGHTS_A,WEIGHTS_B")
+    return model, tokenizer, base_weights(model), pairs
+
+
+def cmd_geometry_deltas(args) -> None:
+    from esft.geometry.deltas import compare_deltas
+    from esft.io import atomic_open
+
+    _, _, theta0, pairs = _geometry_inputs(args)
+    df = compare_deltas(theta0, pairs, tuple(args.methods))
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
+def cmd_interpolate(args) -> None:
+    import pandas as pd
+
+    from esft.geometry.deltas import split_label
+    from esft.geometry.interpolation import interpolation_variants
+    from esft.geometry.variants import evaluate_variants, load_delta
+    from esft.io import atomic_open
+
+    model, tokenizer, theta0, pairs = _geometry_inputs(args)
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    variants = interpolation_variants(args.cfg["grid"])
+    rows = []
+    for label, (path_a, path_b) in pairs.items():
+        schedule, stage, trained = split_label(label)
+        directions = {"a": load_delta(theta0, path_a), "b": load_delta(theta0, path_b)}
+        results = evaluate_variants(model, tokenizer, theta0, directions, variants, data, args.tasks_cfg,
+                                    args.cfg["generation_batch_size"], args.cfg["variants_per_pass"])
+        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, "lambda": v.key["lambda"],
+                  "task": task, "accuracy": score.accuracy}
+                 for v, scores in zip(variants, results) for task, score in scores.items()]
+    with atomic_open(args.out) as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)
+
+
+def cmd_probe(args) -> None:
+    import pandas as pd
+
+    from esft.geometry.deltas import split_label
+    from esft.geometry.probes import probe_variants, random_directions
+    from esft.geometry.variants import evaluate_variants, load_delta
+    from esft.io import atomic_open
+
+    model, tokenizer, theta0, pairs = _geometry_inputs(args)
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    randoms = random_directions(theta0, args.cfg["random_directions"], args.cfg["seed"])
+    rows = []
+    for label, paths in pairs.items():
+        schedule, stage, trained = split_label(label)
+        directions = {m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}
+        variants = probe_variants({**directions, **randoms}, args.methods, list(randoms), args.cfg["scales"])
+        results = evaluate_variants(model, tokenizer, theta0, {**directions, **randoms}, variants,
+                                    {trained: data[trained]}, args.tasks_cfg, args.cfg["generation_batch_size"],
+                                    args.cfg["variants_per_pass"])
+        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, **v.key,
+                  "accuracy": scores[trained].accuracy} for v, scores in zip(variants, results)]
+    with atomic_open(args.out) as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)
+
+
+def cmd_drift(args) -> None:
+    import pandas as pd
+    from safetensors import safe_open
+
+    from esft.geometry.drift import fit_run, summarize_kinds
+    from esft.io import atomic_open, read_jsonl
+
+    series, fits, params = [], [], []
+    for label, run_dir in _pairs(args.runs).items():
+        run_dir = Path(run_dir)
+        with safe_open(str(run_dir / "weights.safetensors"), "pt") as fh:
+            sizes = {n: math.prod(fh.get_slice(n).get_shape()) for n in fh.keys()}
+        s, f, p = fit_run(label, pd.read_parquet(run_dir / "drift.parquet"), read_jsonl(run_dir / "run.jsonl"),
+                          sizes)
+        series.append(s)
+        fits.append(f)
+        params.append(p)
+    params_df = pd.concat(params, ignore_index=True)
+    for path, df in ((args.series, pd.concat(series, ignore_index=True)), (args.fits, pd.DataFrame(fits)),
+                     (args.params, params_df), (args.kinds, summarize_kinds(params_df))):
+        with atomic_open(path) as fh:
+            df.to_csv(fh, index=False)
+
+
 def cmd_figure(args) -> None:
     import pandas as pd
 
     from esft.plots import figures
 
-    dpi = args.cfg.get("dpi", 120)
+    cfg = dict(args.cfg)
+    dpi = cfg.pop("dpi", 120)
     if args.kind == "accuracy":
         figures.accuracy_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "kl":
         figures.kl_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
-    else:
+    elif args.kind == "fitness":
         figures.training_fitness(_pairs(args.inputs), args.out, dpi)
+    elif args.kind == "training":
+        figures.training_curves(_pairs(args.inputs), args.out, dpi, **cfg)
+    elif args.kind == "interpolation":
+        figures.interpolation(pd.read_csv(args.inputs[0]), args.methods, args.out, dpi, **cfg)
+    elif args.kind == "probes":
+        figures.probes(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
+    else:
+        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, **cfg)
 
 
 def cmd_table(args) -> None:
     import pandas as pd
 
-    from esft.plots.tables import accuracy_matrix, write_table
+    from esft.io import read_jsonl
+    from esft.plots import tables
 
     df = pd.read_csv(args.input)
     if args.kind == "accuracy":
-        df = accuracy_matrix(df)
-    write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"))
+        df = tables.accuracy_matrix(df)
+    elif args.kind == "single-task":
+        steps = {label: len(read_jsonl(path)) for label, path in _pairs(args.runs).items()}
+        df = tables.single_task(df, steps, _pairs(args.budgets))
+    elif args.kind == "norm-ratio":
+        df = tables.norm_ratio(df)
+    tables.write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"), args.tex)
+
+
+def cmd_findings(args) -> None:
+    import pandas as pd
+
+    from esft.geometry.interpolation import barriers
+    from esft.plots.tables import findings, write_table
+
+    def read(path: str | None) -> pd.DataFrame | None:
+        return pd.read_csv(path) if path else None
+
+    interp = read(args.interpolation)
+    df = findings(args.methods, args.cfg, deltas=read(args.deltas),
+                  barriers=None if interp is None else barriers(interp), drift_fits=read(args.drift_fits),
+                  probes=read(args.probes))
+    write_table(df, args.csv, args.md)
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -229,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: the device recorded in run.jsonl")
     p.add_argument("--init", default=None, help="the run's initial weights.safetensors (default: the base)")
     p.add_argument("--run", required=True, help="the run's run.jsonl")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="rebuild the weights after this many iterations (default: all; Table 1's earlier budgets)")
     p.add_argument("--out", required=True, help="weights.safetensors to write")
 
     p = add("evaluate", cmd_evaluate, "accuracy of one checkpoint on every task's test split")
@@ -263,16 +396,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", required=True, help="LABEL=weights.safetensors ...")
     p.add_argument("--out", required=True)
 
-    p = add("figure", cmd_figure, "draw a figure")
-    p.add_argument("kind", choices=["accuracy", "kl", "fitness"])
-    p.add_argument("--inputs", nargs="+", required=True, help="accuracy.csv, kl.csv, or LABEL=run.jsonl ...")
-    p.add_argument("--cfg", type=_cfg, default={})
-    p.add_argument("--out", nargs="+", required=True, help="one file per format (by suffix: png, pdf, ...)")
+    def pair_args(p: argparse.ArgumentParser) -> None:
+        model_args(p)
+        p.add_argument("--methods", nargs=2, required=True, help="the two methods compared, a and b")
+        p.add_argument("--pairs", nargs="+", required=True,
+                       help="LABEL=WEIGHTS_A,WEIGHTS_B ... (LABEL: schedule/k-task, checkpoints of a and b)")
+        p.add_argument("--out", required=True)
 
-    p = add("table", cmd_table, "write a table as CSV and Markdown")
-    p.add_argument("kind", choices=["accuracy", "norms"])
-    p.add_argument("--input", required=True)
+    p = add("geometry-deltas", cmd_geometry_deltas, "norms, norm ratio and cosine of two methods' updates")
+    pair_args(p)
+
+    p = add("interpolate", cmd_interpolate, "accuracy along θ(λ) = (1−λ)θ_a + λθ_b at each checkpoint pair")
+    pair_args(p)
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (tasks evaluated)")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    p.add_argument("--cfg", type=_cfg, required=True,
+                   help="{grid, generation_batch_size, variants_per_pass}")
+
+    p = add("probe", cmd_probe, "accuracy on the trained task along normalised update and random directions")
+    pair_args(p)
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (each pair's trained task)")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    p.add_argument("--cfg", type=_cfg, required=True,
+                   help="{scales, random_directions, seed, generation_batch_size, variants_per_pass}")
+
+    p = add("drift", cmd_drift, "fit ||θ_t − θ₀||² against step per run and parameter (Proposition 1)")
+    p.add_argument("--runs", nargs="+", required=True, help="LABEL=RUN_DIR ... (weights, run.jsonl, drift.parquet)")
+    p.add_argument("--series", required=True, help="csv: total drift and theory per step")
+    p.add_argument("--fits", required=True, help="csv: one fit per run")
+    p.add_argument("--params", required=True, help="csv: one fit per run and parameter")
+    p.add_argument("--kinds", required=True, help="csv: per-parameter fits summarised by kind")
+
+    p = add("figure", cmd_figure, "draw a figure (one file per --out path; png, pdf)")
+    p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "interpolation", "probes", "drift"])
+    p.add_argument("--inputs", nargs="+", required=True,
+                   help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, drift_series.csv drift_kinds.csv, "
+                   "or LABEL=run.jsonl ... (fitness, training)")
+    p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
+    p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")
+    p.add_argument("--out", nargs="+", required=True)
+
+    p = add("table", cmd_table, "write a table as CSV, Markdown and (with --tex) LaTeX")
+    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio"])
+    p.add_argument("--input", required=True, help="accuracy.csv, update_norms.csv or deltas.csv")
+    p.add_argument("--runs", nargs="*", default=[], help="single-task: LABEL=run.jsonl of each single run")
+    p.add_argument("--budgets", nargs="*", default=[], help="single-task: LABEL@K=accuracy.json ...")
     p.add_argument("--cfg", type=_cfg, default={})
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--tex", default=None)
+
+    p = add("findings", cmd_findings, "whether each of the paper's qualitative findings holds, with its number")
+    p.add_argument("--methods", nargs=2, required=True, help="the compared methods (ES-like first)")
+    p.add_argument("--deltas", default=None)
+    p.add_argument("--interpolation", default=None)
+    p.add_argument("--drift-fits", default=None)
+    p.add_argument("--probes", default=None)
+    p.add_argument("--cfg", type=_cfg, required=True, help="the thresholds (geometry.findings)")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
     return parser

@@ -78,8 +78,8 @@ def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any])
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Cross-key checks the schema cannot express: trained tasks must be configured tasks, and every
-    trained method needs its config section."""
+    """Cross-key checks the schema cannot express: trained tasks must be configured tasks, the λ grid
+    holds the checkpoints (0 and 1), and every trained method needs its config section."""
     train, tasks = config.get("train", {}), config.get("tasks", {})
     lists = {key: train.get(key, []) for key in ("sequential", "single", "overrides")}
     for method, own in train.get("per_method", {}).items():
@@ -90,6 +90,10 @@ def _check_references(config: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"config error: train.{key}: task {name!r} is not under tasks; allowed: {', '.join(tasks)}"
                 )
+    grid = config.get("geometry", {}).get("interpolation", {}).get("grid", [0, 1])
+    if 0 not in grid or 1 not in grid:
+        raise ConfigError(f"config error: geometry.interpolation.grid = {grid!r} is not allowed; allowed: "
+                          "λ values that include 0 and 1")
     for method in train.get("methods", []):
         if method not in config:
             raise ConfigError(f"config error: train.methods lists {method!r} but the config has no {method}: section")

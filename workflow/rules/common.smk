@@ -96,10 +96,119 @@ def kl_reference(wildcards):
     return [] if wildcards.reference == "base" else train_init(wildcards)
 
 
+def figure_cfg(name):
+    """One figure's options: the shared dpi plus its own section, so changing it redraws only that figure."""
+    return js({"dpi": config["figures"].get("dpi", 120), **config["figures"].get(name, {})})
+
+
+def table_cfg(name=None):
+    return js({"float_format": config["tables"].get("float_format", ".3f"), **config["tables"].get(name, {})})
+
+
+def geometry_methods():
+    return config["geometry"]["methods"]
+
+
+def geometry_runs():
+    """Training runs of the compared methods (drift fits): those of either that is trained."""
+    return [run for run in training_runs() if run[0] in geometry_methods()]
+
+
+def geometry_pairs():
+    """(schedule, stage, task) of each checkpoint both compared methods reach by training the same tasks
+    (sequential stages up to the first difference in their task lists); none unless both are trained."""
+    a, b = geometry_methods()
+    if not {a, b} <= set(config["train"]["methods"]):
+        return []
+    pairs = []
+    for schedule in config["geometry"]["schedules"]:
+        tasks_a, tasks_b = schedule_tasks(a, schedule), schedule_tasks(b, schedule)
+        if schedule == "sequential":
+            for k, (task_a, task_b) in enumerate(zip(tasks_a, tasks_b), 1):
+                if task_a != task_b:
+                    break
+                pairs.append((schedule, k, task_a))
+        else:
+            pairs += [(schedule, 1, t) for t in tasks_a if t in tasks_b]
+    return pairs
+
+
+def pair_weights():
+    return [f"{run_dir(m, *pair)}/weights.safetensors" for pair in geometry_pairs() for m in geometry_methods()]
+
+
+def pair_args():
+    """`--pairs` of the esft geometry stages: schedule/k-task=WEIGHTS_A,WEIGHTS_B."""
+    return " ".join(
+        f"{s}/{k}-{t}=" + ",".join(f"{run_dir(m, s, k, t)}/weights.safetensors" for m in geometry_methods())
+        for s, k, t in geometry_pairs()
+    )
+
+
+def pair_tasks():
+    return list(dict.fromkeys(t for _, _, t in geometry_pairs()))
+
+
+def geometry_cfg(stage):
+    """A pair stage's slice: its own section plus the evaluation settings both pair stages share."""
+    g = config["geometry"]
+    return js(
+        {"generation_batch_size": g["generation_batch_size"], "variants_per_pass": g["variants_per_pass"], **g[stage]}
+    )
+
+
+def budget_runs():
+    """(method, task, k) of Table 1's earlier budgets: single-task runs rebuilt after k iterations."""
+    budgets = config["tables"].get("single_task", {}).get("budgets", {})
+    return [
+        (m, t, k) for m in config["train"]["methods"] for t in schedule_tasks(m, "single") for k in budgets.get(m, [])
+    ]
+
+
+def budget_dir(method, task, k):
+    return f"{R}/budget/{method}/single/1-{task}/{k}"
+
+
+def single_runs():
+    return [run for run in training_runs() if run[1] == "single"]
+
+
+def findings_inputs(wildcards):
+    """What the findings table has measured: each input present only when its stage runs."""
+    inputs = {}
+    if geometry_pairs():
+        inputs.update(
+            deltas=f"{R}/geometry/deltas.csv",
+            interpolation=f"{R}/geometry/interpolation.csv",
+            probes=f"{R}/geometry/probes.csv",
+        )
+    if geometry_runs():
+        inputs["drift_fits"] = f"{R}/geometry/drift_fits.csv"
+    return inputs
+
+
 def final_targets():
-    figures = [f"{R}/figures/training_fitness.png"]
+    figures = ["training_fitness", "training_curves"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
-        figures += [f"{R}/figures/accuracy_sequential.png", f"{R}/figures/kl_sequential.png"]
-    tables = [f"{R}/tables/{name}.{ext}" for name in ("accuracy", "update_norms") for ext in ("csv", "md")]
+        figures += ["accuracy_sequential", "kl_sequential"]
+    tables = ["accuracy", "update_norms"]
+    if single_runs():
+        tables.append("single_task")
+    if geometry_pairs():
+        figures += ["interpolation", "probes"]
+        tables.append("norm_ratio")
+    if geometry_runs():
+        figures.append("drift")
+    if geometry_pairs() or geometry_runs():
+        tables.append("findings")
     kl = [f"{R}/eval/kl.csv"] if training_runs() else []
-    return figures + tables + kl
+    return (
+        kl
+        + [f"{R}/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")]
+        + [
+            f"{R}/tables/{name}.{ext}"
+            for name in tables
+            for ext in ("csv", "md", "tex")
+            if (name, ext) != ("findings", "tex")
+        ]
+    )

@@ -6,17 +6,19 @@ rule evaluate:
     output:
         metrics=f"{R}/eval/{{ckpt}}/accuracy.json",
         completions=f"{R}/eval/{{ckpt}}/completions.jsonl",
+    log:
+        f"{LOGS}/evaluate/{{ckpt}}.log",
     wildcard_constraints:
         ckpt="base|[a-z0-9_]+/(single|sequential)/[0-9]+-[a-z0-9_]+",
+    conda:
+        "../../envs/esft.yaml"
+    threads: RUNTIME["threads"]
     params:
         cfg=js(accuracy_config()),
         tasks_cfg=js(config["tasks"]),
         data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
         runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
         weights=lambda w, input: f"--weights {input.weights}" if input.weights else "",
-    threads: RUNTIME["threads"]
-    log:
-        f"{LOGS}/evaluate/{{ckpt}}.log",
     shell:
         "esft --threads {threads} evaluate --base {input.base} {params.weights} {params.runtime} "
         "--data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
@@ -28,10 +30,12 @@ rule collect_accuracy:
         [f"{R}/eval/{label}/accuracy.json" for label in checkpoint_labels()],
     output:
         f"{R}/eval/accuracy.csv",
-    params:
-        metrics=" ".join(f"{label}={R}/eval/{label}/accuracy.json" for label in checkpoint_labels()),
     log:
         f"{LOGS}/collect_accuracy.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        metrics=" ".join(f"{label}={R}/eval/{label}/accuracy.json" for label in checkpoint_labels()),
     shell:
         "esft collect-accuracy --metrics {params.metrics} --out {output} > {log} 2>&1"
 
@@ -45,17 +49,19 @@ rule kl:
     output:
         metrics=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}.json",
         completions=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}_completions.jsonl",
+    log:
+        f"{LOGS}/kl/{{method}}/{{schedule}}/{{stage}}-{{task}}-{{reference}}.log",
     wildcard_constraints:
         reference="base|previous",
+    conda:
+        "../../envs/esft.yaml"
+    threads: RUNTIME["threads"]
     params:
         cfg=js(config["evaluate"]["kl"]),
         tasks_cfg=js(config["tasks"]),
         data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
         runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
         reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
-    threads: RUNTIME["threads"]
-    log:
-        f"{LOGS}/kl/{{method}}/{{schedule}}/{{stage}}-{{task}}-{{reference}}.log",
     shell:
         "esft --threads {threads} kl --base {input.base} {params.reference} --weights {input.weights} "
         "{params.runtime} --data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
@@ -67,9 +73,11 @@ rule collect_kl:
         sorted({path for _, _, path in kl_pairs()}),
     output:
         f"{R}/eval/kl.csv",
-    params:
-        pairs=" ".join(f"{label}:{reference}={path}" for label, reference, path in kl_pairs()),
     log:
         f"{LOGS}/collect_kl.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        pairs=" ".join(f"{label}:{reference}={path}" for label, reference, path in kl_pairs()),
     shell:
         "esft collect-kl --pairs {params.pairs} --out {output} > {log} 2>&1"

@@ -4,11 +4,13 @@ rule base_model:
         held_out=test_files() if config["model"]["source"] == "tiny" else [],
     output:
         directory(f"{R}/model/base"),
-    params:
-        cfg=js(config["model"]),
-    threads: 2
     log:
         f"{LOGS}/base_model.log",
+    conda:
+        "../../envs/esft.yaml"
+    threads: 2
+    params:
+        cfg=js(config["model"]),
     shell:
         "esft --threads {threads} base-model --cfg {params.cfg:q} --held-out {input.held_out} "
         "--out {output} > {log} 2>&1"

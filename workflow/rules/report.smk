@@ -2,12 +2,16 @@ rule figure_accuracy_sequential:
     input:
         f"{R}/eval/accuracy.csv",
     output:
-        report(f"{R}/figures/accuracy_sequential.png", caption="../report/accuracy_sequential.rst",
-               category="Accuracy"),
-    params:
-        cfg=js(config["figures"]),
+        png=report(
+            f"{R}/figures/accuracy_sequential.png", caption="../report/accuracy_sequential.rst", category="Accuracy"
+        ),
+        pdf=f"{R}/figures/accuracy_sequential.pdf",
     log:
         f"{LOGS}/figures/accuracy_sequential.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("accuracy"),
     shell:
         "esft figure accuracy --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
@@ -18,10 +22,12 @@ rule figure_kl_sequential:
     output:
         png=report(f"{R}/figures/kl_sequential.png", caption="../report/kl_sequential.rst", category="Forgetting"),
         pdf=f"{R}/figures/kl_sequential.pdf",
-    params:
-        cfg=js(config["figures"]),
     log:
         f"{LOGS}/figures/kl_sequential.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("kl_sequential"),
     shell:
         "esft figure kl --inputs {input} --cfg {params.cfg:q} --out {output.png} {output.pdf} > {log} 2>&1"
 
@@ -30,15 +36,85 @@ rule figure_training_fitness:
     input:
         [f"{run_dir(*run)}/run.jsonl" for run in training_runs()],
     output:
-        report(f"{R}/figures/training_fitness.png", caption="../report/training_fitness.rst",
-               category="Training"),
-    params:
-        cfg=js(config["figures"]),
-        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in training_runs()),
+        png=report(f"{R}/figures/training_fitness.png", caption="../report/training_fitness.rst", category="Training"),
+        pdf=f"{R}/figures/training_fitness.pdf",
     log:
         f"{LOGS}/figures/training_fitness.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("fitness"),
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in training_runs()),
     shell:
         "esft figure fitness --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_training_curves:
+    input:
+        [f"{run_dir(*run)}/run.jsonl" for run in training_runs()],
+    output:
+        png=report(f"{R}/figures/training_curves.png", caption="../report/training_curves.rst", category="Training"),
+        pdf=f"{R}/figures/training_curves.pdf",
+    log:
+        f"{LOGS}/figures/training_curves.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("training"),
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in training_runs()),
+    shell:
+        "esft figure training --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_interpolation:
+    input:
+        f"{R}/geometry/interpolation.csv",
+    output:
+        png=report(f"{R}/figures/interpolation.png", caption="../report/interpolation.rst", category="Geometry"),
+        pdf=f"{R}/figures/interpolation.pdf",
+    log:
+        f"{LOGS}/figures/interpolation.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("interpolation"),
+        methods=" ".join(geometry_methods()),
+    shell:
+        "esft figure interpolation --inputs {input} --methods {params.methods} --cfg {params.cfg:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule figure_probes:
+    input:
+        f"{R}/geometry/probes.csv",
+    output:
+        png=report(f"{R}/figures/probes.png", caption="../report/probes.rst", category="Geometry"),
+        pdf=f"{R}/figures/probes.pdf",
+    log:
+        f"{LOGS}/figures/probes.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("probes"),
+    shell:
+        "esft figure probes --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_drift:
+    input:
+        series=f"{R}/geometry/drift_series.csv",
+        kinds=f"{R}/geometry/drift_kinds.csv",
+    output:
+        png=report(f"{R}/figures/drift.png", caption="../report/drift.rst", category="Geometry"),
+        pdf=f"{R}/figures/drift.pdf",
+    log:
+        f"{LOGS}/figures/drift.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("drift"),
+    shell:
+        "esft figure drift --inputs {input.series} {input.kinds} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule table_accuracy:
@@ -47,12 +123,16 @@ rule table_accuracy:
     output:
         csv=f"{R}/tables/accuracy.csv",
         md=report(f"{R}/tables/accuracy.md", caption="../report/accuracy_table.rst", category="Tables"),
-    params:
-        cfg=js(config["tables"]),
+        tex=f"{R}/tables/accuracy.tex",
     log:
         f"{LOGS}/tables/accuracy.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg(),
     shell:
-        "esft table accuracy --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "esft table accuracy --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"
 
 
 rule table_update_norms:
@@ -61,9 +141,72 @@ rule table_update_norms:
     output:
         csv=f"{R}/tables/update_norms.csv",
         md=report(f"{R}/tables/update_norms.md", caption="../report/update_norms.rst", category="Tables"),
-    params:
-        cfg=js(config["tables"]),
+        tex=f"{R}/tables/update_norms.tex",
     log:
         f"{LOGS}/tables/update_norms.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg(),
     shell:
-        "esft table norms --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "esft table norms --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"
+
+
+rule table_single_task:
+    input:
+        accuracy=f"{R}/eval/accuracy.csv",
+        runs=[f"{run_dir(*run)}/run.jsonl" for run in single_runs()],
+        budgets=[f"{budget_dir(*b)}/accuracy.json" for b in budget_runs()],
+    output:
+        csv=f"{R}/tables/single_task.csv",
+        md=report(f"{R}/tables/single_task.md", caption="../report/single_task.rst", category="Tables"),
+        tex=f"{R}/tables/single_task.tex",
+    log:
+        f"{LOGS}/tables/single_task.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg("single_task"),
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in single_runs()),
+        budgets=" ".join(f"{m}/single/1-{t}@{k}={budget_dir(m, t, k)}/accuracy.json" for m, t, k in budget_runs()),
+    shell:
+        "esft table single-task --input {input.accuracy} --runs {params.runs} --budgets {params.budgets} "
+        "--cfg {params.cfg:q} --csv {output.csv} --md {output.md} --tex {output.tex} > {log} 2>&1"
+
+
+rule table_norm_ratio:
+    input:
+        f"{R}/geometry/deltas.csv",
+    output:
+        csv=f"{R}/tables/norm_ratio.csv",
+        md=report(f"{R}/tables/norm_ratio.md", caption="../report/norm_ratio.rst", category="Tables"),
+        tex=f"{R}/tables/norm_ratio.tex",
+    log:
+        f"{LOGS}/tables/norm_ratio.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg(),
+    shell:
+        "esft table norm-ratio --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"
+
+
+rule table_findings:
+    input:
+        unpack(findings_inputs),
+    output:
+        csv=f"{R}/tables/findings.csv",
+        md=report(f"{R}/tables/findings.md", caption="../report/findings.rst", category="Findings"),
+    log:
+        f"{LOGS}/tables/findings.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=js(config["geometry"]["findings"]),
+        methods=" ".join(geometry_methods()),
+        inputs=lambda w, input: " ".join(f"--{name.replace('_', '-')} {path}" for name, path in input.items()),
+    shell:
+        "esft findings --methods {params.methods} {params.inputs} --cfg {params.cfg:q} --csv {output.csv} "
+        "--md {output.md} > {log} 2>&1"

@@ -19,18 +19,14 @@ from esft.es.population import Population
 from esft.rollout import decode_completions, stop_ids
 
 
-class StackedWeights(SharedWeights):
-    """Full-rank per-member weights θ + σεₘ for every evolved tensor; frozen tensors stay shared."""
+class MemberStack(SharedWeights):
+    """Explicit full-rank per-member weights: `stacked[name]` is [N, ...] (member m's tensor at index m);
+    tensors not in `stacked` are the model's own, shared by every member. Serves any set of weight
+    variants (ES members, interpolation points, direction probes)."""
 
-    def __init__(self, model: torch.nn.Module, population: Population, iteration: int, members: Sequence[int],
-                 sigma: float, names: Iterable[str] | None = None) -> None:
-        """Stack the tensors `names` (default: every evolved tensor) for `members`."""
+    def __init__(self, model: torch.nn.Module, stacked: dict[str, torch.Tensor]) -> None:
         super().__init__(model)
-        self.stacked = {
-            name: population.perturbations(iteration, members, name, sigma).add_(population.master[name])
-            .to(self.weights[name].dtype)
-            for name in (population.master if names is None else names)
-        }
+        self.stacked = stacked
         self.fused_stacked: dict[tuple[str, ...], torch.Tensor] = {}
         self.vectors: dict[tuple[str, int], torch.Tensor] = {}
         """1-D stacked tensors viewed to broadcast against [N, ...] activations, per (name, ndim)."""
@@ -63,6 +59,20 @@ class StackedWeights(SharedWeights):
                 return super().vector(name, ndim)
             w = self.vectors[name, ndim] = w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
         return w
+
+
+class StackedWeights(MemberStack):
+    """Full-rank per-member weights θ + σεₘ for every evolved tensor; frozen tensors stay shared."""
+
+    def __init__(self, model: torch.nn.Module, population: Population, iteration: int, members: Sequence[int],
+                 sigma: float, names: Iterable[str] | None = None) -> None:
+        """Stack the tensors `names` (default: every evolved tensor) for `members`."""
+        dtypes = {n: p.dtype for n, p in model.named_parameters(remove_duplicate=False)}
+        super().__init__(model, {
+            name: population.perturbations(iteration, members, name, sigma).add_(population.master[name])
+            .to(dtypes[name])
+            for name in (population.master if names is None else names)
+        })
 
 
 WeightsFactory = Callable[[torch.nn.Module, Population, int, Sequence[int], float], MemberWeights]

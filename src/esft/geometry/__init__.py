@@ -1,1 +1,1 @@
-"""Weight-space geometry: update norms (interpolation, probes and drift fits come later)."""
+"""Weight-space geometry: update norms, ES-vs-GRPO deltas, interpolation, direction probes, drift fits."""

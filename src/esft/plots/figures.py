@@ -1,35 +1,36 @@
-"""Matplotlib figures: accuracy and KL after each sequential stage, and training reward per step of any method."""
+"""Matplotlib figures, drawn only from files that earlier stages wrote; one style (esft.plots.style)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from esft.geometry.drift import KINDS
+from esft.io import read_jsonl
+from esft.plots import style
+from esft.plots.style import plt
 
-from esft.io import atomic_path, read_jsonl  # noqa: E402
+style.apply()
 
-
-def _save(fig, outs: str | Path | list[str | Path], dpi: int) -> None:
-    """Write the figure to each path in the format its suffix names (png, pdf, ...)."""
-    for out in [outs] if isinstance(outs, (str, Path)) else outs:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(out).suffix.lstrip("."))
-    plt.close(fig)
+Outs = Sequence[str | Path] | str | Path
 
 
-def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> None:
+def _method(label: str) -> str:
+    return label.split("/", 1)[0]
+
+
+def accuracy_sequential(acc: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
     """Figure 1: accuracy on every task (lines) after each sequential stage (x), one panel per method."""
     seq = acc[acc["schedule"] == "sequential"]
     methods = sorted(seq["method"].dropna().unique())
     if not methods:
         raise ValueError("no sequential checkpoints in the accuracy table")
     base = acc[acc["checkpoint"] == "base"]
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=style.figsize(len(methods), 2.6), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
         rows = pd.concat([base, seq[seq["method"] == method]])
         stages = rows.drop_duplicates("stage").sort_values("stage")
@@ -37,17 +38,16 @@ def accuracy_sequential(acc: pd.DataFrame, out: str | Path, dpi: int = 120) -> N
         for task, group in rows.groupby("eval_task"):
             group = group.sort_values("stage")
             ax.plot(group["stage"], group["accuracy"], marker="o", label=task)
-        ax.set_xticks(list(stages["stage"]), labels, rotation=20)
+        ax.set_xticks(list(stages["stage"]), labels, rotation=25, ha="right")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("after training stage")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{method}: sequential training")
-        ax.grid(alpha=0.3)
-        ax.legend(title="evaluated on", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    _save(fig, out, dpi)
+        ax.set_title(f"{method}: sequential training", color=style.method_color(method))
+    axes[0][0].set_ylabel("test accuracy (fraction correct)")
+    axes[0][-1].legend(title="evaluated on", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    style.save(fig, out, dpi)
 
 
-def kl_sequential(kl: pd.DataFrame, outs: list[str | Path], dpi: int = 120) -> None:
+def kl_sequential(kl: pd.DataFrame, outs: Outs, dpi: int = 120) -> None:
     """Figure 2: KL heatmaps of sequential training, one column of panels per method: KL(π_{k−1} ‖ π_k)
     (top) and KL(π_0 ‖ π_k) (bottom), rows = training stage k, columns = evaluated task."""
     seq = kl[kl["schedule"] == "sequential"]
@@ -76,29 +76,167 @@ def kl_sequential(kl: pd.DataFrame, outs: list[str | Path], dpi: int = 120) -> N
             ax.set_title(f"{method}: {title}", fontsize=10)
             fig.colorbar(image, ax=ax, label="nats / token")
     fig.tight_layout()
-    _save(fig, outs, dpi)
+    style.save(fig, outs, dpi)
 
 
-def training_fitness(runs: dict[str, str | Path], out: str | Path, dpi: int = 120) -> None:
+def training_fitness(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120) -> None:
     """Mean training reward per step (the common run.jsonl field of every method), and the best ES
-    member where the run logs one; one panel per training run."""
+    member where the run logs one; one panel per training run, in its method's colour."""
     n = len(runs)
     cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)),
-                             squeeze=False)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, squeeze=False,
+                             figsize=style.figsize(cols * 2 / 3, 2.0 * math.ceil(n / cols)))
     for ax, (label, path) in zip(axes.flat, runs.items()):
         records = read_jsonl(path)
         it = [r["iteration"] + 1 for r in records]
-        ax.plot(it, [r["reward_mean"] for r in records], label="mean reward")
+        color = style.method_color(_method(label))
+        ax.plot(it, [r["reward_mean"] for r in records], color=color, label="mean reward")
         if records and "fitness_max" in records[0]:
-            ax.plot(it, [r["fitness_max"] for r in records], alpha=0.6, label="best ES member")
-        ax.set_title(label, fontsize=9)
+            ax.plot(it, [r["fitness_max"] for r in records], color=color, ls="--", alpha=0.6, label="best ES member")
+        ax.set_title(label)
         ax.set_xlabel("step (iteration or optimizer step)")
         ax.set_ylabel("training reward")
-        ax.grid(alpha=0.3)
+        ax.legend()
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    for ax in list(axes.flat)[:n]:
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, out, dpi)
+    style.save(fig, out, dpi)
+
+
+def training_curves(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smooth: int = 1) -> None:
+    """Training reward of every method on each trained run (columns), against step (top) and against
+    cumulative generated tokens (bottom), so methods compare at equal generation cost.
+
+    `smooth`: trailing moving-average window in steps (1 = raw)."""
+    by_run: dict[str, dict[str, list[dict]]] = {}
+    for label, path in runs.items():
+        method, rest = label.split("/", 1)
+        by_run.setdefault(rest, {})[method] = read_jsonl(path)
+    cols = len(by_run)
+    fig, axes = plt.subplots(2, cols, squeeze=False, figsize=style.figsize(max(1.0, cols * 0.6), 4.0))
+    for col, (rest, methods) in enumerate(by_run.items()):
+        for method, records in methods.items():
+            reward = pd.Series([r["reward_mean"] for r in records]).rolling(smooth, min_periods=1).mean()
+            steps = [r["iteration"] + 1 for r in records]
+            tokens = np.cumsum([r["tokens"] for r in records])
+            for row, x in enumerate((steps, tokens)):
+                axes[row][col].plot(x, reward, color=style.method_color(method), label=method)
+        axes[0][col].set_title(rest)
+        axes[0][col].set_xlabel("step")
+        axes[1][col].set_xlabel("generated tokens (cumulative)")
+        axes[1][col].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    for row in range(2):
+        axes[row][0].set_ylabel("training reward (mean)")
+    axes[0][-1].legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int = 120,
+                  per_task: bool = True) -> None:
+    """Figure 3: accuracy along θ(λ) = (1−λ)θ_a + λθ_b, one panel per checkpoint pair; the mean over
+    tasks bold, each task thin (`per_task`), the straight line between the endpoints dotted."""
+    from esft.geometry.interpolation import with_mean
+
+    keys = ["schedule", "stage", "trained_task"]
+    df = with_mean(df, keys + ["lambda"])
+    groups = list(df.groupby(keys, sort=True))
+    cols = min(len(groups), 4)
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=True,
+                             figsize=style.figsize(max(1.0, cols * 0.55), 2.2 * rows))
+    a, b = methods
+    for ax, ((schedule, stage, trained), g) in zip(axes.flat, groups):
+        mean = g[g["task"] == "mean"].sort_values("lambda")
+        if per_task:
+            for task, t in g[g["task"] != "mean"].groupby("task"):
+                t = t.sort_values("lambda")
+                ax.plot(t["lambda"], t["accuracy"], lw=0.8, alpha=0.7, label=task)
+        ax.plot(mean["lambda"], mean["accuracy"], color="black", lw=2, marker="o", label="mean")
+        ends = mean[mean["lambda"].isin([0.0, 1.0])]
+        ax.plot(ends["lambda"], ends["accuracy"], color="black", ls=":", lw=1)
+        ax.scatter([0], ends["accuracy"].iloc[:1], color=style.method_color(a), zorder=3, s=25)
+        ax.scatter([1], ends["accuracy"].iloc[-1:], color=style.method_color(b), zorder=3, s=25)
+        ax.set_title(f"{schedule} {stage}: {trained}")
+        ax.set_xlabel(f"λ (0 = {a}, 1 = {b})")
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    for r in range(rows):
+        axes[r][0].set_ylabel("test accuracy")
+    axes[0][min(cols, len(groups)) - 1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
+    """Figure 4: accuracy on the trained task along θ₀ + s·‖Δ_m‖·d/‖d‖, rows = checkpoints, columns =
+    reference method m (s in units of m's own norm); m's direction in its colour, random directions grey
+    (separate lines, or their min-max band with `random_band`)."""
+    keys = ["schedule", "stage", "trained_task"]
+    checkpoints = sorted(df.groupby(keys).groups)
+    refs = list(dict.fromkeys(df["reference"]))
+    fig, axes = plt.subplots(len(checkpoints), len(refs), squeeze=False, sharey=True,
+                             figsize=style.figsize(max(1.0, 0.6 * len(refs)), 1.9 * len(checkpoints)))
+    for r, ckpt in enumerate(checkpoints):
+        sub = df[(df[keys] == pd.Series(ckpt, index=keys)).all(axis=1)]
+        for c, ref in enumerate(refs):
+            ax = axes[r][c]
+            g = sub[sub["reference"] == ref]
+            own = g[g["direction"] == ref].sort_values("scale")
+            rand = g[g["direction"] != ref]
+            if random_band and not rand.empty:
+                band = rand.groupby("scale")["accuracy"].agg(["min", "max"]).reset_index()
+                ax.fill_between(band["scale"], band["min"], band["max"], color=style.method_color("random"),
+                                alpha=0.4, label="random (min-max)")
+            else:
+                for i, (d, t) in enumerate(rand.groupby("direction")):
+                    t = t.sort_values("scale")
+                    ax.plot(t["scale"], t["accuracy"], color=style.method_color("random"), lw=0.9,
+                            label="random" if i == 0 else None)
+            ax.plot(own["scale"], own["accuracy"], color=style.method_color(ref), marker="o", label=f"{ref} direction")
+            ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
+            norm = own["distance"].max() / own["scale"].max() if own["scale"].max() > 0 else float("nan")
+            ax.set_title(f"{ckpt[1]}-{ckpt[2]}: {ref} (‖Δ‖ = {norm:.3g})")
+            ax.set_xlabel(f"s: distance / ‖Δ_{ref}‖")
+            ax.set_ylim(-0.02, 1.02)
+            if r == 0:
+                ax.legend(loc="best")
+        axes[r][0].set_ylabel(f"accuracy on {ckpt[2]}")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False) -> None:
+    """Figure 6: (a) ||θ_t − θ₀||² against step per run, ES with Proposition 1's line α²·D·t/N dashed;
+    (b) D_eff/D = slope·N/(α²·D_param) per parameter kind (median, min-max bar) of runs with a theory."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=style.figsize(2.0, 2.6))
+    for run, g in series.groupby("run", sort=False):
+        color = style.method_color(_method(run))
+        ax.plot(g["step"], g["drift_sq"], color=color, alpha=0.85, label=run)
+        if g["theory_sq"].notna().all():
+            ax.plot(g["step"], g["theory_sq"], color=color, ls="--", lw=0.8, alpha=0.7)
+    ax.plot([], [], color="black", ls="--", lw=0.8, label="α²·D·t/N (Prop. 1)")
+    ax.set_xlabel("training step t")
+    ax.set_ylabel("‖θ_t − θ₀‖² (squared L2)")
+    if log_scale:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.legend(fontsize=6)
+    ax.set_title("(a) drift from the run's start")
+    k = kinds.dropna(subset=["deff_ratio_median"])
+    order = [kind for kind in KINDS if kind in set(k["kind"])]
+    n_runs = max(1, k["run"].nunique())
+    for i, (run, g) in enumerate(k.groupby("run", sort=False)):
+        x = np.array([order.index(kind) for kind in g["kind"]]) + 0.6 * ((i + 0.5) / n_runs - 0.5)
+        med = g["deff_ratio_median"].to_numpy()
+        bx.errorbar(x, med, yerr=[med - g["deff_ratio_min"].to_numpy(), g["deff_ratio_max"].to_numpy() - med],
+                    fmt="o", color=style.method_color(_method(run)), capsize=2, label=run)
+    bx.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
+    bx.axhline(1.0, color="black", ls="--", lw=0.8)
+    bx.set_ylabel("D_eff / D (1 = isotropic random walk)")
+    bx.set_title("(b) effective dimension per parameter kind")
+    if not k.empty:
+        bx.legend(fontsize=6)
+    fig.tight_layout()
+    style.save(fig, out, dpi)

@@ -1,19 +1,33 @@
-"""Tables as CSV and Markdown, written atomically side by side."""
+"""Tables as CSV, Markdown and LaTeX (booktabs), written atomically side by side."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from esft.io import atomic_open
+from esft.io import atomic_open, read_json
 
 
-def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, float_format: str = ".3f") -> None:
+def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, float_format: str = ".3f",
+                tex_path: str | Path | None = None) -> None:
     with atomic_open(csv_path) as fh:
         df.to_csv(fh, index=False)
     with atomic_open(md_path) as fh:
         fh.write(df.to_markdown(index=False, floatfmt=float_format) + "\n")
+    if tex_path is not None:
+        styler = df.style.hide(axis="index").format(lambda v: format(v, float_format), subset=_float_columns(df),
+                                                    na_rep="--")
+        with atomic_open(tex_path) as fh:
+            fh.write(styler.to_latex(hrules=True, column_format="l" * (df.shape[1] - len(_float_columns(df)))
+                                     + "r" * len(_float_columns(df))))
+
+
+def _float_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
 
 
 def accuracy_matrix(acc: pd.DataFrame) -> pd.DataFrame:
@@ -23,3 +37,87 @@ def accuracy_matrix(acc: pd.DataFrame) -> pd.DataFrame:
     wide.columns.name = None
     wide = wide.assign(_o=wide["checkpoint"].ne("base")).sort_values(["_o", "method", "schedule", "stage"])
     return wide.drop(columns=["_o", "checkpoint"])
+
+
+def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Table 1: accuracy on each single-task run's own task: the base model, then every method's
+    checkpoint (column `method (T steps)`), plus checkpoints rebuilt at earlier budgets.
+
+    `steps`: run label -> steps it trained; `budgets`: `label@K` -> accuracy.json of the run after K steps.
+    """
+    base = acc[acc["checkpoint"] == "base"].set_index("eval_task")["accuracy"]
+    single = acc[(acc["schedule"] == "single") & (acc["eval_task"] == acc["trained_task"])]
+    cells = [(r["trained_task"], r["method"], steps[r["checkpoint"]], r["accuracy"]) for _, r in single.iterrows()]
+    for key, path in budgets.items():
+        label, k = key.rsplit("@", 1)
+        method, _, run = label.split("/")
+        task = run.split("-", 1)[1]
+        cells.append((task, method, int(k), read_json(path)[task]["accuracy"]))
+    long = pd.DataFrame(cells, columns=["task", "method", "steps", "accuracy"])
+    methods = list(dict.fromkeys(single["method"]))
+    long["column"] = long["method"] + " (" + long["steps"].astype(str) + " steps)"
+    long["_order"] = long["method"].map(methods.index) * 10**9 + long["steps"]
+    order = long.sort_values("_order")["column"].unique()
+    wide = long.pivot_table(index="task", columns="column", values="accuracy")[list(order)]
+    wide.insert(0, "base", base.reindex(wide.index))
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def norm_ratio(deltas: pd.DataFrame, schedule: str = "sequential") -> pd.DataFrame:
+    """Table 3: both update norms, their ratio and the cosine of the deltas at each stage of `schedule`."""
+    return deltas[deltas["schedule"] == schedule].drop(columns="schedule").sort_values("stage")
+
+
+def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFrame | None = None,
+             barriers: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
+             probes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Whether each qualitative finding of the paper holds on this run, with the number behind the verdict.
+
+    A finding whose measurement is absent (its stage did not run) is `not measured`. Holdout accuracy
+    along directions (Figure 5) comes from the lm-eval holdout stage, not wired here yet: its row is
+    always `not measured` until that stage writes a table to pass in.
+    """
+    a, b = methods
+    rows = []
+
+    def add(finding: str, measured: str, threshold: str, holds: bool | None) -> None:
+        verdict = "not measured" if holds is None else ("holds" if holds else "does not hold")
+        rows.append({"finding": finding, "measured": measured, "threshold": threshold, "verdict": verdict})
+
+    if deltas is not None and not deltas.empty:
+        ratio, cosine = deltas["ratio"], deltas["cosine"].abs()
+        add(f"{a} update norm >> {b} norm (Table 3)", f"ratio min {ratio.min():.3g}, max {ratio.max():.3g}",
+            f"min ratio >= {cfg['norm_ratio_min']}", bool(ratio.min() >= cfg["norm_ratio_min"]))
+        add(f"{a} and {b} deltas near-orthogonal", f"|cos| max {cosine.max():.3g}",
+            f"|cos| <= {cfg['cosine_max']}", bool(cosine.max() <= cfg["cosine_max"]))
+    else:
+        add(f"{a} update norm >> {b} norm (Table 3)", "", f"min ratio >= {cfg['norm_ratio_min']}", None)
+        add(f"{a} and {b} deltas near-orthogonal", "", f"|cos| <= {cfg['cosine_max']}", None)
+    if barriers is not None and not barriers.empty:
+        worst = barriers["barrier"].max()
+        add(f"no barrier on the linear path {a} -> {b} (Figure 3)",
+            f"max barrier {worst:.3g} (mean accuracy below the endpoints' line)", f"<= {cfg['barrier_max']}",
+            bool(worst <= cfg["barrier_max"]))
+    else:
+        add(f"no barrier on the linear path {a} -> {b} (Figure 3)", "", f"<= {cfg['barrier_max']}", None)
+    fits = None if drift_fits is None else drift_fits[
+        drift_fits["run"].str.startswith(f"{a}/") & (drift_fits["theory"] == "yes")]
+    tol, r2_min = cfg["drift_slope_tolerance"], cfg["drift_r2_min"]
+    if fits is not None and not fits.empty:
+        ok = bool((fits["r2"] >= r2_min).all() and ((fits["slope_ratio"] - 1).abs() <= tol).all())
+        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)",
+            f"R^2 min {fits['r2'].min():.3g}; slope/theory {fits['slope_ratio'].min():.3g}-"
+            f"{fits['slope_ratio'].max():.3g} over {len(fits)} runs",
+            f"R^2 >= {r2_min}, |slope/theory - 1| <= {tol}", ok)
+    else:
+        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)", "", f"R^2 >= {r2_min}", None)
+    if probes is not None and not probes.empty:
+        at1 = probes[(probes["reference"] == a) & (probes["scale"] == 1.0)]
+        own = at1[at1["direction"] == a]["accuracy"].mean()
+        rand = at1[at1["direction"] != a]["accuracy"].mean()
+        add(f"{a} direction beats random directions on the trained task at its norm (Figure 4)",
+            f"accuracy {own:.3g} vs random {rand:.3g}", "difference > 0",
+            None if math.isnan(own) or math.isnan(rand) else bool(own > rand))
+    add(f"{a} direction ~ random on holdouts (Figure 5)", "holdouts along directions not computed", "", None)
+    return pd.DataFrame(rows)

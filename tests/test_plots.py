@@ -1,0 +1,113 @@
+"""Figures and tables from small synthetic result tables: files written, known table contents, verdicts."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from esft.io import write_json, write_jsonl
+from esft.plots import figures, style, tables
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _interpolation() -> pd.DataFrame:
+    return pd.DataFrame([{"schedule": "sequential", "stage": k, "trained_task": t, "lambda": lam, "task": task,
+                          "accuracy": 0.5 + 0.1 * lam} for k, t in [(1, "math"), (2, "boolq")]
+                         for lam in (0, 0.5, 1) for task in ("math", "boolq")])
+
+
+def _probes() -> pd.DataFrame:
+    return pd.DataFrame([{"schedule": "sequential", "stage": 1, "trained_task": "math", "reference": ref,
+                          "direction": d, "scale": s, "distance": s * norm, "accuracy": acc}
+                         for ref, norm in (("es", 10.0), ("grpo", 0.1)) for d in (ref, "random1", "random2")
+                         for s in (0.0, 1.0, 2.0) for acc in [0.6 if d == ref and s == 1.0 else 0.4]])
+
+
+def test_every_figure_writes_png_and_pdf(tmp_path):
+    runs = {}
+    for method in ("es", "grpo"):
+        path = tmp_path / f"{method}.jsonl"
+        write_jsonl(path, [{"iteration": t, "reward_mean": 0.1 * t, "tokens": 100 * (1 + (method == "es")),
+                            **({"fitness_max": 0.2 * t} if method == "es" else {})} for t in range(5)])
+        runs[f"{method}/single/1-math"] = path
+    series = pd.DataFrame({"run": "es/single/1-math", "step": [1, 2, 3], "drift_sq": [1.0, 2.0, 3.0],
+                           "theory_sq": [1.1, 2.2, 3.3]})
+    kinds = pd.DataFrame({"run": "es/single/1-math", "kind": ["q/k/v/o", "final norm"], "deff_ratio_median": [1.0, 0.2],
+                          "deff_ratio_min": [0.9, 0.1], "deff_ratio_max": [1.1, 0.3]})
+    acc = pd.DataFrame([{"checkpoint": c, "method": m, "schedule": s, "stage": k, "trained_task": tt, "eval_task": "math",
+                         "accuracy": 0.5} for c, m, s, k, tt in [("base", "base", "-", 0, "-"),
+                                                                ("es/sequential/1-math", "es", "sequential", 1, "math")]])
+    draws = {
+        "accuracy": lambda out: figures.accuracy_sequential(acc, out, 50),
+        "fitness": lambda out: figures.training_fitness(runs, out, 50),
+        "training": lambda out: figures.training_curves(runs, out, 50, smooth=2),
+        "interpolation": lambda out: figures.interpolation(_interpolation(), ["es", "grpo"], out, 50, per_task=False),
+        "probes": lambda out: figures.probes(_probes(), out, 50, random_band=True),
+        "drift": lambda out: figures.drift(series, kinds, out, 50, log_scale=True),
+    }
+    for name, draw in draws.items():
+        outs = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
+        draw(outs)
+        assert outs[0].read_bytes()[:8] == PNG and outs[1].read_bytes()[:5] == b"%PDF-", name
+
+
+def test_method_colours_are_fixed_and_distinct():
+    assert style.method_color("es") != style.method_color("grpo")
+    assert style.method_color("newmethod") == style.method_color("newmethod")
+
+
+def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
+    acc = pd.DataFrame([
+        {"checkpoint": "base", "method": "base", "schedule": "-", "stage": 0, "trained_task": "-", "eval_task": "math",
+         "accuracy": 0.2},
+        {"checkpoint": "es/single/1-math", "method": "es", "schedule": "single", "stage": 1, "trained_task": "math",
+         "eval_task": "math", "accuracy": 0.6},
+        {"checkpoint": "grpo/single/1-math", "method": "grpo", "schedule": "single", "stage": 1,
+         "trained_task": "math", "eval_task": "math", "accuracy": 0.55},
+    ])
+    write_json(tmp_path / "b.json", {"math": {"accuracy": 0.4, "n": 10}})
+    df = tables.single_task(acc, {"es/single/1-math": 300, "grpo/single/1-math": 20},
+                            {"es/single/1-math@100": tmp_path / "b.json"})
+    assert list(df.columns) == ["task", "base", "es (100 steps)", "es (300 steps)", "grpo (20 steps)"]
+    assert df.iloc[0].tolist() == ["math", 0.2, 0.4, 0.6, 0.55]
+    tables.write_table(df, tmp_path / "t.csv", tmp_path / "t.md", ".2f", tmp_path / "t.tex")
+    tex = (tmp_path / "t.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "0.40" in tex
+    assert "| task" in (tmp_path / "t.md").read_text()
+
+
+CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5}
+
+
+def test_findings_verdicts_and_numbers():
+    deltas = pd.DataFrame({"schedule": "sequential", "stage": [1, 2], "task": ["a", "b"], "ratio": [95.0, 12.0],
+                           "cosine": [0.01, -0.2]})
+    barriers = pd.DataFrame({"barrier": [0.0, 0.02]})
+    fits = pd.DataFrame({"run": ["es/single/1-a", "grpo/single/1-a"], "theory": ["yes", "no ES step size in the run log"],
+                         "r2": [0.99, 0.5], "slope_ratio": [1.1, float("nan")]})
+    df = tables.findings(["es", "grpo"], CFG, deltas, barriers, fits, _probes()).set_index("finding")
+    verdicts = df["verdict"].tolist()
+    assert verdicts == ["holds", "does not hold", "holds", "holds", "holds", "not measured"]
+    assert "0.2" in df["measured"].iloc[1] and "12" in df["measured"].iloc[0]
+    empty = tables.findings(["es", "grpo"], CFG)
+    assert set(empty["verdict"]) == {"not measured"}
+
+
+def test_norm_ratio_table_keeps_sequential_stages_in_order():
+    deltas = pd.DataFrame({"schedule": ["sequential", "single", "sequential"], "stage": [2, 1, 1],
+                           "task": ["b", "c", "a"], "ratio": [1.0, 2.0, 3.0]})
+    assert tables.norm_ratio(deltas)["task"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", [[0.25, 0.5, 1.0], [0.0, 0.5]])
+def test_interpolation_grid_without_endpoints_is_a_config_error(bad):
+    import yaml
+
+    from conftest import REPO
+    from esft.config import ConfigError, validate_config
+
+    config = yaml.safe_load((REPO / "tests/data/small.yaml").read_text())
+    config["geometry"] = {"interpolation": {"grid": bad}}
+    with pytest.raises(ConfigError, match="^config error: geometry.interpolation.grid"):
+        validate_config(config, REPO / "config/schema.yaml")
