@@ -111,6 +111,44 @@ def cmd_collect_accuracy(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def cmd_holdout_data(args) -> None:
+    from esft.evaluate.holdout_data import write_holdout_data
+
+    write_holdout_data(args.benchmark, args.cfg, args.out)
+
+
+def cmd_nltk_data(args) -> None:
+    from esft.evaluate.punkt import write_punkt_tab
+
+    write_punkt_tab(args.out)
+
+
+def cmd_holdout(args) -> None:
+    from esft.evaluate.punkt import punkt_tab_digest, use_nltk_data
+
+    # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
+    punkt = use_nltk_data(args.nltk_data) if args.nltk_data else None
+    from esft.evaluate.holdout import run_holdout, write_holdout
+    from esft.models import load_model
+
+    model, tokenizer = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    record, samples = run_holdout(model, tokenizer, args.benchmark, args.cfg, data=args.data,
+                                  tasks_dir=args.tasks_dir and Path(args.tasks_dir), batch_size=args.batch_size)
+    if punkt is not None:
+        record["punkt_tab"] = {"path": str(Path(args.nltk_data).resolve()), "sha256_sorted_lines": punkt}
+    record["checkpoint"] = {"base": str(args.base), "weights": args.weights}
+    write_holdout(args.out, record, samples)
+
+
+def cmd_collect_holdout(args) -> None:
+    from esft.evaluate.holdout import collect_holdout
+    from esft.io import atomic_open
+
+    df = collect_holdout(_pairs(args.results))
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
 def cmd_norms(args) -> None:
     from esft.geometry.norms import update_norms
     from esft.io import atomic_open
@@ -138,11 +176,14 @@ def cmd_figure(args) -> None:
 def cmd_table(args) -> None:
     import pandas as pd
 
+    from esft.evaluate.holdout import holdout_matrix
     from esft.plots.tables import accuracy_matrix, write_table
 
     df = pd.read_csv(args.input)
     if args.kind == "accuracy":
         df = accuracy_matrix(df)
+    elif args.kind == "holdout":
+        df = holdout_matrix(df)
     write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"))
 
 
@@ -213,6 +254,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
     p.add_argument("--out", required=True)
 
+    p = add("holdout-data", cmd_holdout_data, "write offline stand-in rows of a holdout benchmark (MMLU or "
+            "IFEval schema) from a seed")
+    p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
+    p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice (n, seed)")
+    p.add_argument("--out", required=True, help="jsonl to write (a .manifest.json goes beside it)")
+
+    p = add("nltk-data", cmd_nltk_data, "write NLTK's English punkt_tab model (for IFEval scoring) offline")
+    p.add_argument("--out", required=True, help="an NLTK data root: tokenizers/punkt_tab/english is written below it")
+
+    p = add("holdout", cmd_holdout, "one holdout benchmark (mmlu, ifeval) of one checkpoint through lm-eval")
+    model_args(p)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
+    p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice")
+    p.add_argument("--data", default=None, help="rows of `esft holdout-data` (source synthetic)")
+    p.add_argument("--nltk-data", default=None, help="NLTK data root holding punkt_tab (needed by ifeval)")
+    p.add_argument("--tasks-dir", default=None, help="our lm-eval task YAMLs (default: resources/lm_eval of this checkout)")
+    p.add_argument("--batch-size", type=int, default=16, help="lm-eval (HFLM) batch size")
+    p.add_argument("--out", required=True, help="<benchmark>.json (samples go to <benchmark>.samples.jsonl)")
+
+    p = add("collect-holdout", cmd_collect_holdout, "gather holdout records into one tidy CSV")
+    p.add_argument("--results", nargs="+", required=True, help="LABEL/BENCHMARK=record.json ...")
+    p.add_argument("--out", required=True)
+
     p = add("norms", cmd_norms, "update norms ||θ − θ₀|| of checkpoints")
     p.add_argument("--base", required=True)
     p.add_argument("--checkpoints", nargs="+", required=True, help="LABEL=weights.safetensors ...")
@@ -225,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = add("table", cmd_table, "write a table as CSV and Markdown")
-    p.add_argument("kind", choices=["accuracy", "norms"])
+    p.add_argument("kind", choices=["accuracy", "norms", "holdout"])
     p.add_argument("--input", required=True)
     p.add_argument("--cfg", type=_cfg, default={})
     p.add_argument("--csv", required=True)
