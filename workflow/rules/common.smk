@@ -74,9 +74,42 @@ def train_init(wildcards):
     return f"{run_dir(wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
 
 
+HOLDOUT = config.get("holdout")
+LM_EVAL_TASKS = f"{workflow.basedir}/resources/lm_eval"
+
+
+def holdout_checkpoints():
+    """Checkpoints that get holdout benchmarks: the base and every sequential stage, or every checkpoint."""
+    if HOLDOUT["checkpoints"] == "all":
+        return checkpoint_labels()
+    return ["base"] + [run_label(*run) for run in training_runs() if run[1] == "sequential"]
+
+
+def holdout_records():
+    """LABEL/BENCHMARK -> record path of every holdout job (none without a holdout section)."""
+    if not HOLDOUT:
+        return {}
+    return {f"{label}/{b}": f"{R}/holdout/{label}/{b}.json" for label in holdout_checkpoints()
+            for b in HOLDOUT["benchmarks"]}
+
+
+def holdout_inputs(wildcards):
+    """The benchmark's generated rows (source synthetic), our MMLU task files, and IFEval's punkt_tab root."""
+    inputs = {}
+    if HOLDOUT["benchmarks"][wildcards.benchmark]["source"] == "synthetic":
+        inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}.jsonl"
+    if wildcards.benchmark == "mmlu":
+        inputs["tasks"] = [f"{LM_EVAL_TASKS}/{f}" for f in ("esft_mmlu_gen.yaml", "esft_mmlu_gen_short.yaml", "utils.py")]
+    else:
+        inputs["nltk_data"] = f"{R}/holdout/nltk_data"
+    return inputs
+
+
 def final_targets():
     figures = [f"{R}/figures/training_fitness.png"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
         figures.append(f"{R}/figures/accuracy_sequential.png")
     tables = [f"{R}/tables/{name}.{ext}" for name in ("accuracy", "update_norms") for ext in ("csv", "md")]
+    if HOLDOUT:
+        tables += [f"{R}/tables/holdout.{ext}" for ext in ("csv", "md")]
     return figures + tables

@@ -53,3 +53,17 @@ rule table_update_norms:
         f"{LOGS}/tables/update_norms.log",
     shell:
         "esft table norms --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+rule table_holdout:
+    input:
+        f"{R}/eval/holdout.csv",
+    output:
+        csv=f"{R}/tables/holdout.csv",
+        md=report(f"{R}/tables/holdout.md", caption="../report/holdout_table.rst", category="Tables"),
+    params:
+        cfg=js(config["tables"]),
+    log:
+        f"{LOGS}/tables/holdout.log",
+    shell:
+        "esft table holdout --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
