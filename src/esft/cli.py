@@ -124,7 +124,7 @@ def cmd_nltk_data(args) -> None:
 
 
 def cmd_holdout(args) -> None:
-    from esft.evaluate.punkt import punkt_tab_digest, use_nltk_data
+    from esft.evaluate.punkt import use_nltk_data
 
     # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
     punkt = use_nltk_data(args.nltk_data) if args.nltk_data else None
