@@ -100,6 +100,19 @@ def test_run_produces_figures_tables_and_logs(workdir):
     assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
     log = (workdir / "logs/small/train/es/sequential/1-chemistry.log").read_text()
     assert "iter 2/2" in log and "tok/s" in log
+    # holdouts (Table 2) of the base and every sequential stage, through lm-eval
+    with open(out / "tables" / "holdout.csv") as fh:
+        holdout = list(csv.DictReader(fh))
+    assert [(r["method"], r["schedule"], r["stage"]) for r in holdout] == stages[:3]
+    for row in holdout:
+        assert 0.0 <= float(row["mmlu acc"]) <= 1.0 and 0.0 <= float(row["ifeval prompt_level_strict_acc"]) <= 1.0
+    assert "ifeval inst_level_loose_acc" in holdout[0]
+    for label in ("base", "es/sequential/2-boolq"):
+        record = json.loads((out / "holdout" / label / "ifeval.json").read_text())
+        assert record["n"] == 8 and record["task_versions"] == {"ifeval": 4.0} and record["lm_eval_version"]
+    with open(out / "eval" / "holdout.csv") as fh:
+        assert {(r["benchmark"], r["metric"]) for r in csv.DictReader(fh)} >= {("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")}
+    assert not (out / "holdout" / "es" / "single").exists()
     # resume state is cleaned up once the outputs exist
     assert not list((out / "state").rglob("state.safetensors"))
 
@@ -148,7 +161,8 @@ def test_es_change_reruns_only_training_and_dependents(workdir):
     extra = _override(workdir, "sigma.yaml", {"es": {"sigma": 0.02}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
     assert jobs["train"] == 3 and jobs["evaluate"] == 3 and jobs["kl"] == 4
-    assert "prepare_task" not in jobs and "base_model" not in jobs
+    assert jobs["holdout"] == 4  # 2 sequential stages × 2 benchmarks
+    assert "prepare_task" not in jobs and "base_model" not in jobs and "holdout_data" not in jobs
 
 
 def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
@@ -184,6 +198,14 @@ def test_geometry_and_table1_outputs(workdir):
     assert verdicts["es update norm >> grpo norm (Table 3)"] == "not measured"
     assert verdicts["es drift linear in steps, slope ~ a^2 D/N (Figure 6)"] != "not measured"
     assert "\\toprule" in (out / "tables" / "single_task.tex").read_text()
+
+
+def test_holdout_change_reruns_only_that_benchmark(workdir):
+    small = yaml.safe_load(SMALL.read_text())
+    small["holdout"]["benchmarks"]["ifeval"]["n"] = 6
+    jobs = planned_jobs(snakemake(workdir, "-n", extra=_override(workdir, "ifeval.yaml", {"holdout": small["holdout"]})))
+    assert set(jobs) == {"holdout_data", "holdout", "collect_holdout", "table_holdout", "all"}
+    assert jobs["holdout"] == 3 and jobs["holdout_data"] == 1
 
 
 def test_report_is_generated(workdir):

@@ -140,6 +140,41 @@ def cmd_collect_kl(args) -> None:
             raise SystemExit(f"esft: expected LABEL:REFERENCE=PATH, got {key}={path}")
         files[label, reference] = path
     df = collect_kl(files)
+
+def cmd_holdout_data(args) -> None:
+    from esft.evaluate.holdout_data import write_holdout_data
+
+    write_holdout_data(args.benchmark, args.cfg, args.out)
+
+
+def cmd_nltk_data(args) -> None:
+    from esft.evaluate.punkt import write_punkt_tab
+
+    write_punkt_tab(args.out)
+
+
+def cmd_holdout(args) -> None:
+    from esft.evaluate.punkt import use_nltk_data
+
+    # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
+    punkt = use_nltk_data(args.nltk_data) if args.nltk_data else None
+    from esft.evaluate.holdout import run_holdout, write_holdout
+    from esft.models import load_model
+
+    model, tokenizer = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    record, samples = run_holdout(model, tokenizer, args.benchmark, args.cfg, data=args.data,
+                                  tasks_dir=args.tasks_dir and Path(args.tasks_dir), batch_size=args.batch_size)
+    if punkt is not None:
+        record["punkt_tab"] = {"path": str(Path(args.nltk_data).resolve()), "sha256_sorted_lines": punkt}
+    record["checkpoint"] = {"base": str(args.base), "weights": args.weights}
+    write_holdout(args.out, record, samples)
+
+
+def cmd_collect_holdout(args) -> None:
+    from esft.evaluate.holdout import collect_holdout
+    from esft.io import atomic_open
+
+    df = collect_holdout(_pairs(args.results))
     with atomic_open(args.out) as fh:
         df.to_csv(fh, index=False)
 
@@ -288,6 +323,10 @@ def cmd_table(args) -> None:
         df = tables.single_task(df, steps, _pairs(args.budgets))
     elif args.kind == "norm-ratio":
         df = tables.norm_ratio(df)
+    elif args.kind == "holdout":
+        from esft.evaluate.holdout import holdout_matrix
+
+        df = holdout_matrix(df)
     tables.write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"), args.tex)
 
 
@@ -389,6 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("collect-kl", cmd_collect_kl, "gather KL files into one long CSV")
     p.add_argument("--pairs", nargs="+", required=True, help="LABEL:REFERENCE=kl.json ... (REFERENCE previous or base)")
+
+    p = add("holdout-data", cmd_holdout_data, "write offline stand-in rows of a holdout benchmark (MMLU or "
+            "IFEval schema) from a seed")
+    p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
+    p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice (n, seed)")
+    p.add_argument("--out", required=True, help="jsonl to write (a .manifest.json goes beside it)")
+
+    p = add("nltk-data", cmd_nltk_data, "write NLTK's English punkt_tab model (for IFEval scoring) offline")
+    p.add_argument("--out", required=True, help="an NLTK data root: tokenizers/punkt_tab/english is written below it")
+
+    p = add("holdout", cmd_holdout, "one holdout benchmark (mmlu, ifeval) of one checkpoint through lm-eval")
+    model_args(p)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
+    p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice")
+    p.add_argument("--data", default=None, help="rows of `esft holdout-data` (source synthetic)")
+    p.add_argument("--nltk-data", default=None, help="NLTK data root holding punkt_tab (needed by ifeval)")
+    p.add_argument("--tasks-dir", default=None, help="our lm-eval task YAMLs (default: resources/lm_eval of this checkout)")
+    p.add_argument("--batch-size", type=int, default=16, help="lm-eval (HFLM) batch size")
+    p.add_argument("--out", required=True, help="<benchmark>.json (samples go to <benchmark>.samples.jsonl)")
+
+    p = add("collect-holdout", cmd_collect_holdout, "gather holdout records into one tidy CSV")
+    p.add_argument("--results", nargs="+", required=True, help="LABEL/BENCHMARK=record.json ...")
     p.add_argument("--out", required=True)
 
     p = add("norms", cmd_norms, "update norms ||θ − θ₀|| of checkpoints")
@@ -437,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", nargs="+", required=True)
 
     p = add("table", cmd_table, "write a table as CSV, Markdown and (with --tex) LaTeX")
-    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio"])
+    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio", "holdout"])
     p.add_argument("--input", required=True, help="accuracy.csv, update_norms.csv or deltas.csv")
     p.add_argument("--runs", nargs="*", default=[], help="single-task: LABEL=run.jsonl of each single run")
     p.add_argument("--budgets", nargs="*", default=[], help="single-task: LABEL@K=accuracy.json ...")

@@ -187,6 +187,42 @@ def findings_inputs(wildcards):
     return inputs
 
 
+HOLDOUT = config.get("holdout")
+LM_EVAL_TASKS = f"{workflow.basedir}/resources/lm_eval"
+
+
+def holdout_checkpoints():
+    """Checkpoints that get holdout benchmarks: the base and every sequential stage, or every checkpoint."""
+    if HOLDOUT["checkpoints"] == "all":
+        return checkpoint_labels()
+    return ["base"] + [run_label(*run) for run in training_runs() if run[1] == "sequential"]
+
+
+def holdout_records():
+    """LABEL/BENCHMARK -> record path of every holdout job (none without a holdout section)."""
+    if not HOLDOUT:
+        return {}
+    return {
+        f"{label}/{b}": f"{R}/holdout/{label}/{b}.json"
+        for label in holdout_checkpoints()
+        for b in HOLDOUT["benchmarks"]
+    }
+
+
+def holdout_inputs(wildcards):
+    """The benchmark's generated rows (source synthetic), our MMLU task files, and IFEval's punkt_tab root."""
+    inputs = {}
+    if HOLDOUT["benchmarks"][wildcards.benchmark]["source"] == "synthetic":
+        inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}.jsonl"
+    if wildcards.benchmark == "mmlu":
+        inputs["tasks"] = [
+            f"{LM_EVAL_TASKS}/{f}" for f in ("esft_mmlu_gen.yaml", "esft_mmlu_gen_short.yaml", "utils.py")
+        ]
+    else:
+        inputs["nltk_data"] = f"{R}/holdout/nltk_data"
+    return inputs
+
+
 def final_targets():
     figures = ["training_fitness", "training_curves"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
@@ -201,6 +237,8 @@ def final_targets():
         figures.append("drift")
     if geometry_pairs() or geometry_runs():
         tables.append("findings")
+    if HOLDOUT:
+        tables.append("holdout")
     kl = [f"{R}/eval/kl.csv"] if training_runs() else []
     return (
         kl
@@ -209,6 +247,6 @@ def final_targets():
             f"{R}/tables/{name}.{ext}"
             for name in tables
             for ext in ("csv", "md", "tex")
-            if (name, ext) != ("findings", "tex")
+            if (name, ext) not in {("findings", "tex"), ("holdout", "tex")}
         ]
     )

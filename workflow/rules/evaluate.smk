@@ -81,3 +81,74 @@ rule collect_kl:
         pairs=" ".join(f"{label}:{reference}={path}" for label, reference, path in kl_pairs()),
     shell:
         "esft collect-kl --pairs {params.pairs} --out {output} > {log} 2>&1"
+
+
+rule holdout_data:
+    output:
+        rows=f"{R}/holdout/data/{{benchmark}}.jsonl",
+        manifest=f"{R}/holdout/data/{{benchmark}}.manifest.json",
+    log:
+        f"{LOGS}/holdout_data/{{benchmark}}.log",
+    wildcard_constraints:
+        benchmark="mmlu|ifeval",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=lambda w: js(HOLDOUT["benchmarks"][w.benchmark]),
+    shell:
+        "esft holdout-data --benchmark {wildcards.benchmark} --cfg {params.cfg:q} --out {output.rows} > {log} 2>&1"
+
+
+rule nltk_data:
+    output:
+        directory(f"{R}/holdout/nltk_data"),
+    log:
+        f"{LOGS}/nltk_data.log",
+    conda:
+        "../../envs/esft.yaml"
+    shell:
+        "esft nltk-data --out {output} > {log} 2>&1"
+
+
+rule holdout:
+    input:
+        unpack(holdout_inputs),
+        base=f"{R}/model/base",
+        weights=checkpoint_weights,
+    output:
+        record=f"{R}/holdout/{{ckpt}}/{{benchmark}}.json",
+        samples=f"{R}/holdout/{{ckpt}}/{{benchmark}}.samples.jsonl",
+    log:
+        f"{LOGS}/holdout/{{ckpt}}/{{benchmark}}.log",
+    wildcard_constraints:
+        ckpt="base|[a-z0-9_]+/(single|sequential)/[0-9]+-[a-z0-9_]+",
+        benchmark="mmlu|ifeval",
+    conda:
+        "../../envs/esft.yaml"
+    threads: RUNTIME["threads"]
+    params:
+        cfg=lambda w: js(HOLDOUT["benchmarks"][w.benchmark]),
+        runtime=lambda w: f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']} --batch-size {HOLDOUT['batch_size']}",
+        weights=lambda w, input: f"--weights {input.weights}" if input.weights else "",
+        data=lambda w, input: f"--data {input.data}" if "data" in input.keys() else "",
+        nltk=lambda w, input: f"--nltk-data {input.nltk_data}" if "nltk_data" in input.keys() else "",
+        tasks_dir=LM_EVAL_TASKS,
+    shell:
+        "esft --threads {threads} holdout --base {input.base} {params.weights} {params.runtime} "
+        "--benchmark {wildcards.benchmark} --cfg {params.cfg:q} {params.data} {params.nltk} "
+        "--tasks-dir {params.tasks_dir} --out {output.record} > {log} 2>&1"
+
+
+rule collect_holdout:
+    input:
+        list(holdout_records().values()),
+    output:
+        f"{R}/eval/holdout.csv",
+    log:
+        f"{LOGS}/collect_holdout.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        records=" ".join(f"{key}={path}" for key, path in holdout_records().items()),
+    shell:
+        "esft collect-holdout --results {params.records} --out {output} > {log} 2>&1"

@@ -210,3 +210,20 @@ rule table_findings:
     shell:
         "esft findings --methods {params.methods} {params.inputs} --cfg {params.cfg:q} --csv {output.csv} "
         "--md {output.md} > {log} 2>&1"
+        "esft table norms --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+rule table_holdout:
+    input:
+        f"{R}/eval/holdout.csv",
+    output:
+        csv=f"{R}/tables/holdout.csv",
+        md=report(f"{R}/tables/holdout.md", caption="../report/holdout_table.rst", category="Tables"),
+    log:
+        f"{LOGS}/tables/holdout.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=js(config["tables"]),
+    shell:
+        "esft table holdout --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"

@@ -1,0 +1,119 @@
+"""Offline stand-ins for the holdout benchmarks, in the real datasets' row schemas.
+
+MMLU rows are (question, subject, choices, answer index), like `cais/mmlu`; IFEval rows are (key,
+prompt, instruction_id_list, kwargs), like `google/IFEval`, with instructions that lm-eval's own IFEval
+code checks and that a tiny model can sometimes satisfy by chance (short, lower case, no comma, ...).
+The question families differ from every training task's generator, so no holdout item is ever a
+warm-start or training row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from esft.errors import EsftError
+from esft.io import write_json, write_jsonl
+
+
+def _smallest(rng: random.Random) -> tuple[str, list[int], int]:
+    values = rng.sample(range(1, 100), 4)
+    return "Which number is the smallest?", values, values.index(min(values))
+
+
+def _sum(rng: random.Random) -> tuple[str, list[int], int]:
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    values = rng.sample([v for v in range(max(2, a + b - 6), a + b + 7) if v != a + b], 3) + [a + b]
+    rng.shuffle(values)
+    return f"What is {a} + {b}?", values, values.index(a + b)
+
+
+def _even(rng: random.Random) -> tuple[str, list[int], int]:
+    values = [rng.randrange(1, 99, 2) for _ in range(3)] + [rng.randrange(2, 99, 2)]
+    rng.shuffle(values)
+    return "Which number is even?", values, next(i for i, v in enumerate(values) if v % 2 == 0)
+
+
+MMLU_SUBJECTS: dict[str, Callable[[random.Random], tuple[str, list[int], int]]] = {
+    "smallest_number": _smallest, "elementary_sums": _sum, "parity": _even,
+}
+
+
+def mmlu_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` distinct four-choice questions over the stand-in subjects, in `cais/mmlu`'s schema."""
+    rng = random.Random(f"holdout-mmlu-{seed}")
+    rows: dict[tuple, dict[str, Any]] = {}
+    subjects = list(MMLU_SUBJECTS)
+    for _ in range(100 * n):
+        subject = subjects[len(rows) % len(subjects)]
+        question, values, answer = MMLU_SUBJECTS[subject](rng)
+        row = {"question": question, "subject": subject, "choices": [str(v) for v in values], "answer": answer}
+        rows.setdefault((question, *row["choices"]), row)
+        if len(rows) == n:
+            return list(rows.values())
+    raise EsftError(f"holdout mmlu: the generator yields fewer than {n} distinct questions")
+
+
+TOPICS = ["the sea", "a cat", "rain", "the moon", "bread", "a garden", "winter", "a train", "music", "a river"]
+KEYWORDS = ["yes", "sun", "cat", "red", "one"]
+
+INSTRUCTION_IDS = ["punctuation:no_comma", "change_case:english_lowercase", "keywords:existence",
+                   "length_constraints:number_words", "length_constraints:number_sentences",
+                   "detectable_format:json_format", "startend:quotation"]
+
+
+def _instruction(instruction_id: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """The sentence added to the prompt and the kwargs of lm-eval's checker for `instruction_id`."""
+    match instruction_id:
+        case "punctuation:no_comma":
+            return "Do not use any commas.", {}
+        case "change_case:english_lowercase":
+            return "Your entire response should be in English, and in all lowercase letters.", {}
+        case "keywords:existence":
+            word = rng.choice(KEYWORDS)
+            return f"Include the keyword {word}.", {"keywords": [word]}
+        case "length_constraints:number_words":
+            k = rng.randint(3, 12)
+            return f"Answer with less than {k} words.", {"relation": "less than", "num_words": k}
+        case "length_constraints:number_sentences":
+            k = rng.randint(2, 4)
+            return f"Your response should contain less than {k} sentences.", {"relation": "less than", "num_sentences": k}
+        case "detectable_format:json_format":
+            return "Wrap your entire output in JSON format.", {}
+        case "startend:quotation":
+            return "Wrap your entire response with double quotation marks.", {}
+    raise EsftError(f"holdout ifeval: no stand-in for instruction {instruction_id!r}")
+
+
+def ifeval_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` distinct short instruction prompts (one or two instructions each), in `google/IFEval`'s schema."""
+    rng = random.Random(f"holdout-ifeval-{seed}")
+    rows: dict[str, dict[str, Any]] = {}
+    for _ in range(100 * n):
+        chosen = rng.sample(INSTRUCTION_IDS, rng.randint(1, 2))
+        parts = [_instruction(i, rng) for i in chosen]
+        prompt = " ".join([f"Write about {rng.choice(TOPICS)}."] + [text for text, _ in parts])
+        row = {"key": 1000 + len(rows), "prompt": prompt, "instruction_id_list": chosen,
+               "kwargs": [kwargs for _, kwargs in parts]}
+        rows.setdefault(prompt, row)
+        if len(rows) == n:
+            return list(rows.values())
+    raise EsftError(f"holdout ifeval: the generator yields fewer than {n} distinct prompts")
+
+
+GENERATORS: dict[str, Callable[[int, int], list[dict[str, Any]]]] = {"mmlu": mmlu_rows, "ifeval": ifeval_rows}
+
+
+def write_holdout_data(benchmark: str, cfg: dict[str, Any], out: str | Path) -> Path:
+    """Write `out` (jsonl) and a manifest next to it (`<name>.manifest.json`: count, seed, sha256)."""
+    if benchmark not in GENERATORS:
+        raise EsftError(f"holdout-data: no stand-in generator for {benchmark!r}; allowed: {', '.join(GENERATORS)}")
+    rows = GENERATORS[benchmark](cfg["n"], cfg["seed"])
+    out = Path(out)
+    write_jsonl(out, rows)
+    write_json(out.with_suffix(".manifest.json"), {"benchmark": benchmark, "n": len(rows), "seed": cfg["seed"],
+                                                  "sha256": hashlib.sha256(out.read_bytes()).hexdigest()})
+    return out
