@@ -140,6 +140,9 @@ def cmd_collect_kl(args) -> None:
             raise SystemExit(f"esft: expected LABEL:REFERENCE=PATH, got {key}={path}")
         files[label, reference] = path
     df = collect_kl(files)
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
 
 def cmd_holdout_data(args) -> None:
     from esft.evaluate.holdout_data import write_holdout_data
@@ -428,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("collect-kl", cmd_collect_kl, "gather KL files into one long CSV")
     p.add_argument("--pairs", nargs="+", required=True, help="LABEL:REFERENCE=kl.json ... (REFERENCE previous or base)")
+    p.add_argument("--out", required=True)
 
     p = add("holdout-data", cmd_holdout_data, "write offline stand-in rows of a holdout benchmark (MMLU or "
             "IFEval schema) from a seed")
