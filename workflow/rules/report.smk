@@ -210,7 +210,6 @@ rule table_findings:
     shell:
         "esft findings --methods {params.methods} {params.inputs} --cfg {params.cfg:q} --csv {output.csv} "
         "--md {output.md} > {log} 2>&1"
-        "esft table norms --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 
 rule table_holdout:
