@@ -30,6 +30,10 @@ CONTEXT_BYTES = GIB
 """CUDA context and library handles, held outside PyTorch's allocator."""
 
 
+def size(nbytes: int) -> str:
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / (1 << 20):.2f} MiB"
+
+
 @dataclass(frozen=True)
 class Term:
     name: str
@@ -61,11 +65,11 @@ class MemoryPlan:
 
     def lines(self) -> list[str]:
         """One line per term, then the totals: what the training log shows."""
-        out = [f"{t.name:<12} {t.nbytes / GIB:8.2f} GiB  {'device' if t.on_device else 'host  '}  {t.note}"
+        out = [f"{t.name:<12} {size(t.nbytes):>12}  {'device' if t.on_device else 'host  '}  {t.note}"
                for t in self.terms]
-        total = f"on device {self.device_bytes / GIB:.2f} GiB, in host memory {self.host_bytes / GIB:.2f} GiB"
+        total = f"on device {size(self.device_bytes)}, in host memory {size(self.host_bytes)}"
         if self.capacity is not None:
-            total += f"; usable {self.usable / GIB:.2f} GiB of {self.capacity / GIB:.2f} GiB"
+            total += f"; usable {size(self.usable)} of {size(self.capacity)}"
         return out + [total]
 
     def check(self, section: str) -> None:
@@ -109,7 +113,7 @@ def plan_memory(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], *
         logits, logits_note = 2 * 4 * LOGITS_BUDGET, "scoring slice and its log-softmax"
     master_on_device = master_device == "model"
     terms = (
-        Term("weights", weights, True, f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters"),
+        Term("weights", weights, True, f"{sum(p.numel() for p in model.parameters()):,} parameters"),
         Term("master", _numel_bytes(trainable, 4), master_on_device, "fp32 θ of the evolved tensors"),
         Term("theta0", _numel_bytes(trainable, dtype_bytes), theta0_device == "model", "θ_0 for the drift log"),
         Term("workspace", (2 + (not master_on_device)) * 4 * largest, True,

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def prepare_corpus(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     """Write the first `n_texts` texts (of at least `min_chars` characters, whitespace-stripped) of the
-    configured split to `out` as jsonl, and `manifest.json` beside it."""
+    configured split to `out` as jsonl, and `<name>.manifest.json` beside it."""
     split = cfg.get("split", "train")
     field, min_chars, n = cfg.get("text_field", "text"), cfg.get("min_chars", 1), cfg["n_texts"]
     texts = []
@@ -40,6 +40,6 @@ def prepare_corpus(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
                                                    "text_field", "min_chars", "n_texts")},
                 "texts": len(texts), "characters": sum(map(len, texts)),
                 "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
-    write_json(out.with_name("manifest.json"), manifest)
+    write_json(out.with_suffix(".manifest.json"), manifest)
     log.info("corpus: %d texts, %d characters from %s", len(texts), manifest["characters"], cfg["dataset"])
     return manifest
