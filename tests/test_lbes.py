@@ -287,7 +287,8 @@ def test_schema_mirrors_the_lbes_config():
     assert set(schema["properties"]) == {f.name for f in fields(LBESConfig)}
     full = {"population": 8, "sigma": 0.01, "alpha": 0.005, "iterations": 3, "batch_size": None, "n_samples": 4,
             "temperature": 0.7, "k_var": 3, "k": 2, "antithetic": "paired", "mode": "inplace", "max_rollouts": 100,
-            "max_tokens": None, "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2}
+            "max_tokens": None, "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2, "master_device": "cpu",
+            "theta0_device": "cpu"}
     jsonschema.validate(full, schema)
     assert LBESConfig.from_dict(full).to_dict() == full
     jsonschema.validate({}, schema)

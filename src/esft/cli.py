@@ -42,7 +42,7 @@ def cmd_check_config(args) -> None:
     from esft.config import load_config
 
     load_config(args.config, args.schema)
-    print(f"{args.config}: valid")
+    print(f"{' + '.join(args.config)}: valid")
 
 
 def cmd_prepare_task(args) -> None:
@@ -60,7 +60,8 @@ def cmd_base_model(args) -> None:
     for test_file in args.held_out:
         task = get_task(Path(test_file).parent.name)
         held_out.update(task.user_prompt(r) for r in read_jsonl(test_file))
-    build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out)
+    build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out, args.cfg.get("revision"),
+                     args.cfg.get("pad_token"))
 
 
 def cmd_train(args) -> None:
@@ -70,8 +71,14 @@ def cmd_train(args) -> None:
         method=args.method, task=args.task, base=args.base, data=Path(args.data), task_cfg=args.task_cfg,
         cfg=args.cfg, out=Path(args.out), init=args.init, run_id=args.run_id,
         state_dir=Path(args.state_dir) if args.state_dir else None, device=args.device, dtype=args.dtype,
-        corpus=args.corpus,
+        corpus=args.corpus, save_dtype=args.save_dtype,
     ))
+
+
+def cmd_prepare_corpus(args) -> None:
+    from esft.tasks.corpus import prepare_corpus
+
+    prepare_corpus(args.cfg, args.out)
 
 
 def cmd_replay(args) -> None:
@@ -366,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="float32")
         p.add_argument("--device", default="cpu")
 
-    p = add("check-config", cmd_check_config, "validate a workflow config file against the schema")
-    p.add_argument("config")
+    p = add("check-config", cmd_check_config, "validate a workflow config file (or several, layered in order, "
+            "as snakemake --configfile A B) against the schema")
+    p.add_argument("config", nargs="+")
     p.add_argument("--schema", default="config/schema.yaml")
 
     p = add("prepare-task", cmd_prepare_task, "write a task's train/test jsonl and manifest")
@@ -393,7 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None, help="resumable state, outside the outputs")
     p.add_argument("--corpus", default=None, help="jsonl of {text} rows for es.fitness: loglik "
                    "(default: the train rows' conversations with reference answers)")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the exported weights.safetensors (resume state keeps the fp32 master)")
     p.add_argument("--out", required=True)
+
+    p = add("prepare-corpus", cmd_prepare_corpus, "write a text corpus ({text} rows) for es.fitness: loglik")
+    p.add_argument("--cfg", type=_cfg, required=True, help="the corpus config slice")
+    p.add_argument("--out", required=True, help="corpus.jsonl to write (a manifest goes next to it)")
 
     p = add("replay", cmd_replay, "rebuild a run's final weights from its initial weights and run.jsonl "
             "(bitwise on the run's dtype and device, which it uses unless told otherwise)")

@@ -6,6 +6,7 @@ Defaults written in the schema are filled in, so a config file only needs the ke
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def _message(error: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
+        patterns = list(error.schema.get("patternProperties", {}))
+        extra = sorted(k for k in set(error.instance) - set(allowed) if not any(re.search(p, k) for p in patterns))
+        allowed += [f"keys matching {p}" for p in patterns]
         return f"config error: {where}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
     if "propertyNames" in error.schema_path:
         return f"config error: {where}: unknown key {error.instance!r}; allowed: {_describe(error.schema)}"
@@ -77,9 +80,15 @@ def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any])
     return config
 
 
+def method_kind(method: str) -> str:
+    """The training method that runs `method`: es, grpo or lbes, or the KIND of a variant KIND_LABEL."""
+    return method.split("_", 1)[0]
+
+
 def _check_references(config: dict[str, Any]) -> None:
     """Cross-key checks the schema cannot express: trained tasks must be configured tasks, the λ grid
-    holds the checkpoints (0 and 1), and every trained method needs its config section."""
+    holds the checkpoints (0 and 1), every trained method needs its config section, and only ES-engine
+    methods shard over processes."""
     train, tasks = config.get("train", {}), config.get("tasks", {})
     lists = {key: train.get(key, []) for key in ("sequential", "single", "overrides")}
     for method, own in train.get("per_method", {}).items():
@@ -97,8 +106,26 @@ def _check_references(config: dict[str, Any]) -> None:
     for method in train.get("methods", []):
         if method not in config:
             raise ConfigError(f"config error: train.methods lists {method!r} but the config has no {method}: section")
+    for method, processes in train.get("processes", {}).items():
+        if method not in train.get("methods", []):
+            raise ConfigError(f"config error: train.processes.{method}: {method!r} is not in train.methods")
+        if processes > 1 and method_kind(method) == "grpo":
+            raise ConfigError(f"config error: train.processes.{method} = {processes}: grpo trains in one process "
+                              "(multi-GPU GRPO would need accelerate); use 1")
 
 
-def load_config(path: str | Path, schema: str | Path) -> dict[str, Any]:
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` layered on `base` as Snakemake layers later --configfile files: mappings merge key by
+    key, any other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(paths: str | Path | list[str | Path], schema: str | Path) -> dict[str, Any]:
+    """Validated config of one file, or of several layered in order (`snakemake --configfile A B`)."""
+    config: dict[str, Any] = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        config = merge(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
     return validate_config(config, schema)

@@ -422,7 +422,8 @@ def train(job: TrainJob) -> None:
         )
         trainer.remove_callback(PrinterCallback)  # RunLog logs each step; the printer would dump every metric
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        write_run(job.out, dict(trainer.model.named_parameters()), run_log.records, run_log.drift.frame())
+        write_run(job.out, dict(trainer.model.named_parameters()), run_log.records, run_log.drift.frame(),
+                  job.save_dtype)
         if settings.carry_optimizer:
             with atomic_path(Path(job.out) / OPTIMIZER_FILE) as tmp:
                 torch.save(trainer.optimizer.state_dict(), tmp)

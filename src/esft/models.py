@@ -1,8 +1,10 @@
 """Base models: the embedded tiny Qwen3 model built offline, and loading of any HF causal LM.
 
 A base model directory holds `model.json`, a manifest naming where the weights live: for the tiny
-model, HF files in the same directory; for a real model, a hub id or path. Fine-tuned checkpoints are
-`weights.safetensors` files with standard parameter names, loaded on top of the base.
+model, HF files in the same directory; for a hub model, a snapshot downloaded once into `hf/` (so that
+jobs on compute nodes without internet never touch the hub; the token, if the repo needs one, comes
+from the HF_TOKEN environment variable and is never written); for a local path, that path. Fine-tuned
+checkpoints are `weights.safetensors` files with standard parameter names, loaded on top of the base.
 """
 
 from __future__ import annotations
@@ -143,12 +145,33 @@ def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[
     return losses
 
 
+def download_model(repo_id: str, revision: str | None, out_dir: Path) -> str:
+    """Snapshot the hub repo's model and tokenizer files at `revision` into `out_dir`; returns its commit."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+        snapshot_download(repo_id, revision=sha, local_dir=out_dir,
+                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    except Exception as err:  # network, auth and missing-repo errors have unrelated types
+        message = " ".join(str(err).split())[:300]
+        raise EsftError(f"cannot download {repo_id!r} (revision {revision}): {type(err).__name__}: {message}; "
+                        "gated repos need HF_TOKEN in the environment") from None
+    log.info("downloaded %s at %s to %s", repo_id, sha, out_dir)
+    return sha
+
+
 def build_base_model(source: str, out_dir: str | Path, tiny: dict[str, Any] | None = None,
-                     exclude_prompts: set[str] | None = None) -> dict[str, Any]:
-    """Write the base-model manifest (and, for `source: tiny`, the model itself) to `out_dir`."""
+                     exclude_prompts: set[str] | None = None, revision: str | None = None,
+                     pad_token: str | None = None) -> dict[str, Any]:
+    """Write the base-model manifest to `out_dir`, and the model itself for `source: tiny` (built) or a
+    hub id (downloaded to `out_dir/hf`); a local path is only pointed at. `pad_token` is recorded for
+    tokenizers that have none (Llama 3.1) and set by `load_model`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"source": source}
+    if pad_token:
+        manifest["pad_token"] = pad_token
     if source == "tiny":
         cfg = TinyModelConfig(**(tiny or {}))
         tokenizer = build_tokenizer()
@@ -162,18 +185,28 @@ def build_base_model(source: str, out_dir: str | Path, tiny: dict[str, Any] | No
             parameters=sum(p.numel() for p in model.parameters()),
             warmstart_final_loss=losses[-1] if losses else None,
         )
+    elif not Path(source).exists():
+        manifest.update(path="hf", revision=download_model(source, revision, out_dir / "hf"))
     write_json(out_dir / "model.json", manifest)
     return manifest
 
 
-def resolve_source(base: str | Path) -> str:
-    """The path or hub id behind a base-model directory (or the argument itself if it is not one)."""
+def base_manifest(base: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """(directory, model.json contents) of a base-model directory or manifest path; None otherwise."""
     base = Path(base)
     manifest_path = base / "model.json" if base.is_dir() else base
     if manifest_path.name == "model.json" and manifest_path.exists():
-        manifest = read_json(manifest_path)
-        return str(manifest_path.parent / manifest["path"]) if manifest["source"] == "tiny" else manifest["source"]
-    return str(base)
+        return manifest_path.parent, read_json(manifest_path)
+    return None
+
+
+def resolve_source(base: str | Path) -> str:
+    """The path or hub id behind a base-model directory (or the argument itself if it is not one)."""
+    found = base_manifest(base)
+    if found is None:
+        return str(base)
+    directory, manifest = found
+    return str(directory / manifest["path"]) if "path" in manifest else manifest["source"]
 
 
 def load_model(base: str | Path, weights: str | Path | None = None, dtype: str = "float32",
@@ -184,6 +217,9 @@ def load_model(base: str | Path, weights: str | Path | None = None, dtype: str =
     source = resolve_source(base)
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
+    pad_token = (base_manifest(base) or (None, {}))[1].get("pad_token")
+    if pad_token:
+        tokenizer.pad_token = pad_token
     if tokenizer.pad_token_id is None:
         raise EsftError(f"{source}: the tokenizer has no pad token; set one that differs from eos")
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device)

@@ -3,7 +3,8 @@
 A run directory holds the same three files whatever the method (ES, GRPO, LBES), so every downstream
 stage treats methods alike:
 
-- `weights.safetensors`: fp32 tensors under standard Hugging Face names, loadable onto the base model
+- `weights.safetensors`: tensors under standard Hugging Face names (fp32 unless the run asks for another
+  export dtype; resume state keeps the fp32 master), loadable onto the base model
   (`esft.models.load_weights`) and by plain transformers; one metadata key, so identical tensors give
   identical bytes (safetensors writes two or more keys in a per-process random order);
 - `run.jsonl`: one record per iteration or optimizer step with the common fields below plus the
@@ -72,16 +73,31 @@ class Budget:
         return None
 
 
+OFFLOAD = ("model", "cpu")
+"""Where a training-time copy of the weights lives: on the model's device, or in host memory."""
+
+
+def offload(tensor: torch.Tensor, where: str) -> torch.Tensor:
+    """A private copy of `tensor` on its own device (`model`) or in host memory (`cpu`; pinned when the
+    tensor is on CUDA, so that host-device copies are fast and can overlap)."""
+    if where not in OFFLOAD:
+        raise EsftError(f"unknown placement {where!r}; allowed: {', '.join(OFFLOAD)}")
+    if where == "model" or tensor.device.type == "cpu":
+        return tensor.detach().clone()
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda).copy_(tensor)
+
+
 class Drift:
     """||θ_t − θ_0||² per named tensor per step.
 
-    θ_0 is kept in each tensor's own dtype, which holds it exactly; a measurement is one pass over
-    the tensors. `rows` is JSON-able, so it travels in resume state.
+    θ_0 is kept in each tensor's own dtype, which holds it exactly, on the model's device or in host
+    memory (`device`, see `offload`); a measurement is one pass over the tensors. `rows` is JSON-able,
+    so it travels in resume state.
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, params: Mapping[str, torch.Tensor], device: str = "model") -> None:
         with torch.no_grad():
-            self.theta0 = {n: p.detach().clone() for n, p in params.items()}
+            self.theta0 = {n: offload(p, device) for n, p in params.items()}
         self.rows: list[dict[str, Any]] = []
 
     @torch.no_grad()
@@ -89,7 +105,8 @@ class Drift:
         """Record ||θ − θ_0||² of every tensor at `step`; returns the total."""
         total = 0.0
         for name, theta0 in self.theta0.items():
-            d = float(torch.sub(params[name].detach().float(), theta0.float()).square_().sum())
+            theta = params[name].detach()
+            d = float(torch.sub(theta.float(), theta0.to(theta.device).float()).square_().sum())
             self.rows.append({"iteration": step, "parameter": name, "drift_sq": d})
             total += d
         return total
@@ -98,21 +115,30 @@ class Drift:
         return pd.DataFrame(self.rows, columns=DRIFT_COLUMNS)
 
 
-def save_weights(path: str | Path, weights: Mapping[str, torch.Tensor]) -> None:
-    """fp32 weights under their (HF) names, atomically, with one metadata key (byte-identical reruns)."""
-    tensors = {n: t.detach().to(device="cpu", dtype=torch.float32).contiguous() for n, t in weights.items()}
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Export dtypes of weights.safetensors: fp32 by default, bf16 halves a real model's checkpoints."""
+
+
+def save_weights(path: str | Path, weights: Mapping[str, torch.Tensor], dtype: str = "float32") -> None:
+    """Weights under their (HF) names in `dtype` (one rounding of the fp32 values), atomically, with one
+    metadata key (byte-identical reruns)."""
+    if dtype not in SAVE_DTYPES:
+        raise EsftError(f"unknown checkpoint dtype {dtype!r}; allowed: {', '.join(SAVE_DTYPES)}")
+    tensors = {n: t.detach().to(device="cpu", dtype=torch.float32).to(SAVE_DTYPES[dtype]).contiguous()
+               for n, t in weights.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def write_run(out_dir: str | Path, weights: Mapping[str, torch.Tensor], records: Sequence[Mapping[str, Any]],
-              drift: pd.DataFrame) -> None:
-    """The three files of a run directory, each written atomically; records must carry the common fields."""
+              drift: pd.DataFrame, dtype: str = "float32") -> None:
+    """The three files of a run directory, each written atomically (weights in `dtype`); records must carry
+    the common fields."""
     for record in records:
         check_record(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(out_dir / "weights.safetensors", weights)
+    save_weights(out_dir / "weights.safetensors", weights, dtype)
     write_jsonl(out_dir / "run.jsonl", records)
     with atomic_path(out_dir / "drift.parquet") as tmp:
         drift.to_parquet(tmp, index=False)

@@ -44,6 +44,13 @@ class TrainJob:
     device: str = "cpu"
     dtype: str = "float32"
     corpus: str | None = None
+    save_dtype: str = "float32"
+    """dtype of the exported weights.safetensors (the run itself and its resume state stay fp32)."""
+
+    @property
+    def section(self) -> str:
+        """The method's config section, for messages: its name in the run id (es_300), else the method."""
+        return self.run_id.split("/", 1)[0] or self.method
 
 
 def train(job: TrainJob) -> None:

@@ -1,6 +1,8 @@
 # Paths, checkpoint bookkeeping and config slices shared by all rules.
 import json
 
+from esft.config import method_kind
+
 EXP = config["experiment"]
 R = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
@@ -55,6 +57,38 @@ def method_config(method, task):
     """The method's slice with this task's overrides applied."""
     overrides = config["train"].get("overrides", {}).get(task, {}).get(method, {})
     return {**config[method], **overrides}
+
+
+def train_dtype(method):
+    """The model dtype a method trains in: runtime.dtype, except GRPO, whose AdamW needs fp32 weights
+    (grpo.bf16 gives it bf16 mixed precision)."""
+    return "float32" if method_kind(method) == "grpo" else RUNTIME["dtype"]
+
+
+def processes(method):
+    """Processes of one training job of `method` (train.processes; members sharded over them)."""
+    return config["train"].get("processes", {}).get(method, 1)
+
+
+def train_launcher(wildcards, threads):
+    """`esft`, or torchrun with one process per GPU (or per CPU slot) when the method asks for several."""
+    k = processes(wildcards.method)
+    if k == 1:
+        return f"esft --threads {threads}"
+    return f"torchrun --standalone --nproc-per-node {k} -m esft.cli --threads {threads}"
+
+
+def train_gpus(wildcards):
+    """GPUs of one training job: one per process on a CUDA runtime, none on CPU."""
+    return processes(wildcards.method) if RUNTIME["device"].startswith("cuda") else 0
+
+
+def train_corpus(wildcards):
+    """The prepared corpus, for es-kind runs whose fitness is loglik when a corpus: section is set."""
+    cfg = method_config(wildcards.method, wildcards.task)
+    if config.get("corpus") and method_kind(wildcards.method) == "es" and cfg.get("fitness") == "loglik":
+        return f"{R}/data/corpus.jsonl"
+    return []
 
 
 def checkpoint_weights(wildcards):

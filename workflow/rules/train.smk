@@ -3,6 +3,7 @@ rule train:
         base=f"{R}/model/base",
         data=f"{R}/data/{{task}}/train.jsonl",
         init=train_init,
+        corpus=train_corpus,
     output:
         weights=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/weights.safetensors",
         run=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/run.jsonl",
@@ -12,16 +13,23 @@ rule train:
     conda:
         "../../envs/esft.yaml"
     threads: RUNTIME["threads"]
+    resources:
+        # one GPU per process on CUDA runtimes (the slurm profile leaves train's gpu to this)
+        gpu=train_gpus,
     params:
         cfg=lambda w: js(method_config(w.method, w.task)),
         task_cfg=lambda w: js(config["tasks"][w.task]),
-        runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+        runtime=lambda w: f"--device {RUNTIME['device']} --dtype {train_dtype(w.method)}",
         init=lambda w, input: f"--init {input.init}" if input.init else "",
+        corpus=lambda w, input: f"--corpus {input.corpus}" if input.corpus else "",
+        kind=lambda w: method_kind(w.method),
+        save=f"--save-dtype {RUNTIME.get('checkpoint_dtype', 'float32')}",
+        launch=lambda w, threads: train_launcher(w, threads),
         # resume state lives outside the outputs, which Snakemake deletes before a job starts
         state=lambda w: f"{R}/state/train/{w.method}/{w.schedule}/{w.stage}-{w.task}",
     shell:
-        "esft --threads {threads} train --method {wildcards.method} --task {wildcards.task} "
+        "{params.launch} train --method {params.kind} --task {wildcards.task} "
         "--run-id {wildcards.method}/{wildcards.schedule}/{wildcards.stage}-{wildcards.task} "
-        "--base {input.base} {params.init} --data $(dirname {input.data}) {params.runtime} "
-        "--cfg {params.cfg:q} --task-cfg {params.task_cfg:q} --state-dir {params.state} "
+        "--base {input.base} {params.init} {params.corpus} --data $(dirname {input.data}) {params.runtime} "
+        "--cfg {params.cfg:q} --task-cfg {params.task_cfg:q} --state-dir {params.state} {params.save} "
         "--out $(dirname {output.weights}) > {log} 2>&1"

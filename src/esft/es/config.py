@@ -17,6 +17,7 @@ Step = Literal["standard", "nes"]
 Antithetic = Literal["none", "signed", "paired"]
 FitnessKind = Literal["task", "loglik", "random"]
 Mode = Literal["inplace", "batched", "lowrank"]
+Placement = Literal["model", "cpu"]
 
 
 def _reject_unknown(cls: type, cfg: dict[str, Any], where: str) -> None:
@@ -117,6 +118,11 @@ class ESConfig:
     generation_batch_size: int = 64
     checkpoint_every: int = 10
     """Iterations between resumable state snapshots."""
+    master_device: Placement = "model"
+    """Where the fp32 master θ lives: model (the model's device) or cpu (pinned host memory, copied to the
+    device per tensor; bitwise the same run, see esft.es.population). Frees 4 bytes per parameter on a GPU."""
+    theta0_device: Placement = "model"
+    """Where θ_0 (the drift log's reference, in the model's dtype) lives: model or cpu."""
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -168,6 +174,12 @@ class ESConfig:
                 raise EsftError(f"es.{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.checkpoint_every < 1:
             raise EsftError(f"es.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in ("master_device", "theta0_device"):
+            if getattr(self, name) not in ("model", "cpu"):
+                raise EsftError(f"es.{name} must be model or cpu, got {getattr(self, name)!r}")
+        if self.master_device == "cpu" and self.mode != "inplace":
+            raise EsftError(f"es.master_device cpu needs mode inplace (mode {self.mode} builds every member's "
+                            "weights from the master on the model's device)")
 
     def alpha_at(self, iteration: int) -> float:
         """α_t = α₀·γ^⌊t/S⌋."""

@@ -75,6 +75,10 @@ class LBESConfig:
     """Rows per forward pass, for sampling and for scoring."""
     checkpoint_every: int = 10
     """Iterations between resumable state snapshots."""
+    master_device: Literal["model", "cpu"] = "model"
+    """As es.master_device: the fp32 master on the model's device or in (pinned) host memory."""
+    theta0_device: Literal["model", "cpu"] = "model"
+    """As es.theta0_device."""
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -105,7 +109,8 @@ class LBESConfig:
             batch_size=self.batch_size, shaping="zscore", step="nes", antithetic=self.antithetic,
             fitness="loglik", mode=self.mode, max_rollouts=self.max_rollouts, max_tokens=self.max_tokens,
             seed=self.seed, generation_batch_size=self.generation_batch_size,
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=self.checkpoint_every, master_device=self.master_device,
+            theta0_device=self.theta0_device,
         )
 
     @classmethod
@@ -263,6 +268,7 @@ class LBESTrainer(ESTrainer):
 
 def train(job: TrainJob) -> None:
     from esft.es.distributed import init_distributed
+    from esft.es.memory import check_run
     from esft.io import read_jsonl
     from esft.models import load_model
     from esft.runs import input_fingerprint
@@ -275,8 +281,14 @@ def train(job: TrainJob) -> None:
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     rows = read_jsonl(job.data / "train.jsonl")
     cfg = LBESConfig.from_dict(job.cfg)
+    # members only prefill; the largest batch is the sampling one: B·n rows of prompt + completion
+    check_run(model, {n: p for n, p in model.named_parameters() if p.requires_grad}, job.section,
+              rows=min(cfg.generation_batch_size, (cfg.batch_size or len(rows)) * cfg.n_samples),
+              prompt_tokens=max(map(len, encode_prompts(tokenizer, [task.messages(r) for r in rows]))),
+              new_tokens=job.task_cfg["max_new_tokens"], master_device=cfg.master_device,
+              theta0_device=cfg.theta0_device)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init])])
     trainer = LBESTrainer(model, tokenizer, task, rows, cfg, job.task_cfg["max_new_tokens"],
                           state_dir=job.state_dir, fingerprint=fingerprint, run_id=job.run_id)
     trainer.train()
-    trainer.write_outputs(job.out)
+    trainer.write_outputs(job.out, job.save_dtype)

@@ -4,6 +4,12 @@ The model's parameters are only ever *written from* the master copy: a member is
 fp32 and cast once, and restoring copies θ back. Nothing is subtracted in the model's dtype, so a bf16
 model does not accumulate rounding error or drop small updates.
 
+The master may live in host memory (`master_device="cpu"`, pinned when the model is on CUDA) to leave
+room on the GPU: noise is then still drawn, and every sum formed, on the model's device, and only θ
+travels (host to device per tensor for a member, the finished step device to host for the update).
+fp32 additions are exact IEEE operations on either device, so the run is bitwise the one with the master
+on the GPU.
+
 `perturbation()` is the single source of member offsets (antithetic sign and per-group σ_g included):
 every evaluation mode, the update and replay go through `direction()`/`perturbation()`.
 """
@@ -15,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from esft.es.noise import tensor_noise
+from esft.runs import offload
 
 
 class Population:
@@ -23,11 +30,12 @@ class Population:
     antithetic: member 2k+s uses direction (−1)^s·ε_k, so a pair shares one noise draw.
     sigma_scale / alpha_scale: per-tensor multipliers σ_g, α_g (missing names use 1).
     phases: tensor-name sets evolved in turn (iteration t evolves phases[t mod len]); None: all, always.
+    master_device: "model" (the parameters' device) or "cpu" (host memory; see the module docstring).
     """
 
     def __init__(self, params: dict[str, torch.nn.Parameter], seed: int, *, antithetic: bool = False,
                  sigma_scale: Mapping[str, float] | None = None, alpha_scale: Mapping[str, float] | None = None,
-                 phases: Sequence[frozenset[str]] | None = None) -> None:
+                 phases: Sequence[frozenset[str]] | None = None, master_device: str = "model") -> None:
         if not params:
             raise ValueError("no trainable parameters to evolve")
         self.params = params
@@ -39,7 +47,7 @@ class Population:
         if self.phases and (set().union(*self.phases) - set(params) or not all(self.phases)):
             raise ValueError("every phase must be a non-empty set of evolved tensor names")
         with torch.no_grad():
-            self.master = {n: p.detach().to(torch.float32).clone() for n, p in params.items()}
+            self.master = {n: offload(p.detach().to(torch.float32), master_device) for n, p in params.items()}
 
     def active(self, iteration: int) -> list[str]:
         """Names of the tensors evolved (perturbed and updated) at `iteration`, in master order."""
@@ -51,8 +59,8 @@ class Population:
     def direction(self, iteration: int, member: int, name: str) -> torch.Tensor:
         """The member's unit-scale search direction for one tensor (±εᵢ), regenerated from its key."""
         if not self.antithetic:
-            return tensor_noise(self.master[name], self.seed, iteration, member, name)
-        eps = tensor_noise(self.master[name], self.seed, iteration, member // 2, name)
+            return tensor_noise(self.params[name], self.seed, iteration, member, name)
+        eps = tensor_noise(self.params[name], self.seed, iteration, member // 2, name)
         return eps.neg_() if member % 2 else eps
 
     def perturbation(self, iteration: int, member: int, name: str, sigma: float) -> torch.Tensor:
@@ -61,7 +69,7 @@ class Population:
         Zero for a tensor that is not evolved at this iteration (see `active`).
         """
         if self.phases is not None and name not in self.phases[iteration % len(self.phases)]:
-            return torch.zeros_like(self.master[name])
+            return torch.zeros(self.params[name].shape, device=self.params[name].device)
         return (sigma * self.sigma_scale.get(name, 1.0)) * self.direction(iteration, member, name)
 
     def perturbations(self, iteration: int, members: Sequence[int], name: str, sigma: float) -> torch.Tensor:
@@ -85,7 +93,8 @@ class Population:
     def perturb(self, iteration: int, member: int, sigma: float) -> None:
         """Write member `member`'s weights θ + offset into the model (only the active tensors change)."""
         for name in self.active(iteration):
-            self.params[name].copy_(self.master[name] + self.perturbation(iteration, member, name, sigma))
+            theta = self.master[name].to(self.params[name].device, non_blocking=True)
+            self.params[name].copy_(torch.add(theta, self.perturbation(iteration, member, name, sigma)))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -123,8 +132,9 @@ class Population:
             yield name, acc.mul_(scale)
 
     def weighted_directions(self, iteration: int, coefs: Mapping[int, float], name: str) -> torch.Tensor:
-        """Σ cₘ·dₘ over members m of one tensor, in fp32 (a fresh tensor the caller may modify)."""
-        acc = torch.zeros_like(self.master[name])
+        """Σ cₘ·dₘ over members m of one tensor, in fp32 on the model's device (a fresh tensor the caller
+        may modify)."""
+        acc = torch.zeros(self.params[name].shape, device=self.params[name].device)
         for member, c in coefs.items():
             acc.add_(self.direction(iteration, member, name), alpha=c)
         return acc
@@ -134,7 +144,7 @@ class Population:
                normalize: bool = False) -> None:
         """θ ← θ + `steps(...)`, accumulated in fp32 per tensor, then written into the model."""
         for name, delta in self.steps(iteration, weights, alpha, sigma, normalize):
-            self.master[name].add_(delta)
+            self.master[name].add_(delta.to(self.master[name].device))
         self.restore()
 
     def load_master(self, state: dict[str, torch.Tensor]) -> None:

@@ -31,6 +31,24 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
     return None, len(rows)
 
 
+def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max_new_tokens: int,
+                 name: str) -> None:
+    """Log the run's memory plan and stop early if it cannot fit (esft.es.memory). Under LoRA the master
+    and θ_0 hold only the (small) adapters and are left out."""
+    from esft.es.memory import check_run
+
+    rows = min(cfg.generation_batch_size, cfg.batch_size or n_rows, n_rows)
+    if isinstance(fitness, TaskFitness):
+        longest, new = max(map(len, fitness.prompt_ids)), max_new_tokens
+    elif isinstance(fitness, CorpusFitness):
+        longest, new = max(map(len, fitness.ids)), 0
+    else:  # random fitness never runs the model
+        rows, longest, new = 0, 0, 0
+    trainable = {} if cfg.lora is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
+    check_run(model, trainable, name, rows=rows, prompt_tokens=longest, new_tokens=new,
+              master_device=cfg.master_device, theta0_device=cfg.theta0_device)
+
+
 def train(job: TrainJob) -> None:
     from esft.es.distributed import init_distributed
     from esft.es.trainer import ESTrainer
@@ -43,8 +61,9 @@ def train(job: TrainJob) -> None:
     rows = read_jsonl(job.data / "train.jsonl")
     cfg = ESConfig.from_dict(job.cfg)
     fitness, n_rows = build_fitness(cfg, task, rows, tokenizer, job.task_cfg["max_new_tokens"], job.corpus)
+    check_memory(model, cfg, fitness, n_rows, job.task_cfg["max_new_tokens"], job.section)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init, job.corpus])])
     trainer = ESTrainer(model, fitness, n_rows, cfg, state_dir=job.state_dir, fingerprint=fingerprint,
                         run_id=job.run_id)
     trainer.train()
-    trainer.write_outputs(job.out)
+    trainer.write_outputs(job.out, job.save_dtype)

@@ -71,6 +71,7 @@ def build_population(model: torch.nn.Module, cfg: ESConfig, run_id: str = "") ->
     population = Population(
         params, seed, antithetic=cfg.antithetic != "none", sigma_scale=sigma_scale, alpha_scale=alpha_scale,
         phases=lora_phases(list(params), cfg.lora.order) if cfg.lora is not None else None,
+        master_device=cfg.master_device,
     )
     return model, population
 
@@ -132,7 +133,7 @@ class ESTrainer:
         else:  # members are sharded over torch.distributed ranks when it is initialised
             self.evaluator = ShardedEvaluator(
                 build_evaluator(cfg.mode, self.model, self.population, fitness, cfg.members_per_pass))
-        self.drift = Drift(self.population.params)
+        self.drift = Drift(self.population.params, cfg.theta0_device)
         first = next(iter(self.drift.theta0.values()))
         self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
         """Logged with every iteration: replay is bitwise only in the run's own dtype and device."""
@@ -227,12 +228,14 @@ class ESTrainer:
                 self._save_state()
         return self.records
 
-    def write_outputs(self, out_dir: str | Path) -> None:
-        """weights.safetensors (fp32, HF names, adapters merged), run.jsonl and drift.parquet, atomically.
+    def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
+        """weights.safetensors (HF names, adapters merged, fp32 unless `dtype` says otherwise), run.jsonl
+        and drift.parquet, atomically.
 
         Under torch.distributed every rank holds the same θ; only the main process writes.
         """
         if not is_main_process():
             return
-        write_run(out_dir, export_weights(self.model, self.population, self.cfg), self.records, self.drift.frame())
+        write_run(out_dir, export_weights(self.model, self.population, self.cfg), self.records, self.drift.frame(),
+                  dtype)
         self.state.clear()

@@ -33,7 +33,7 @@ class LoadReport:
     fingerprints: dict[str, str] = field(default_factory=dict)
 
 
-def _load_split(cfg: dict[str, Any], split: str):
+def load_split(cfg: dict[str, Any], split: str):
     import datasets
 
     try:
@@ -46,7 +46,7 @@ def _load_split(cfg: dict[str, Any], split: str):
 
 def read_split(task: Task, cfg: dict[str, Any], split: str, report: LoadReport) -> list[dict[str, Any]]:
     """Valid rows of one split in the task's schema, in dataset order."""
-    ds = _load_split(cfg, split)
+    ds = load_split(cfg, split)
     report.fingerprints[split] = getattr(ds, "_fingerprint", "")
     where = cfg.get("where") or {}
     rows = []

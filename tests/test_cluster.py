@@ -1,0 +1,133 @@
+"""The slurm profile's sbatch lines, checked against fake sbatch/sacct/squeue/scancel on PATH.
+
+The fakes record their arguments and answer as SLURM does for snakemake-executor-plugin-slurm 2.x:
+`sbatch --parsable` prints the job id, `sacct -X --parsable2 --format=JobIdRaw,State` prints
+`<id>|<state>` lines. Every job is reported FAILED, so Snakemake resubmits it (one retry here) and the
+second attempt's sbatch line shows the attempt-dependent runtime; then the run stops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+FAKES = {
+    "sbatch": """#!/bin/sh
+cat > /dev/null
+echo "$*" >> "$FAKE_SLURM/sbatch.log"
+n=$(wc -l < "$FAKE_SLURM/sbatch.log")
+echo $((1000 + n))
+""",
+    # status queries list every submitted job as FAILED; account guesses (sacct -nu ...) get nothing
+    "sacct": """#!/bin/sh
+echo "$*" >> "$FAKE_SLURM/sacct.log"
+case "$*" in *JobIdRaw,State*)
+  n=$(wc -l < "$FAKE_SLURM/sbatch.log"); i=1
+  while [ $i -le $n ]; do echo "$((1000 + i))|FAILED"; i=$((i + 1)); done;;
+esac
+""",
+    "squeue": "#!/bin/sh\necho \"$*\" >> \"$FAKE_SLURM/squeue.log\"\n",
+    "scancel": "#!/bin/sh\necho \"$*\" >> \"$FAKE_SLURM/scancel.log\"\n",
+    "sinfo": "#!/bin/sh\nexit 0\n",
+    "scontrol": "#!/bin/sh\nexit 1\n",
+}
+
+
+def sbatch_lines(tmp_path: Path, target: str, files: dict[str, str], configs: list[str]) -> list[dict[str, str]]:
+    """Run the workflow under profiles/slurm with fake SLURM commands for `target` (its inputs faked as
+    `files`); the parsed options of every sbatch call."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, text in FAKES.items():
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    (tmp_path / "sbatch.log").touch()
+    work = tmp_path / "work"
+    for rel, text in files.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(text)
+    env = {**os.environ, "FAKE_SLURM": str(tmp_path),
+           "PATH": os.pathsep.join([str(fake), str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--profile", str(REPO / "profiles" / "slurm"), "--configfile", *[str(REPO / c) for c in configs],
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+           "--latency-wait", "1", "--retries", "1", target]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=work)
+    assert proc.returncode != 0, "every fake job fails, so the run must fail"
+    lines = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert lines, f"nothing was submitted:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return [parse(line) for line in lines]
+
+
+def parse(line: str) -> dict[str, str]:
+    """sbatch options as {option: value}; flags map to ''."""
+    words = shlex.split(line.split(" --wrap=", 1)[0])
+    out, i = {}, 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--") and "=" in word:
+            key, value = word.split("=", 1)
+            out[key] = value
+        elif word.startswith("-") and i + 1 < len(words) and not words[i + 1].startswith("-"):
+            out[word] = words[i + 1]
+            i += 1
+        else:
+            out[word] = ""
+        i += 1
+    return out
+
+
+@pytest.mark.slow
+def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(tmp_path):
+    run = "results/paper/train/es/sequential/1-countdown"
+    calls = sbatch_lines(tmp_path, f"{run}/weights.safetensors", {
+        "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
+        "results/paper/data/countdown/train.jsonl": "{}\n",
+    }, ["config/paper.yaml"])
+    assert len(calls) == 2  # the first attempt and one retry
+    for attempt, call in enumerate(calls, 1):
+        assert call["--gpus"] == "1" and call["-p"] == "gpu" and call["--cpus-per-gpu"] == "8"
+        assert call["-t"] == str(1440 * attempt) and call["--mem"] == "128000"
+        assert "--gres" not in call and "--cpus-per-task" not in call and "--requeue" in call
+        assert call["--comment"] == "rule_train_wildcards_es_sequential_1_countdown"
+
+
+@pytest.mark.slow
+def test_cpu_rule_runs_on_the_cpu_partition_without_gpus(tmp_path):
+    calls = sbatch_lines(tmp_path, "results/paper/tables/accuracy.csv", {
+        "results/paper/eval/accuracy.csv": "checkpoint,task,accuracy\n",
+    }, ["config/paper.yaml"])
+    assert len(calls) == 2
+    for attempt, call in enumerate(calls, 1):
+        assert call["-p"] == "cpu" and call["-t"] == str(60 * attempt) and call["--mem"] == "16000"
+        assert call["--cpus-per-task"] == "1" and call["--ntasks"] == "1"
+        assert not any(key in call for key in ("--gpus", "--gres", "--cpus-per-gpu"))
+
+
+def test_train_rule_launches_torchrun_per_method_processes(tmp_path):
+    """train.processes gives a method K processes under torchrun (and K GPUs on CUDA runs); others keep esft."""
+    extra = tmp_path / "processes.yaml"
+    extra.write_text("train: {processes: {lbes: 2}}\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "-p", "--cores", "8",
+         "--configfile", str(REPO / "config/lbes.yaml"), str(extra)], capture_output=True, text=True, env=env,
+        timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    commands = [line.removeprefix("Shell command: ") for line in proc.stdout.splitlines() if " train --method " in line]
+    assert len(commands) == 4
+    for command in commands:
+        if "--run-id lbes/" in command:
+            assert command.startswith("torchrun --standalone --nproc-per-node 2 -m esft.cli --threads 4 train ")
+        else:
+            assert command.startswith("esft --threads 4 train --method es ")
+    jobs = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", proc.stdout)
+    assert sorted(re.search(r"gpu=(\d+)", r).group(1) for r in jobs) == ["1", "1", "2", "2"]

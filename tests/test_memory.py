@@ -1,0 +1,107 @@
+"""One 4B model on one GPU: the memory plan, the host-memory master and θ_0, and the checkpoint dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from esft.errors import EsftError
+from esft.es.memory import GIB, plan_memory
+from esft.es.population import Population
+from esft.runs import Drift, offload, save_weights
+
+H100 = 80 * 10**9  # bytes an 80 GB card reports, about 74.5 GiB
+
+
+@pytest.fixture(scope="module")
+def qwen3_4b():
+    """Qwen3-4B-Instruct-2507's shape on the meta device: no weights are allocated."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                      max_position_embeddings=262144, dtype="bfloat16")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    return model
+
+
+def plan(model, **kw):
+    trainable = dict(model.named_parameters())
+    # the paper's ES: 200 prompts per generation batch, 1024 new tokens; prompts of up to 300 tokens
+    return plan_memory(model, trainable, rows=200, prompt_tokens=300, new_tokens=1024, capacity=H100, **kw)
+
+
+def test_4b_plan_terms(qwen3_4b):
+    p = plan(qwen3_4b)
+    n = sum(t.numel() for t in qwen3_4b.parameters())
+    assert 4.0e9 < n < 4.1e9
+    assert 0 <= p.term("weights").nbytes - 2 * n < 4096  # bf16 weights and the rotary buffers
+    assert p.term("master").nbytes == 4 * n and p.term("theta0").nbytes == 2 * n
+    # K and V of 36 layers × 8 heads × 128 dims in bf16, for 200 rows of 300 + 1024 tokens
+    assert p.term("kv_cache").nbytes == 200 * 1324 * 2 * 36 * 8 * 128 * 2
+    assert p.term("workspace").nbytes == 2 * 4 * 151936 * 2560  # the embedding is the largest tensor
+
+
+def test_4b_on_one_80gb_gpu_needs_the_master_in_host_memory(qwen3_4b):
+    with pytest.raises(EsftError, match=r"memory plan: .* GiB on the device exceeds the usable .*; set "
+                                        r"es_300.master_device: cpu \(frees 15.0 GiB\), or es_300.theta0_device"):
+        plan(qwen3_4b).check("es_300")
+    fits = plan(qwen3_4b, master_device="cpu", theta0_device="cpu")
+    fits.check("es")
+    assert fits.host_bytes == 6 * sum(t.numel() for t in qwen3_4b.parameters())
+    assert 50 * GIB < fits.device_bytes < fits.usable
+    assert any("on device" in line for line in fits.lines())
+
+
+def test_plan_without_a_gpu_checks_nothing(tiny_model):
+    p = plan_memory(tiny_model, dict(tiny_model.named_parameters()), rows=4, prompt_tokens=10, new_tokens=5)
+    p.check("es")
+    assert p.capacity is None and p.device_bytes > 0
+
+
+def test_host_master_and_theta0_give_the_same_run(tiny_model):
+    """Master and θ_0 in host memory: every write and update bit for bit as with them on the model's device
+    (on CPU both placements are the same memory; on CUDA the arithmetic stays on the device)."""
+    params = dict(tiny_model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    results = {}
+    for where in ("model", "cpu"):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        pop = Population(params, seed=3, antithetic=True, master_device=where)
+        drift = Drift(params, where)
+        pop.perturb(0, 1, 0.1)
+        member = {n: p.detach().clone() for n, p in params.items()}
+        pop.update(0, [1.0, -0.5, 0.25, 0.0], 0.01)
+        results[where] = member, {n: t.clone() for n, t in pop.master.items()}, drift.measure(0, pop.master)
+        assert all(not t.is_pinned() for t in pop.master.values())  # pinning only for CUDA models
+    (m0, w0, d0), (m1, w1, d1) = results["model"], results["cpu"]
+    assert all(torch.equal(m0[n], m1[n]) and torch.equal(w0[n], w1[n]) for n in m0) and d0 == d1 > 0
+
+
+def test_offload_copies():
+    t = torch.arange(4.0)
+    for where in ("model", "cpu"):
+        copy = offload(t, where)
+        assert torch.equal(copy, t) and copy.data_ptr() != t.data_ptr()
+    with pytest.raises(EsftError, match="unknown placement 'gpu'"):
+        offload(t, "gpu")
+
+
+def test_checkpoint_dtype(tmp_path):
+    weights = {"a.weight": torch.randn(3, 5), "b.bias": torch.randn(5)}
+    save_weights(tmp_path / "fp32.safetensors", weights)
+    save_file(weights, str(tmp_path / "plain.safetensors"), metadata={"format": "pt"})
+    # the default is the fp32 file it always was, byte for byte
+    assert (tmp_path / "fp32.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+    save_weights(tmp_path / "bf16.safetensors", weights, "bfloat16")
+    bf16 = load_file(str(tmp_path / "bf16.safetensors"))
+    assert all(bf16[n].dtype == torch.bfloat16 and torch.equal(bf16[n], w.to(torch.bfloat16)) for n, w in weights.items())
+    with safe_open(str(tmp_path / "bf16.safetensors"), "pt") as fh:
+        assert fh.metadata() == {"format": "pt"}
+    with pytest.raises(EsftError, match="unknown checkpoint dtype 'int8'"):
+        save_weights(tmp_path / "x.safetensors", weights, "int8")

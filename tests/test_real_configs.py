@@ -1,0 +1,118 @@
+"""The real experiments' configs: each validates, plans the jobs it should (dry run), and its offline twin
+(config/twins/<name>.yaml layered on it) runs the workflow end to end on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from esft.config import load_config
+
+SCHEMA = REPO / "config" / "schema.yaml"
+REAL = ["paper", "lbes", "es_lora", "ea4llm"]
+TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 1}
+"""paper: ES-100 sequential (4) + ES-300 single (4) + GRPO sequential and single (8)."""
+
+
+def configs(name: str, twin: bool) -> list[Path]:
+    return [REPO / "config" / f"{name}.yaml"] + ([REPO / "config" / "twins" / f"{name}.yaml"] if twin else [])
+
+
+def snakemake(workdir: Path, files: list[Path], *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", *map(str, files), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_every_config_has_a_twin():
+    real = {p.stem for p in (REPO / "config").glob("*.yaml")} - {"config", "schema"}
+    assert real == set(REAL) == {p.stem for p in (REPO / "config" / "twins").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["real", "twin"])
+@pytest.mark.parametrize("name", REAL)
+def test_config_validates(name, twin):
+    cfg = load_config(configs(name, twin), SCHEMA)
+    assert (cfg["model"]["source"] == "tiny") == (twin or name == "ea4llm")
+    if twin:
+        assert cfg["runtime"]["device"] == "cpu" and cfg["experiment"] == f"{name}_twin"
+        assert all(t["source"] != "hf" for t in cfg["tasks"].values()) and not cfg.get("corpus")
+
+
+def test_paper_settings():
+    cfg = load_config(configs("paper", False), SCHEMA)
+    assert cfg["train"]["methods"] == ["es", "es_300", "grpo"]
+    for name, iterations in (("es", 100), ("es_300", 300)):
+        es = cfg[name]
+        assert (es["population"], es["sigma"], es["alpha"], es["batch_size"], es["iterations"]) == \
+            (30, 0.0015, 0.00075, 200, iterations)
+    grpo = cfg["grpo"]
+    assert (grpo["num_train_epochs"], grpo["num_generations"], grpo["max_grad_norm"], grpo["beta"]) == (20, 8, 1.0, 0.0)
+    lbes = load_config(configs("lbes", False), SCHEMA)["lbes"]
+    assert (lbes["batch_size"], lbes["population"], lbes["alpha"], lbes["sigma"], lbes["n_samples"],
+            lbes["temperature"]) == (64, 32, 5e-7, 1e-3, 8, 0.1)
+    lora = load_config(configs("es_lora", False), SCHEMA)
+    assert (lora["es"]["sigma"], lora["es"]["alpha"]) == (0.001, 0.0005)
+    assert (lora["es_lora"]["sigma"], lora["es_lora"]["alpha"], lora["es_lora"]["lora"]["r"]) == (0.0075, 0.005, 256)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_config_dry_run(tmp_path, name):
+    """The real config plans every job without touching the hub; GPU runs pass their own options."""
+    out = snakemake(tmp_path, configs(name, False), "-n", "-p", "--cores", "4").stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1], re.M))
+    assert int(jobs["train"]) == TRAIN_JOBS[name] and jobs["base_model"] == "1"
+    assert ("prepare_corpus" in jobs) == (name == "ea4llm")
+    commands = [line for line in out.splitlines() if " train --method " in line]
+    if name == "paper":
+        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 4
+        assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
+        assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
+    if name == "ea4llm":
+        assert all("--corpus results/ea4llm/data/corpus.jsonl" in c for c in commands)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL)
+def test_twin_runs_end_to_end(tmp_path, name):
+    """The twin runs every stage; the es_lora twin trains full-parameter ES under torchrun with 2 gloo
+    ranks, the ea4llm twin scores a local corpus prepared by prepare_corpus."""
+    files = configs(name, True)
+    if name in ("es_lora", "ea4llm"):
+        extra = tmp_path / "extra.yaml"
+        if name == "es_lora":
+            extra.write_text("train: {processes: {es: 2}}\n")
+        else:
+            corpus = tmp_path / "texts.jsonl"
+            corpus.write_text("".join(json.dumps({"text": f"text {i}: the quick brown fox."}) + "\n" for i in range(8)))
+            extra.write_text(json.dumps({"corpus": {"dataset": "json", "data_files": str(corpus), "split": "train",
+                                                    "n_texts": 6}}))
+        files.append(extra)
+    start = time.perf_counter()
+    snakemake(tmp_path, files, "--cores", "2")
+    print(f"{name} twin: {time.perf_counter() - start:.0f} s")
+    out = tmp_path / "results" / f"{name}_twin"
+    assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
+    runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/run.jsonl"))
+    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 1}[name]
+    if name == "es_lora":
+        assert runs == ["es/single/1-conciseness", "es_lora/single/1-conciseness"]
+        logs = tmp_path / "logs/es_lora_twin/train"
+        # each process logs its memory plan: two for the torchrun job, one for the other
+        assert (logs / "es/single/1-conciseness.log").read_text().count("memory plan: on device") == 2
+        assert (logs / "es_lora/single/1-conciseness.log").read_text().count("memory plan: on device") == 1
+    if name == "ea4llm":
+        record = json.loads((out / "train/es/single/1-conciseness/run.jsonl").read_text().splitlines()[0])
+        assert record["config"]["fitness"] == "loglik" and len(record["prompts"]) == 2
+        assert json.loads((out / "data" / "corpus.manifest.json").read_text())["texts"] == 6
