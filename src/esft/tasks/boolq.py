@@ -54,6 +54,10 @@ class BoolQ(Task):
     def reference(self, row: dict[str, Any]) -> str:
         return "\\boxed{yes}" if row["answer"] else "\\boxed{no}"
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        word = "yes" if row["answer"] else "no"
+        return [f"{word.capitalize()}.", f"The answer is {word}."]
+
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
         for _ in range(n):
