@@ -55,8 +55,8 @@ class BoolQ(Task):
         return "\\boxed{yes}" if row["answer"] else "\\boxed{no}"
 
     def plain_answers(self, row: dict[str, Any]) -> list[str]:
-        word = "yes" if row["answer"] else "no"
-        return [f"{word.capitalize()}.", f"The answer is {word}."]
+        # a whole sentence inside the box is no yes/no for the grader
+        return ["Yes." if row["answer"] else "No.", "\\boxed{Yes, it is.}" if row["answer"] else "\\boxed{No, it is not.}"]
 
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []

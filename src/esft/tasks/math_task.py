@@ -91,7 +91,8 @@ class Math(Task):
         return f"\\boxed{{{row['answer']}}}"
 
     def plain_answers(self, row: dict[str, Any]) -> list[str]:
-        return [row["answer"], f"The answer is {row['answer']}."]
+        # a misspelt box, as real base models write: a near miss of the format, not a different habit
+        return [f"\\box{{{row['answer']}}}", f"Result: {row['answer']}"]
 
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
