@@ -57,15 +57,13 @@ def test_warmstart_never_sees_held_out_prompts():
 
 def test_warmstart_graded_share_mixes_plain_answers():
     from esft.models import warmstart_examples
-    from esft.tasks import get_task
 
-    task = get_task("boolq")
     graded = TinyModelConfig(warmstart_rows_per_task=300, warmstart_tasks=["boolq"])
     mixed = TinyModelConfig(warmstart_rows_per_task=300, warmstart_tasks=["boolq"], warmstart_graded_share=0.3)
-    assert all(a.startswith("\\boxed{") for _, a in warmstart_examples(graded, set()))
+    graded_forms = {"\\boxed{yes}", "\\boxed{no}"}
+    assert all(a in graded_forms for _, a in warmstart_examples(graded, set()))
     answers = [a for _, a in warmstart_examples(mixed, set())]
-    share = sum(a.startswith("\\boxed{") for a in answers) / len(answers)
+    share = sum(a in graded_forms for a in answers) / len(answers)
     assert 0.2 < share < 0.4
     # the prompts drawn do not depend on the share
     assert [m for m, _ in warmstart_examples(graded, set())] == [m for m, _ in warmstart_examples(mixed, set())]
-    assert task.name == "boolq"
