@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in gains:
             if g["method"] == method and g["schedule"] == "single":
                 claims.append({"kind": "claim", "claim": "single_task_improves", "method": method,
-                               "task": g["task"], "holds": g["test_gain"] is not None and g["test_gain"] > 0,
+                               "task": g["task"], "holds": g["test_gain"] is not None and g["test_gain"] > 1e-9,
                                "test_before": g["test_before"], "test_after": g["test_after"]})
 
     es = {g["task"]: g["test_after"] for g in gains if g["method"] == "es" and g["schedule"] == "sequential"}
