@@ -53,3 +53,17 @@ def test_warmstart_never_sees_held_out_prompts():
     held_out = set(sorted(all_prompts)[:20])
     kept = {m[-1]["content"] for m, _ in warmstart_examples(cfg, held_out)}
     assert kept and not kept & held_out
+
+
+def test_warmstart_graded_share_mixes_plain_answers():
+    from esft.models import warmstart_examples
+
+    graded = TinyModelConfig(warmstart_rows_per_task=300, warmstart_tasks=["boolq"])
+    mixed = TinyModelConfig(warmstart_rows_per_task=300, warmstart_tasks=["boolq"], warmstart_graded_share=0.3)
+    graded_forms = {"\\boxed{yes}", "\\boxed{no}"}
+    assert all(a in graded_forms for _, a in warmstart_examples(graded, set()))
+    answers = [a for _, a in warmstart_examples(mixed, set())]
+    share = sum(a in graded_forms for a in answers) / len(answers)
+    assert 0.2 < share < 0.4
+    # the prompts drawn do not depend on the share
+    assert [m for m, _ in warmstart_examples(graded, set())] == [m for m, _ in warmstart_examples(mixed, set())]

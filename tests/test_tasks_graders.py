@@ -202,6 +202,16 @@ def test_stand_in_references_score_one_and_corruptions_zero(name):
             assert task.score("no answer here", row) == 0.0
 
 
+@pytest.mark.parametrize("name", ["countdown", "math", "chemistry", "boolq"])
+def test_plain_answers_are_right_but_ungraded(name):
+    """The warm-start's plain forms carry the right answer in a format the grader does not accept."""
+    task = get_task(name)
+    train, test = task.stand_in(50, 20, seed=5)
+    for row in train + test:
+        plain = task.plain_answers(row)
+        assert plain and all(task.score(text, row) == 0.0 for text in plain)
+
+
 def test_unknown_task_lists_known_ones():
     from esft.errors import EsftError
 

@@ -50,6 +50,9 @@ class TinyModelConfig:
     warmstart_batch_size: int = 32
     warmstart_lr: float = 3e-3
     warmstart_rows_per_task: int = 2000
+    warmstart_graded_share: float = 1.0
+    """Share of warm-start answers in the graded format (`Task.reference`); the others use one of the
+    task's ungraded `plain_answers`, so the base model often knows the answer but misses its format."""
     warmstart_tasks: list[str] = field(default_factory=lambda: ["countdown", "math", "chemistry", "boolq"])
 
 
@@ -97,17 +100,27 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> torch.nn.Module:
 
 
 def warmstart_examples(cfg: TinyModelConfig, exclude_prompts: set[str]) -> list[tuple[list[dict], str]]:
-    """(messages, reference answer) pairs from the task generators, never a held-out prompt."""
+    """(messages, answer) pairs from the task generators, never a held-out prompt.
+
+    The answer is the graded reference with probability `warmstart_graded_share`, else one of the
+    task's ungraded plain forms of the same answer (tasks without any always get the reference)."""
     from esft.tasks import get_task
 
     rng = random.Random(f"warmstart-{cfg.seed}")
+    formats = random.Random(f"warmstart-format-{cfg.seed}")  # own stream: rows and order do not depend on the share
     examples = []
     for name in cfg.warmstart_tasks:
         task = get_task(name)
         for row in task.generate_rows(cfg.warmstart_rows_per_task, rng):
             messages = task.messages(row)
-            if task.user_prompt(row) not in exclude_prompts:
-                examples.append((messages, task.reference(row)))
+            if task.user_prompt(row) in exclude_prompts:
+                continue
+            answer = task.reference(row)
+            if cfg.warmstart_graded_share < 1.0:
+                plain = task.plain_answers(row)
+                if plain and formats.random() >= cfg.warmstart_graded_share:
+                    answer = plain[formats.randrange(len(plain))]
+            examples.append((messages, answer))
     rng.shuffle(examples)
     return examples
 

@@ -108,6 +108,14 @@ class Task(ABC):
     def reference(self, row: dict[str, Any]) -> str:
         """A completion that scores 1 on `row` (used to warm-start the tiny model and in tests)."""
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        """The right answer in surface forms the grader does not accept (each scores 0 on `row`).
+
+        The tiny model is warm-started on these as well as on `reference`, so that, like a real base
+        model, it often knows the answer but misses the graded format; reward-driven training then
+        has a format (and some skill) to learn that carries over to held-out prompts."""
+        return []
+
     # --- grading ----------------------------------------------------------------------------
     @abstractmethod
     def score(self, completion: str, row: dict[str, Any]) -> float:

@@ -54,6 +54,10 @@ class BoolQ(Task):
     def reference(self, row: dict[str, Any]) -> str:
         return "\\boxed{yes}" if row["answer"] else "\\boxed{no}"
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        # a whole sentence inside the box is no yes/no for the grader
+        return ["Yes." if row["answer"] else "No.", "\\boxed{Yes, it is.}" if row["answer"] else "\\boxed{No, it is not.}"]
+
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
         for _ in range(n):

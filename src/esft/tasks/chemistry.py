@@ -63,6 +63,11 @@ class Chemistry(Task):
     def reference(self, row: dict[str, Any]) -> str:
         return f'{{"answer":"{row["answer"]}"}}'
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        # a lowercase letter outside the JSON form is no answer for the cascade ("a" is an article)
+        letter = row["answer"].lower()
+        return [letter, f"The answer is {letter}."]
+
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
         for _ in range(n):

@@ -151,6 +151,10 @@ class Countdown(Task):
             raise RowError(f"countdown: no solution for {row['numbers']} -> {row['target']}")
         return f"\\boxed{{{solution}}}"
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        expr = self.reference(row)[len("\\boxed{"):-1]
+        return [f"{expr} = {row['target']}", f"The answer is {expr}."]
+
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         """Solvable tasks: three numbers 1-9 joined left to right by random + - * (the solution)."""
         rows = []

@@ -1,6 +1,6 @@
 """MATH-style answers: the last \\boxed{...}, LaTeX-normalised, compared as strings then as numbers.
 
-The offline stand-in is integer arithmetic (`What is 23 + 58?`) with the same row schema and grader.
+The offline stand-in is two-digit arithmetic without carries (`What is 23 + 5?`) with the same row schema and grader.
 """
 
 from __future__ import annotations
@@ -90,11 +90,17 @@ class Math(Task):
     def reference(self, row: dict[str, Any]) -> str:
         return f"\\boxed{{{row['answer']}}}"
 
+    def plain_answers(self, row: dict[str, Any]) -> list[str]:
+        # a misspelt box, as real base models write: a near miss of the format, not a different habit
+        return [f"\\box{{{row['answer']}}}", f"Result: {row['answer']}"]
+
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
         for _ in range(n):
-            a, b = rng.randint(0, 15), rng.randint(0, 9)
-            op = rng.choice("+-")
+            # two-digit a, one-digit b, no carry or borrow: the units digit comes from the one-digit
+            # table and the tens digit is copied, so held-out prompts are new combinations of seen parts
+            a, op = rng.randint(10, 99), rng.choice("+-")
+            b = rng.randint(0, 9 - a % 10) if op == "+" else rng.randint(0, a % 10)
             value = a + b if op == "+" else a - b
             rows.append({"problem": f"What is {a} {op} {b}?", "answer": str(value)})
         return rows
