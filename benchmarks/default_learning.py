@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     results = Path(args.results)
     acc = pd.read_csv(results / "eval" / "accuracy.csv")
-    lookup = {(r.checkpoint, r.task): float(r.accuracy) for r in acc.itertuples()}
+    lookup = {(r.checkpoint, r.eval_task): float(r.accuracy) for r in acc.itertuples()}
     runs = acc[acc["method"] != "base"][["checkpoint", "method", "schedule", "stage", "trained_task"]]
     runs = runs.drop_duplicates().sort_values(["method", "schedule", "stage"])
 

@@ -88,3 +88,12 @@ def test_kl_defaults_fill_a_missing_section_without_touching_the_schema(default)
     again = copy.deepcopy(default)
     del again["evaluate"]["kl"]
     assert validate_config(again, schema)["evaluate"]["kl"]["seed"] == 0
+
+
+def test_inline_config_slices_are_json():
+    """Rules pass slices as JSON; YAML 1.1 would read JSON's exponent floats (5e-07) as strings."""
+    import json
+
+    from esft.cli import _cfg
+
+    assert _cfg(json.dumps({"alpha": 5e-7, "sigma": 1e-3})) == {"alpha": 5e-7, "sigma": 1e-3}

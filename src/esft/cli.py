@@ -6,6 +6,7 @@ Config slices arrive as JSON (`--cfg '{"sigma": 0.01}'`) or as a path to a YAML/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -18,9 +19,17 @@ log = logging.getLogger("esft")
 
 
 def _cfg(value: str) -> dict[str, Any]:
-    """Parse a JSON object given inline or as a file path."""
-    text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
-    data = yaml.safe_load(text)
+    """Parse a JSON object given inline, or a YAML/JSON file given by path.
+
+    Inline text is JSON (what the rules pass): YAML 1.1 would read JSON's `5e-07` as a string.
+    """
+    if value.lstrip().startswith("{"):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {err}") from None
+    else:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError(f"expected a mapping, got {type(data).__name__}")
     return data

@@ -91,8 +91,9 @@ class Math(Task):
         return f"\\boxed{{{row['answer']}}}"
 
     def plain_answers(self, row: dict[str, Any]) -> list[str]:
-        # a misspelt box, as real base models write: a near miss of the format, not a different habit
-        return [f"\\box{{{row['answer']}}}", f"Result: {row['answer']}"]
+        # words or an equals sign inside the box are no answer for the grader; sharing the box's prefix,
+        # the choice between them and the bare value is made inside the box, where reward can move it
+        return [f"\\boxed{{= {row['answer']}}}", f"\\boxed{{about {row['answer']}}}"]
 
     def generate_rows(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         rows = []
