@@ -81,7 +81,7 @@ def test_run_produces_figures_tables_and_logs(workdir):
         kl = list(csv.DictReader(fh))
     assert list(kl[0]) == ["method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl", "n_prompts",
                            "n_tokens"]
-    assert len(kl) == 3 * 2 * 3  # checkpoints × references × evaluated tasks
+    assert len(kl) == 7 * 2 * 3  # checkpoints × references × evaluated tasks
     by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
           for r in kl}
     for (label, reference, task), row in by.items():
@@ -185,17 +185,18 @@ def test_kl_change_reruns_only_kl(workdir):
 
 
 def test_geometry_and_table1_outputs(workdir):
-    """Without a second method only the drift fits and the findings that need nothing else are measured;
-    Table 1 holds the replayed ES budget beside the final checkpoint."""
+    """es and grpo both trained: the pair stages are measured; Table 1 holds the replayed ES budget beside
+    every method's final single-task checkpoint."""
     out = workdir / "results" / "small"
-    for fig in ("drift", "training_curves"):
+    for fig in ("drift", "training_curves", "interpolation", "probes"):
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
     with open(out / "tables" / "single_task.csv") as fh:
-        row = next(csv.DictReader(fh))
-    assert list(row) == ["task", "base", "es (1 steps)", "es (2 steps)"] and row["task"] == "conciseness"
+        rows = {r["task"]: r for r in csv.DictReader(fh)}
+    assert list(rows["conciseness"]) == ["task", "base", "es (1 steps)", "es (2 steps)", "grpo (2 steps)", "lbes (2 steps)"]
+    assert rows["conciseness"]["lbes (2 steps)"] == "" and rows["boolq"]["es (2 steps)"] == ""  # lbes trains boolq
     with open(out / "tables" / "findings.csv") as fh:
         verdicts = {r["finding"]: r["verdict"] for r in csv.DictReader(fh)}
-    assert verdicts["es update norm >> grpo norm (Table 3)"] == "not measured"
+    assert verdicts["es update norm >> grpo norm (Table 3)"] != "not measured"
     assert verdicts["es drift linear in steps, slope ~ a^2 D/N (Figure 6)"] != "not measured"
     assert "\\toprule" in (out / "tables" / "single_task.tex").read_text()
 
@@ -205,7 +206,7 @@ def test_holdout_change_reruns_only_that_benchmark(workdir):
     small["holdout"]["benchmarks"]["ifeval"]["n"] = 6
     jobs = planned_jobs(snakemake(workdir, "-n", extra=_override(workdir, "ifeval.yaml", {"holdout": small["holdout"]})))
     assert set(jobs) == {"holdout_data", "holdout", "collect_holdout", "table_holdout", "all"}
-    assert jobs["holdout"] == 3 and jobs["holdout_data"] == 1
+    assert jobs["holdout"] == 5 and jobs["holdout_data"] == 1  # base and 2 sequential stages of es and grpo
 
 
 def test_report_is_generated(workdir):

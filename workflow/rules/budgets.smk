@@ -34,7 +34,7 @@ rule evaluate_budget:
         "../../envs/esft.yaml"
     threads: RUNTIME["threads"]
     params:
-        cfg=js(config["evaluate"]),
+        cfg=js(accuracy_config()),
         task_cfg=lambda w: js({w.task: config["tasks"][w.task]}),
         runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
     shell:
