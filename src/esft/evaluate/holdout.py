@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from esft.errors import EsftError
+from esft.evaluate.accuracy import checkpoint_fields
 from esft.io import read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -203,15 +204,6 @@ def write_holdout(out: str | Path, record: dict[str, Any], samples: list[dict[st
     write_jsonl(out.with_suffix(".samples.jsonl"), samples)
 
 
-def parse_label(label: str) -> dict[str, Any]:
-    """`base` or `method/schedule/k-task` as (method, schedule, stage, trained_task)."""
-    if label == "base":
-        return {"method": "base", "schedule": "-", "stage": 0, "trained_task": "-"}
-    method, schedule, run = label.split("/")
-    k, trained = run.split("-", 1)
-    return {"method": method, "schedule": schedule, "stage": int(k), "trained_task": trained}
-
-
 def collect_holdout(files: dict[str, str | Path]) -> pd.DataFrame:
     """Tidy table (checkpoint, method, schedule, stage, trained_task, benchmark, metric, value, n) from
     `LABEL/benchmark` -> record files; stderr entries are left in the JSON records."""
@@ -221,7 +213,7 @@ def collect_holdout(files: dict[str, str | Path]) -> pd.DataFrame:
         record = read_json(path)
         for metric, value in record["metrics"].items():
             if not metric.endswith("_stderr"):
-                rows.append({"checkpoint": label, **parse_label(label), "benchmark": record["benchmark"],
+                rows.append({"checkpoint": label, **checkpoint_fields(label), "benchmark": record["benchmark"],
                              "metric": metric, "value": value, "n": record["n"]})
     return pd.DataFrame(rows)
 
