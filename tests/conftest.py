@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,37 @@ def tiny_model(tokenizer):
     cfg = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                           num_key_value_heads=1, head_dim=16, warmstart_steps=0)
     return build_tiny_model(cfg, tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """An untrained micro base-model directory and the conciseness train split (rewards vary with θ)."""
+    from esft.io import write_jsonl
+    from esft.models import build_base_model
+    from esft.tasks.conciseness import embedded_rows
+
+    root = tmp_path_factory.mktemp("micro-base")
+    build_base_model("tiny", root / "base", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                                 warmstart_steps=0, warmstart_rows_per_task=2,
+                                                 warmstart_tasks=["conciseness"]))
+    (root / "data").mkdir()
+    write_jsonl(root / "data" / "train.jsonl", embedded_rows()["train"])
+    return root
+
+
+def sigkill_once_saved(args: list[str], saved: Path) -> int:
+    """Run `esft <args>` in a subprocess and SIGKILL it as soon as `saved` (its resume state) exists."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "esft.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not saved.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before its first checkpoint could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode

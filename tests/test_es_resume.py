@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from safetensors.torch import load_file
 
 from esft.cli import main
 from esft.io import read_jsonl, write_jsonl
-from esft.tasks.conciseness import embedded_rows
 
-from conftest import REPO
+from conftest import sigkill_once_saved
 
 TASK_CFG = {"max_new_tokens": 8}
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """An untrained micro base-model directory and the conciseness train split (rewards vary with θ)."""
-    from esft.models import build_base_model
-
-    root = tmp_path_factory.mktemp("es-base")
-    build_base_model("tiny", root / "base", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                                 warmstart_steps=0, warmstart_rows_per_task=2,
-                                                 warmstart_tasks=["conciseness"]))
-    (root / "data").mkdir()
-    write_jsonl(root / "data" / "train.jsonl", embedded_rows()["train"])
-    return root
 
 
 def _train_args(base, cfg, out, state=None, extra=(), log_level="WARNING"):
@@ -66,19 +46,8 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
     assert _moved(tmp_path / "full" / "weights.safetensors", base) > 0
 
     state, out = tmp_path / "state", tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "esft.cli", *_train_args(base, cfg, out, state)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not (state / "state.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before its first checkpoint could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (out / "weights.safetensors").exists()
+    returncode = sigkill_once_saved(_train_args(base, cfg, out, state), state / "state.safetensors")
+    assert returncode == -signal.SIGKILL and not (out / "weights.safetensors").exists()
 
     with caplog.at_level(logging.INFO, logger="esft.es.trainer"):
         main(_train_args(base, cfg, out, state, log_level="INFO"))

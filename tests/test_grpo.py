@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from esft.cli import main
 from esft.errors import EsftError
 from esft.grpo import GRPOSettings, RunLog, check_special_tokens
-from esft.io import read_jsonl, write_jsonl
+from esft.io import read_jsonl
 from esft.runs import COMMON_FIELDS
-from esft.tasks.conciseness import Conciseness, embedded_rows
+from esft.tasks.conciseness import Conciseness
 from esft.training import TrainJob, train
 
 from conftest import REPO
@@ -30,20 +30,6 @@ RUN_ID = "grpo/single/1-conciseness"
 FAST = {"learning_rate": 3e-2, "max_steps": 8, "checkpoint_every": 3}
 """An untrained micro model learns to answer the conciseness prompts shorter within 16 steps at this rate."""
 
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """An untrained micro base-model directory and the conciseness train split (2 prompts)."""
-    from esft.models import build_base_model
-
-    root = tmp_path_factory.mktemp("grpo-base")
-    build_base_model("tiny", root / "base", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                                 warmstart_steps=0, warmstart_rows_per_task=2,
-                                                 warmstart_tasks=["conciseness"]))
-    (root / "data").mkdir()
-    write_jsonl(root / "data" / "train.jsonl", embedded_rows()["train"])
-    return root
 
 
 def _train(base, cfg, out, state=None, init=None, dtype="float32"):

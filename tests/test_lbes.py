@@ -7,10 +7,8 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 
 import jsonschema
@@ -26,8 +24,8 @@ from esft.io import read_jsonl
 from esft.runs import COMMON_FIELDS
 from esft.tasks.conciseness import Conciseness, embedded_rows
 
-from conftest import REPO
-from test_es_resume import _assert_same_weights, _moved, _train_args, base  # noqa: F401  (fixture)
+from conftest import REPO, sigkill_once_saved
+from test_es_resume import _assert_same_weights, _moved, _train_args
 
 LBES = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 6, "batch_size": None, "n_samples": 6,
         "temperature": 1.0, "k_var": 2, "k": 2, "seed": 1, "checkpoint_every": 2}
@@ -198,18 +196,7 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
     cfg = {**LBES, "iterations": 40}
     main(_lbes_args(base, cfg, tmp_path / "full"))
     state, out = tmp_path / "state", tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "esft.cli", *_lbes_args(base, cfg, out, state)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not (state / "state.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before its first checkpoint could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    sigkill_once_saved(_lbes_args(base, cfg, out, state), state / "state.safetensors")
     assert not (out / "weights.safetensors").exists()
     with caplog.at_level(logging.INFO, logger="esft.es.trainer"):
         main(_lbes_args(base, cfg, out, state, log_level="INFO"))
