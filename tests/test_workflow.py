@@ -6,8 +6,10 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,43 @@ def test_shipped_profiles_plan_the_workflow(tmp_path, profile):
     """The cluster and local profiles load and plan every job (a dry run submits nothing)."""
     jobs = planned_jobs(snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / profile)))
     assert jobs["train"] == 7 and jobs["base_model"] == 1
+
+
+def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
+    """The README's recovery: Snakemake and its training job SIGKILLed after the job's first saved state,
+    then `snakemake --unlock` and the same command; the job resumes from its state and ends with the
+    weights an uninterrupted run writes."""
+    overlay = {"model": {"tiny": {"warmstart_steps": 0}},
+               "train": {"methods": ["es"], "sequential": [], "single": ["chemistry"],
+                         "per_method": {"lbes": {"sequential": [], "single": []}}},
+               "es": {"iterations": 30, "checkpoint_every": 5}}
+    target = "results/small/train/es/single/1-chemistry/weights.safetensors"
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    for wd in (crashed, clean):
+        wd.mkdir()
+        _override(wd, "one_run.yaml", overlay)
+    snakemake(clean, "--cores", "1", target, extra=clean / "one_run.yaml")
+
+    state = crashed / "results/small/state/train/es/single/1-chemistry/state.safetensors"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(crashed), "--configfile",
+           str(SMALL), str(crashed / "one_run.yaml"), "--cores", "1", target]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the workflow ended before the training job saved its state"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    subprocess.run(["pkill", "-KILL", "-f", str(crashed)], check=False)  # a job outside snakemake's group
+    assert not (crashed / target).exists()
+
+    assert snakemake(crashed, "--cores", "1", target, extra=crashed / "one_run.yaml", check=False).returncode != 0
+    snakemake(crashed, "--unlock", target, extra=crashed / "one_run.yaml")
+    snakemake(crashed, "--cores", "1", target, extra=crashed / "one_run.yaml")
+    log = (crashed / "logs/small/train/es/single/1-chemistry.log").read_text()
+    assert "resumed from" in log
+    assert (crashed / target).read_bytes() == (clean / target).read_bytes()
