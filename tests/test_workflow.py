@@ -211,9 +211,41 @@ def test_holdout_change_reruns_only_that_benchmark(workdir):
     assert jobs["holdout"] == 5 and jobs["holdout_data"] == 1  # base and 2 sequential stages of es and grpo
 
 
-def test_report_is_generated(workdir):
+REPORT_CATEGORIES = {
+    "Accuracy": {"accuracy_sequential.png"},
+    "Forgetting": {"kl_sequential.png"},
+    "Geometry": {"interpolation.png", "probes.png"},
+    "Drift": {"drift.png"},
+    "Training": {"training_fitness.png", "training_curves.png"},
+    "Tables": {"accuracy.md", "update_norms.md", "single_task.md", "norm_ratio.md", "holdout.md"},
+    "Findings": {"findings.md"},
+}
+
+
+def report_json(html: str, name: str):
+    """A JSON object the Snakemake report embeds as `<script id="name"> var name = {...};`."""
+    start = re.search(rf'<script id="{name}">\s*var {name} = ', html).end()
+    return json.JSONDecoder().raw_decode(html, start)[0]
+
+
+def test_report_lists_every_figure_and_table_with_rendered_captions(workdir):
+    """The report holds each figure and table the run produced, in its category, each with a caption whose
+    config values were filled in."""
     snakemake(workdir, "--report", str(workdir / "report.html"))
-    assert (workdir / "report.html").stat().st_size > 10_000
+    html = (workdir / "report.html").read_text()
+    results, categories = report_json(html, "results"), report_json(html, "categories")
+    listed = {c: {Path(p).name for sub in subs.values() for p in sub} for c, subs in categories.items()}
+    assert listed == REPORT_CATEGORIES
+    out = workdir / "results" / "small"
+    produced = {p.name for p in (out / "figures").glob("*.png")} | {p.name for p in (out / "tables").glob("*.md")}
+    assert {Path(p).name for p in results} == produced
+    for path, result in results.items():
+        caption = result["caption"]
+        assert len(caption) > 100 and "{{" not in caption and "{%" not in caption, path
+    captions = {Path(p).name: " ".join(r["caption"].split()) for p, r in results.items()}
+    assert "chemistry 16, boolq 16, conciseness 8" in captions["accuracy.md"]
+    assert "64 prompts per generation batch" in captions["accuracy.md"]
+    assert "This run: 32 prompts per task, 2 samples per prompt" in captions["kl_sequential.png"]
 
 
 def test_bad_config_key_stops_with_one_line(tmp_path):

@@ -105,7 +105,7 @@ rule figure_drift:
         series=f"{R}/geometry/drift_series.csv",
         kinds=f"{R}/geometry/drift_kinds.csv",
     output:
-        png=report(f"{R}/figures/drift.png", caption="../report/drift.rst", category="Geometry"),
+        png=report(f"{R}/figures/drift.png", caption="../report/drift.rst", category="Drift"),
         pdf=f"{R}/figures/drift.pdf",
     log:
         f"{LOGS}/figures/drift.log",
