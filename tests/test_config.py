@@ -63,6 +63,15 @@ def default():
         (lambda c: c["evaluate"]["kl"].update(temperature=-1),
          "config error: evaluate.kl.temperature = -1 is not allowed; allowed: number >= 0"),
         (lambda c: c["evaluate"]["kl"].update(prompts=3), "config error: evaluate.kl: unknown key(s) 'prompts'; allowed: batch_size,"),
+        (lambda c: c["es"].update(backend="sglang"),
+         "config error: es.backend = 'sglang' is not allowed; allowed: one of 'hf', 'vllm'"),
+        (lambda c: c["es"].update(vllm={"gpu_memory_utilization": 1.5}),
+         "config error: es.vllm.gpu_memory_utilization = 1.5 is not allowed; allowed: number > 0 <= 1"),
+        (lambda c: c["evaluate"].update(vllm={"tensor_parallel_size": 2}),
+         "config error: evaluate.vllm: unknown key(s) 'tensor_parallel_size'; allowed: enable_prefix_caching, "
+         "gpu_memory_utilization, max_model_len"),
+        (lambda c: c["train"].update(processes={"es": 2}) or c["es"].update(backend="vllm"),
+         "config error: train.processes.es = 2: es.backend vllm runs one engine in one process; use 1"),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):

@@ -14,6 +14,7 @@ from esft.es.config import LoRAConfig
 from esft.es.shaping import member_weights
 from esft.es.trainer import build_population
 from esft.params import param_group
+from esft.rollout.vllm_backend import VllmOptions
 
 from conftest import REPO
 
@@ -136,6 +137,13 @@ def test_step_decay_schedules():
     ({"sigma_decay_every": 0}, "sigma_decay_every"),
     ({"lora": {"order": "AA"}}, "order"),
     ({"lora": {"rank": 4}}, "unknown es.lora option"),
+    ({"backend": "sglang"}, "es.backend must be hf or vllm"),
+    ({"backend": "vllm", "mode": "batched"}, "es.backend vllm evaluates members in place"),
+    ({"backend": "vllm", "fitness": "loglik"}, "use mode inplace, fitness task and no lora"),
+    ({"backend": "vllm", "lora": {}}, "use mode inplace, fitness task and no lora"),
+    ({"vllm": {"gpu_memory_utilization": 0}}, r"vllm.gpu_memory_utilization must be in \(0, 1\]"),
+    ({"vllm": {"max_model_len": 0}}, "vllm.max_model_len must be >= 1"),
+    ({"vllm": {"swap_space": 4}}, r"unknown vllm option\(s\) \['swap_space'\]"),
 ])
 def test_config_rejects_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -151,6 +159,7 @@ def test_schema_mirrors_the_config_dataclasses():
     props = _es_schema()["properties"]
     assert set(props) == {f.name for f in fields(ESConfig)}
     assert set(props["lora"]["properties"]) == {f.name for f in fields(LoRAConfig)}
+    assert set(props["vllm"]["properties"]) == {f.name for f in fields(VllmOptions)}
     full = {"population": 8, "sigma": 0.01, "alpha": 0.005, "iterations": 3, "batch_size": None, "shaping": "rank",
             "step": "nes", "antithetic": "paired", "group_alpha": {"emb": 0.5}, "group_sigma": {"norm": 2.0},
             "alpha_decay": 0.5, "alpha_decay_every": 10, "sigma_decay": 0.9, "sigma_decay_every": 5,
@@ -158,7 +167,8 @@ def test_schema_mirrors_the_config_dataclasses():
                                           "normalize": True},
             "temperature": 0.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
             "max_rollouts": 100, "max_tokens": None, "seed": 1, "generation_batch_size": 8, "checkpoint_every": 2,
-            "master_device": "cpu", "theta0_device": "model"}
+            "master_device": "cpu", "theta0_device": "model", "backend": "hf",
+            "vllm": {"gpu_memory_utilization": 0.7, "max_model_len": 2048, "enable_prefix_caching": False}}
     jsonschema.validate(full, _es_schema())
     assert ESConfig.from_dict(full).to_dict() == full
     for bad in ({"antithetic": "both"}, {"group_alpha": {"ffn": 1.0}}, {"lora": {"order": "AC"}}):

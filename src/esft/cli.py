@@ -113,10 +113,9 @@ def cmd_replay(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from esft.evaluate.accuracy import evaluate_tasks, write_evaluation
-    from esft.models import load_model
+    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, write_evaluation
 
-    model, tokenizer = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    model, tokenizer = load_evaluated(args.base, args.weights, args.dtype, args.device, args.cfg)
     data = _pairs(args.data)
     metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
                                           args.tasks_cfg, args.cfg["generation_batch_size"])

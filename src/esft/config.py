@@ -112,6 +112,9 @@ def _check_references(config: dict[str, Any]) -> None:
         if processes > 1 and method_kind(method) == "grpo":
             raise ConfigError(f"config error: train.processes.{method} = {processes}: grpo trains in one process "
                               "(multi-GPU GRPO would need accelerate); use 1")
+        if processes > 1 and config.get(method, {}).get("backend") == "vllm":
+            raise ConfigError(f"config error: train.processes.{method} = {processes}: {method}.backend vllm runs "
+                              "one engine in one process; use 1")
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

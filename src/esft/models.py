@@ -225,7 +225,19 @@ def resolve_source(base: str | Path) -> str:
 def load_model(base: str | Path, weights: str | Path | None = None, dtype: str = "float32",
                device: str = "cpu"):
     """Load (model, tokenizer) from a base-model directory, hub id or path, then `weights` on top."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(resolve_source(base), dtype=getattr(torch, dtype)).to(device)
+    if weights is not None:
+        load_weights(model, weights)
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(base: str | Path):
+    """The tokenizer of a base-model directory, hub id or path: left padding, the manifest's pad token."""
+    from transformers import AutoTokenizer
 
     source = resolve_source(base)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -235,11 +247,7 @@ def load_model(base: str | Path, weights: str | Path | None = None, dtype: str =
         tokenizer.pad_token = pad_token
     if tokenizer.pad_token_id is None:
         raise EsftError(f"{source}: the tokenizer has no pad token; set one that differs from eos")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device)
-    if weights is not None:
-        load_weights(model, weights)
-    model.eval()
-    return model, tokenizer
+    return tokenizer
 
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:

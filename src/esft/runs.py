@@ -136,9 +136,17 @@ def write_run(out_dir: str | Path, weights: Mapping[str, torch.Tensor], records:
     the common fields."""
     for record in records:
         check_record(record)
+    save_weights(Path(out_dir) / "weights.safetensors", weights, dtype)
+    write_log(out_dir, records, drift)
+
+
+def write_log(out_dir: str | Path, records: Sequence[Mapping[str, Any]], drift: pd.DataFrame) -> None:
+    """run.jsonl and drift.parquet of a run directory, atomically (weights.safetensors is written apart by
+    a process that holds θ: `write_run`, or the vLLM worker)."""
+    for record in records:
+        check_record(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(out_dir / "weights.safetensors", weights, dtype)
     write_jsonl(out_dir / "run.jsonl", records)
     with atomic_path(out_dir / "drift.parquet") as tmp:
         drift.to_parquet(tmp, index=False)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from esft.errors import EsftError
 from esft.params import GROUPS
+from esft.rollout.vllm_backend import VllmOptions
 
 Shaping = Literal["zscore", "rank", "raw"]
 Step = Literal["standard", "nes"]
@@ -18,6 +19,7 @@ Antithetic = Literal["none", "signed", "paired"]
 FitnessKind = Literal["task", "loglik", "random"]
 Mode = Literal["inplace", "batched", "lowrank"]
 Placement = Literal["model", "cpu"]
+Backend = Literal["hf", "vllm"]
 
 
 def _reject_unknown(cls: type, cfg: dict[str, Any], where: str) -> None:
@@ -123,6 +125,11 @@ class ESConfig:
     device per tensor; bitwise the same run, see esft.es.population). Frees 4 bytes per parameter on a GPU."""
     theta0_device: Placement = "model"
     """Where θ_0 (the drift log's reference, in the model's dtype) lives: model or cpu."""
+    backend: Backend = "hf"
+    """Who generates: hf (transformers on the model's device) or vllm (a vLLM engine on one GPU whose
+    fused tensors are perturbed in place, esft.es.vllm_trainer; mode inplace, fitness task, no LoRA)."""
+    vllm: VllmOptions = field(default_factory=VllmOptions)
+    """Engine options of backend vllm."""
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -177,6 +184,11 @@ class ESConfig:
         for name in ("master_device", "theta0_device"):
             if getattr(self, name) not in ("model", "cpu"):
                 raise EsftError(f"es.{name} must be model or cpu, got {getattr(self, name)!r}")
+        if self.backend not in ("hf", "vllm"):
+            raise EsftError(f"es.backend must be hf or vllm, got {self.backend!r}")
+        if self.backend == "vllm" and (self.mode != "inplace" or self.fitness != "task" or self.lora is not None):
+            raise EsftError("es.backend vllm evaluates members in place on generation rewards of all parameters: "
+                            "use mode inplace, fitness task and no lora")
         if self.master_device == "cpu" and self.mode != "inplace":
             raise EsftError(f"es.master_device cpu needs mode inplace (mode {self.mode} builds every member's "
                             "weights from the master on the model's device)")
@@ -195,6 +207,8 @@ class ESConfig:
         cfg = dict(cfg)
         if cfg.get("lora") is not None:
             cfg["lora"] = LoRAConfig.from_dict(cfg["lora"])
+        if "vllm" in cfg:
+            cfg["vllm"] = VllmOptions.from_dict(cfg["vllm"])
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:

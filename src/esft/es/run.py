@@ -55,11 +55,16 @@ def train(job: TrainJob) -> None:
     from esft.models import load_model
     from esft.runs import input_fingerprint
 
+    cfg = ESConfig.from_dict(job.cfg)
+    if cfg.backend == "vllm":
+        from esft.es.vllm_trainer import train as train_on_vllm
+
+        train_on_vllm(job, cfg)
+        return
     init_distributed(job.device)  # a no-op unless launched by torchrun
     model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     rows = read_jsonl(job.data / "train.jsonl")
-    cfg = ESConfig.from_dict(job.cfg)
     fitness, n_rows = build_fitness(cfg, task, rows, tokenizer, job.task_cfg["max_new_tokens"], job.corpus)
     check_memory(model, cfg, fitness, n_rows, job.task_cfg["max_new_tokens"], job.section)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init, job.corpus])])

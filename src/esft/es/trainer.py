@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,16 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def group_scales(cfg: ESConfig, names: Iterable[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """(α_g, σ_g) per tensor name from es.group_alpha / es.group_sigma (empty when neither is set)."""
+    try:
+        groups = {n: param_group(n) for n in names} if cfg.group_alpha or cfg.group_sigma else {}
+    except ValueError as err:
+        raise EsftError(f"es.group_alpha/group_sigma: {err}") from None
+    return ({n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()},
+            {n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()})
+
+
 def build_population(model: torch.nn.Module, cfg: ESConfig, run_id: str = "") -> tuple[torch.nn.Module, Population]:
     """(model to evaluate, population) for `cfg`: LoRA-wrapped if configured, with σ_g/α_g and phases.
 
@@ -60,12 +70,7 @@ def build_population(model: torch.nn.Module, cfg: ESConfig, run_id: str = "") ->
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora, seed)
     params = trainable(model)
-    try:
-        groups = {n: param_group(n) for n in params} if cfg.group_alpha or cfg.group_sigma else {}
-    except ValueError as err:
-        raise EsftError(f"es.group_alpha/group_sigma: {err}") from None
-    alpha_scale = {n: cfg.group_alpha.get(g, 1.0) for n, g in groups.items()}
-    sigma_scale = {n: cfg.group_sigma.get(g, 1.0) for n, g in groups.items()}
+    alpha_scale, sigma_scale = group_scales(cfg, params)
     if cfg.mode == "lowrank":
         return model, LowRankPopulation(params, seed, cfg.rank, sigma_scale=sigma_scale, alpha_scale=alpha_scale)
     population = Population(
@@ -119,12 +124,7 @@ class ESTrainer:
 
     def __init__(self, model: torch.nn.Module, fitness: Fitness | None, n_rows: int, cfg: ESConfig,
                  state_dir: str | Path | None = None, fingerprint: str = "", run_id: str = "") -> None:
-        self.n_rows = n_rows
-        self.cfg = cfg
-        self.run_id = run_id
-        self.seed = run_seed(cfg.seed, run_id)
-        self.fitness = fitness
-        self.budget = Budget(cfg.max_rollouts, cfg.max_tokens)
+        self._start(fitness, n_rows, cfg, state_dir, fingerprint, run_id)
         self.model, self.population = build_population(model, cfg, run_id)
         if cfg.fitness == "random":
             self.evaluator = RandomFitness(self.seed)
@@ -137,6 +137,16 @@ class ESTrainer:
         first = next(iter(self.drift.theta0.values()))
         self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
         """Logged with every iteration: replay is bitwise only in the run's own dtype and device."""
+
+    def _start(self, fitness: Fitness | None, n_rows: int, cfg: ESConfig, state_dir: str | Path | None,
+               fingerprint: str, run_id: str) -> None:
+        """What every ES run holds whoever owns θ: config, seeds, budget, resume state, records."""
+        self.n_rows = n_rows
+        self.cfg = cfg
+        self.run_id = run_id
+        self.seed = run_seed(cfg.seed, run_id)
+        self.fitness = fitness
+        self.budget = Budget(cfg.max_rollouts, cfg.max_tokens)
         digest = hashlib.sha256(json.dumps([cfg.to_dict(), run_id, fingerprint], sort_keys=True).encode())
         self.state = ResumeState(state_dir, digest.hexdigest())
         self.records: list[dict[str, Any]] = []
@@ -173,6 +183,11 @@ class ESTrainer:
         """(fitness, tokens) of every member on rows `indices` (LBES samples and filters first)."""
         return self.evaluator(iteration, range(self.cfg.population), sigma, indices)
 
+    def advance(self, iteration: int, weights: list[float], alpha: float, sigma: float) -> float:
+        """Apply the iteration's update to θ and log the drift; returns ||θ − θ_0||²."""
+        apply_update(self.population, self.cfg, iteration, weights, alpha, sigma)
+        return self.drift.measure(iteration, self.population.master)
+
     def step(self, iteration: int) -> dict[str, Any]:
         cfg = self.cfg
         start = time.perf_counter()
@@ -181,8 +196,7 @@ class ESTrainer:
         results = self.evaluate(iteration, sigma, indices)
         fitness = [value for value, _ in results]
         weights = member_weights(fitness, cfg.shaping, cfg.antithetic)
-        apply_update(self.population, cfg, iteration, weights, alpha, sigma)
-        drift = self.drift.measure(iteration, self.population.master)
+        drift = self.advance(iteration, weights, alpha, sigma)
         seconds = time.perf_counter() - start
         counts = self.counts(indices, results)
         return {

@@ -12,17 +12,31 @@ from tqdm import tqdm
 
 from esft.io import read_json, read_jsonl, write_json, write_jsonl
 from esft.rollout import encode_prompts, generate
+from esft.rollout.vllm_backend import VllmEngine, VllmOptions, open_engine
 from esft.tasks import get_task
 
 log = logging.getLogger(__name__)
+
+
+def load_evaluated(base: str | Path, weights: str | Path | None, dtype: str, device: str, cfg: dict[str, Any]):
+    """(model, tokenizer) of a checkpoint for `evaluate.backend`: an HF model, or a `VllmEngine` holding it."""
+    if cfg.get("backend", "hf") == "hf":
+        from esft.models import load_model
+
+        return load_model(base, weights, dtype=dtype, device=device)
+    engine = open_engine(base, dtype, VllmOptions.from_dict(cfg.get("vllm", {})))
+    if weights is not None:
+        engine.load_weights(weights)
+    return engine, engine.tokenizer
 
 
 def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]],
                    batch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """({task: {accuracy, n, tokens}}, completions with their token ids) for the test split of each task.
 
-    Prompts are batched in order of length, so long prompts (BoolQ passages) share batches instead of
-    padding short ones; results come back in file order.
+    model: an HF causal LM or a `VllmEngine` (greedy either way). Prompts are batched in order of length,
+    so long prompts (BoolQ passages) share batches instead of padding short ones; results come back in
+    file order.
     """
     metrics: dict[str, Any] = {}
     completions: list[dict[str, Any]] = []
@@ -36,8 +50,9 @@ def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict
         texts: list[str] = [""] * len(rows)
         for first in tqdm(range(0, len(order), batch_size), desc=name, unit="batch"):
             batch = order[first:first + batch_size]
-            gens = generate(model, tokenizer, [prompts[i] for i in batch], task_cfgs[name]["max_new_tokens"],
-                            len(batch))
+            batch_prompts, max_new = [prompts[i] for i in batch], task_cfgs[name]["max_new_tokens"]
+            gens = model.generate(batch_prompts, max_new) if isinstance(model, VllmEngine) \
+                else generate(model, tokenizer, batch_prompts, max_new, len(batch))
             for i, text, row_ids in zip(batch, gens.texts, gens.ids):
                 texts[i], ids[i] = text, row_ids
         scores = [task.score(text, row) for text, row in zip(texts, rows)]
