@@ -31,3 +31,4 @@ rule all:
     default_target: True
     input:
         final_targets(),
+        study_targets(),

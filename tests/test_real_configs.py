@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -112,6 +113,23 @@ def test_twin_runs_end_to_end(tmp_path, name):
         # each process logs its memory plan: two for the torchrun job, one for the other
         assert (logs / "es/single/1-conciseness.log").read_text().count("memory plan: on device") == 2
         assert (logs / "es_lora/single/1-conciseness.log").read_text().count("memory plan: on device") == 1
+    # each study's own figures and table appear exactly in its twin
+    lora = ["figures/lora_prompt_rewards.png", "figures/lora_cumulative_reward.pdf", "figures/lora_training.png"]
+    lbes = ["figures/accuracy_vs_cost.png", "figures/accuracy_vs_cost.pdf", "tables/time_to_accuracy.tex"]
+    for path in lora + lbes:
+        assert (out / path).exists() == (path in {"es_lora": lora, "lbes": lbes}.get(name, [])), path
+    if name == "es_lora":
+        rewards = pd.read_csv(out / "eval/lora_prompt_rewards.csv")
+        assert rewards.groupby("method").size().to_dict() == {"base": 8, "es": 8, "es_lora": 8}
+        assert (rewards["reward"] <= 0).all()
+    if name == "lbes":
+        curves = pd.read_csv(out / "eval/accuracy_curves.csv")
+        # base, iteration 1 replayed, final (iteration 2) for each method and task, at growing cost
+        assert curves.groupby(["task", "method"])["iteration"].apply(list).map(tuple).unique().tolist() == [(0, 1, 2)]
+        assert (curves.groupby(["task", "method"])["tokens"].diff().dropna() > 0).all()
+        table = pd.read_csv(out / "tables/time_to_accuracy.csv")
+        assert len(table) == 4 and set(table["status"]) <= {"reached", "not reached", "best is 0"}
+        assert (table.loc[table["task"] == "gsm8k", "target"] == 0.8).all()
     if name == "ea4llm":
         record = json.loads((out / "train/es/single/1-conciseness/run.jsonl").read_text().splitlines()[0])
         assert record["config"]["fitness"] == "loglik" and len(record["prompts"]) == 2

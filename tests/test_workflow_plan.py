@@ -33,3 +33,51 @@ def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
     collect = next(line for line in text.splitlines() if "esft collect-kl" in line)
     # stage 1's previous model is the base: its `previous` row reads the base pair
     assert "es/sequential/1-chemistry:previous=results/small/eval/es/sequential/1-chemistry/kl_base.json" in collect
+
+
+def _plan(tmp_path, name: str, overlay: dict) -> tuple[dict[str, int], str]:
+    extra = tmp_path / f"{name}.yaml"
+    extra.write_text(yaml.safe_dump(overlay))
+    proc = snakemake(tmp_path, "-n", "-p", "--forceall", extra=extra)
+    return planned_jobs(proc), proc.stdout + proc.stderr
+
+
+STUDY_RULES = {"collect_prompt_rewards", "figure_lora_prompt_rewards", "figure_lora_cumulative_reward",
+               "figure_lora_training", "collect_accuracy_curves", "figure_accuracy_vs_cost", "table_time_to_accuracy"}
+
+
+def test_lora_figures_need_lora_and_full_parameter_es_on_one_single_task(tmp_path):
+    """small.yaml trains es (full-parameter) and lbes on different single tasks: neither study appears;
+    an es_lora variant on es's single task brings the three ES-with-LoRA figures, and only those."""
+    jobs, _ = _plan(tmp_path, "none", {})
+    assert not STUDY_RULES & set(jobs)
+    lora = {"population": 4, "sigma": 0.05, "alpha": 0.005, "iterations": 2, "lora": {"r": 2, "alpha": 4}}
+    overlay = {"train": {"methods": ["es", "grpo", "lbes", "es_lora"]}, "es_lora": lora}
+    jobs, text = _plan(tmp_path, "lora", overlay)
+    assert {r for r in STUDY_RULES if r in jobs} == {"collect_prompt_rewards", "figure_lora_prompt_rewards",
+                                                     "figure_lora_cumulative_reward", "figure_lora_training"}
+    collect = next(line for line in text.splitlines() if "esft prompt-rewards" in line)
+    labels = re.findall(r"(\S+)=results/small/eval/\S+/completions.jsonl", collect)
+    assert labels == ["base", "es/single/1-conciseness", "es_lora/single/1-conciseness"]
+    assert "--data conciseness=results/small/data/conciseness " in collect
+    # LoRA alone (no full-parameter es-kind run on that task) compares nothing
+    alone = {**overlay, "train": {**overlay["train"], "per_method": {"lbes": {"sequential": [], "single": ["boolq"]},
+                                                                       "es": {"single": []}}}}
+    jobs, _ = _plan(tmp_path, "alone", alone)
+    assert not STUDY_RULES & set(jobs)
+
+
+def test_lbes_vs_es_needs_both_kinds_on_one_single_task_and_replays_listed_iterations(tmp_path):
+    """lbes trains es's single task: the accuracy curves rebuild each run after the listed iterations below
+    its own length (2 here: 1 kept, 2 and 5 dropped), sharing Table 1's es budget at 1."""
+    overlay = {"train": {"per_method": {"lbes": {"sequential": [], "single": ["conciseness"]}}},
+               "tables": {"time_to_accuracy": {"iterations": [1, 2, 5]}}}
+    jobs, text = _plan(tmp_path, "lbes", overlay)
+    assert {r for r in STUDY_RULES if r in jobs} == {"collect_accuracy_curves", "figure_accuracy_vs_cost",
+                                                     "table_time_to_accuracy"}
+    assert jobs["replay_budget"] == jobs["evaluate_budget"] == 2  # es@1 (also Table 1's) and lbes@1
+    collect = next(line for line in text.splitlines() if "esft accuracy-curves" in line)
+    points = sorted(re.findall(r"(\S+@\w+)=", collect))
+    assert points == ["es/single/1-conciseness@1", "es/single/1-conciseness@final", "lbes/single/1-conciseness@1",
+                      "lbes/single/1-conciseness@final"]
+    assert "--base-accuracy results/small/eval/base/accuracy.json" in collect

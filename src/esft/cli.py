@@ -131,6 +131,37 @@ def cmd_collect_accuracy(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def cmd_prompt_rewards(args) -> None:
+    from esft.evaluate.prompts import prompt_rewards
+    from esft.io import atomic_open
+
+    df = prompt_rewards(_pairs(args.completions), _pairs(args.data), args.tasks_cfg)
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
+def cmd_accuracy_curves(args) -> None:
+    import pandas as pd
+
+    from esft.evaluate.accuracy import checkpoint_fields
+    from esft.evaluate.curves import accuracy_curve
+    from esft.io import atomic_open, read_json, read_jsonl
+
+    base = read_json(args.base_accuracy)
+    runs = {label: read_jsonl(path) for label, path in _pairs(args.runs).items()}
+    points: dict[str, dict[int, float]] = {label: {} for label in runs}
+    for key, path in _pairs(args.points).items():
+        label, sep, k = key.rpartition("@")
+        if not sep or label not in runs:
+            raise SystemExit(f"esft: expected LABEL@K=accuracy.json with LABEL one of --runs, got {key}")
+        task = checkpoint_fields(label)["trained_task"]
+        points[label][len(runs[label]) if k == "final" else int(k)] = read_json(path)[task]["accuracy"]
+    df = pd.concat([accuracy_curve(label, records, base[checkpoint_fields(label)["trained_task"]]["accuracy"],
+                                   points[label]) for label, records in runs.items()], ignore_index=True)
+    with atomic_open(args.out) as fh:
+        df.to_csv(fh, index=False)
+
+
 def cmd_kl(args) -> None:
     from esft.evaluate.kl import kl_on_tasks
     from esft.io import write_json, write_jsonl
@@ -323,6 +354,14 @@ def cmd_figure(args) -> None:
         figures.interpolation(pd.read_csv(args.inputs[0]), args.methods, args.out, dpi, **cfg)
     elif args.kind == "probes":
         figures.probes(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
+    elif args.kind == "lora-rewards":
+        figures.lora_prompt_rewards(pd.read_csv(args.inputs[0]), args.out, dpi)
+    elif args.kind == "lora-cumulative":
+        figures.lora_cumulative_reward(pd.read_csv(args.inputs[0]), args.out, dpi)
+    elif args.kind == "lora-training":
+        figures.lora_training(_pairs(args.inputs), args.out, dpi, **cfg)
+    elif args.kind == "accuracy-cost":
+        figures.accuracy_vs_cost(pd.read_csv(args.inputs[0]), args.out, dpi)
     else:
         figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, **cfg)
 
@@ -345,6 +384,8 @@ def cmd_table(args) -> None:
         from esft.evaluate.holdout import holdout_matrix
 
         df = holdout_matrix(df)
+    elif args.kind == "time-to-accuracy":
+        df = tables.time_to_accuracy(df, args.cfg["fraction"], args.cfg.get("targets"))
     tables.write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"), args.tex)
 
 
@@ -440,6 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
     p.add_argument("--out", required=True)
 
+    p = add("prompt-rewards", cmd_prompt_rewards, "per test prompt: the task's reward of each checkpoint's "
+            "evaluated completion (recomputed from completions.jsonl and the test rows), one CSV")
+    p.add_argument("--completions", nargs="+", required=True, help="LABEL=completions.jsonl ...")
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (the tasks kept)")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True, help="the tasks' config (format_bonus)")
+    p.add_argument("--out", required=True)
+
+    p = add("accuracy-curves", cmd_accuracy_curves, "test accuracy along single-task runs at their cumulative "
+            "wall time and generated tokens: the base, replayed iterations and the final checkpoint, one CSV")
+    p.add_argument("--base-accuracy", required=True, help="the base model's accuracy.json (iteration 0)")
+    p.add_argument("--runs", nargs="+", required=True, help="LABEL=run.jsonl ... (LABEL: method/single/1-task)")
+    p.add_argument("--points", nargs="+", required=True,
+                   help="LABEL@K=accuracy.json ... (K: iterations replayed, or final for the run's checkpoint)")
+    p.add_argument("--out", required=True)
+
     p = add("kl", cmd_kl, "KL(reference ‖ checkpoint) per token on every task's test prompts, along "
             "completions sampled from the reference")
     model_args(p)
@@ -516,17 +572,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", required=True, help="csv: per-parameter fits summarised by kind")
 
     p = add("figure", cmd_figure, "draw a figure (one file per --out path; png, pdf)")
-    p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "interpolation", "probes", "drift"])
+    p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "interpolation", "probes", "drift",
+                                    "lora-rewards", "lora-cumulative", "lora-training", "accuracy-cost"])
     p.add_argument("--inputs", nargs="+", required=True,
                    help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, drift_series.csv drift_kinds.csv, "
-                   "or LABEL=run.jsonl ... (fitness, training)")
+                   "lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv (accuracy-cost), "
+                   "or LABEL=run.jsonl ... (fitness, training, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")
     p.add_argument("--out", nargs="+", required=True)
 
     p = add("table", cmd_table, "write a table as CSV, Markdown and (with --tex) LaTeX")
-    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio", "holdout"])
-    p.add_argument("--input", required=True, help="accuracy.csv, update_norms.csv or deltas.csv")
+    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio", "holdout", "time-to-accuracy"])
+    p.add_argument("--input", required=True,
+                   help="accuracy.csv, update_norms.csv, deltas.csv, holdout.csv or accuracy_curves.csv")
     p.add_argument("--runs", nargs="*", default=[], help="single-task: LABEL=run.jsonl of each single run")
     p.add_argument("--budgets", nargs="*", default=[], help="single-task: LABEL@K=accuracy.json ...")
     p.add_argument("--cfg", type=_cfg, default={})

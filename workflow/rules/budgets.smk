@@ -41,3 +41,28 @@ rule evaluate_budget:
         "esft --threads {threads} evaluate --base {input.base} --weights {input.weights} {params.runtime} "
         "--data {wildcards.task}=$(dirname {input.data}) --tasks-cfg {params.task_cfg:q} --cfg {params.cfg:q} "
         "--out {output.metrics} > {log} 2>&1"
+
+
+# LBES vs ES: test accuracy along each compared run (base, replayed iterations, final checkpoint) at the
+# run's cumulative wall time and generated tokens
+rule collect_accuracy_curves:
+    input:
+        base=f"{R}/eval/base/accuracy.json",
+        runs=[f"{run_dir(*run)}/run.jsonl" for run in lbes_runs()],
+        finals=[f"{R}/eval/{run_label(*run)}/accuracy.json" for run in lbes_runs()],
+        points=[f"{budget_dir(*p)}/accuracy.json" for p in curve_points()],
+    output:
+        f"{R}/eval/accuracy_curves.csv",
+    log:
+        f"{LOGS}/collect_accuracy_curves.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in lbes_runs()),
+        points=" ".join(
+            [f"{run_label(*run)}@final={R}/eval/{run_label(*run)}/accuracy.json" for run in lbes_runs()]
+            + [f"{m}/single/1-{t}@{k}={budget_dir(m, t, k)}/accuracy.json" for m, t, k in curve_points()]
+        ),
+    shell:
+        "esft accuracy-curves --base-accuracy {input.base} --runs {params.runs} --points {params.points} "
+        "--out {output} > {log} 2>&1"

@@ -284,3 +284,80 @@ def final_targets():
             if (name, ext) not in {("findings", "tex"), ("holdout", "tex")}
         ]
     )
+
+
+# --- The other studies: ES with LoRA (blog) and LBES vs ES ------------------------------------------
+# Each study's figures and table enter the targets only when the config trains the runs it compares.
+
+
+def single_methods(task, kinds):
+    """Methods of the given kinds (es, lbes, ...) that train `task` alone from the base, in config order."""
+    return [m for m in config["train"]["methods"] if method_kind(m) in kinds and task in schedule_tasks(m, "single")]
+
+
+def single_tasks():
+    return list(dict.fromkeys(t for m in config["train"]["methods"] for t in schedule_tasks(m, "single")))
+
+
+def uses_lora(method, task):
+    """Whether the es-kind `method` trains `task` with a LoRA section (its task overrides included)."""
+    return bool(method_config(method, task).get("lora"))
+
+
+def lora_study():
+    """{task: es-kind methods training it single} for each single task that one es-kind method trains with
+    LoRA and another without (the ES-with-LoRA figures compare all of them there); empty: no figures."""
+    study = {}
+    for task in single_tasks():
+        methods = single_methods(task, {"es"})
+        if len({uses_lora(m, task) for m in methods}) == 2:
+            study[task] = methods
+    return study
+
+
+def lora_checkpoints():
+    """Checkpoint labels the per-prompt reward figures compare: the base, then each study run."""
+    return ["base"] + [run_label(m, "single", 1, t) for t, methods in lora_study().items() for m in methods]
+
+
+def lora_runs():
+    return [(m, "single", 1, t) for t, methods in lora_study().items() for m in methods]
+
+
+def lbes_study():
+    """{task: es- and lbes-kind methods training it single} for each single task that at least one of each
+    kind trains; empty: no accuracy-vs-cost figure and no time-to-accuracy table."""
+    study = {}
+    for task in single_tasks():
+        methods = single_methods(task, {"es", "lbes"})
+        if {method_kind(m) for m in methods} == {"es", "lbes"}:
+            study[task] = methods
+    return study
+
+
+def lbes_runs():
+    return [(m, "single", 1, t) for t, methods in lbes_study().items() for m in methods]
+
+
+def curve_points():
+    """(method, task, k) of every intermediate model on the accuracy-vs-cost curves: each study run rebuilt
+    after k of tables.time_to_accuracy.iterations (k below the method's configured iterations), through
+    Table 1's replay and evaluation rules (a k listed in both is built once)."""
+    points = []
+    for m, _, _, t in lbes_runs():
+        total = method_config(m, t).get("iterations")
+        points += [(m, t, k) for k in config["tables"]["time_to_accuracy"]["iterations"] if total is None or k < total]
+    return points
+
+
+def study_targets():
+    """Figures and tables of the other studies whose runs this config trains."""
+    figures, tables = [], []
+    if lora_study():
+        figures += ["lora_prompt_rewards", "lora_cumulative_reward", "lora_training"]
+    if lbes_study():
+        figures.append("accuracy_vs_cost")
+        tables.append("time_to_accuracy")
+    return [f"{R}/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")] + [
+        f"{R}/tables/{name}.{ext}" for name in tables for ext in ("csv", "md", "tex")
+    ]

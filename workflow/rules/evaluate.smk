@@ -152,3 +152,23 @@ rule collect_holdout:
         records=" ".join(f"{key}={path}" for key, path in holdout_records().items()),
     shell:
         "esft collect-holdout --results {params.records} --out {output} > {log} 2>&1"
+
+
+# ES with LoRA: each test prompt's reward, base vs the compared runs (recomputed from their completions)
+rule collect_prompt_rewards:
+    input:
+        completions=[f"{R}/eval/{label}/completions.jsonl" for label in lora_checkpoints()],
+        data=[f"{R}/data/{t}/test.jsonl" for t in lora_study()],
+    output:
+        f"{R}/eval/lora_prompt_rewards.csv",
+    log:
+        f"{LOGS}/collect_prompt_rewards.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        completions=" ".join(f"{label}={R}/eval/{label}/completions.jsonl" for label in lora_checkpoints()),
+        data=" ".join(f"{t}={R}/data/{t}" for t in lora_study()),
+        tasks_cfg=js({t: config["tasks"][t] for t in lora_study()}),
+    shell:
+        "esft prompt-rewards --completions {params.completions} --data {params.data} "
+        "--tasks-cfg {params.tasks_cfg:q} --out {output} > {log} 2>&1"

@@ -226,3 +226,95 @@ rule table_holdout:
         cfg=js(config["tables"]),
     shell:
         "esft table holdout --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+# --- The other studies: ES with LoRA (blog) and LBES vs ES (targets: study_targets in common.smk) ----
+rule figure_lora_prompt_rewards:
+    input:
+        f"{R}/eval/lora_prompt_rewards.csv",
+    output:
+        png=report(
+            f"{R}/figures/lora_prompt_rewards.png",
+            caption="../report/lora_prompt_rewards.rst",
+            category="ES with LoRA",
+        ),
+        pdf=f"{R}/figures/lora_prompt_rewards.pdf",
+    log:
+        f"{LOGS}/figures/lora_prompt_rewards.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("lora_prompt_rewards"),
+    shell:
+        "esft figure lora-rewards --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_lora_cumulative_reward:
+    input:
+        f"{R}/eval/lora_prompt_rewards.csv",
+    output:
+        png=report(
+            f"{R}/figures/lora_cumulative_reward.png",
+            caption="../report/lora_cumulative_reward.rst",
+            category="ES with LoRA",
+        ),
+        pdf=f"{R}/figures/lora_cumulative_reward.pdf",
+    log:
+        f"{LOGS}/figures/lora_cumulative_reward.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("lora_cumulative_reward"),
+    shell:
+        "esft figure lora-cumulative --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_lora_training:
+    input:
+        [f"{run_dir(*run)}/run.jsonl" for run in lora_runs()],
+    output:
+        png=report(f"{R}/figures/lora_training.png", caption="../report/lora_training.rst", category="ES with LoRA"),
+        pdf=f"{R}/figures/lora_training.pdf",
+    log:
+        f"{LOGS}/figures/lora_training.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("lora_training"),
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in lora_runs()),
+    shell:
+        "esft figure lora-training --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule figure_accuracy_vs_cost:
+    input:
+        f"{R}/eval/accuracy_curves.csv",
+    output:
+        png=report(f"{R}/figures/accuracy_vs_cost.png", caption="../report/accuracy_vs_cost.rst", category="LBES vs ES"),
+        pdf=f"{R}/figures/accuracy_vs_cost.pdf",
+    log:
+        f"{LOGS}/figures/accuracy_vs_cost.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("accuracy_vs_cost"),
+    shell:
+        "esft figure accuracy-cost --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule table_time_to_accuracy:
+    input:
+        f"{R}/eval/accuracy_curves.csv",
+    output:
+        csv=f"{R}/tables/time_to_accuracy.csv",
+        md=report(f"{R}/tables/time_to_accuracy.md", caption="../report/time_to_accuracy.rst", category="LBES vs ES"),
+        tex=f"{R}/tables/time_to_accuracy.tex",
+    log:
+        f"{LOGS}/tables/time_to_accuracy.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg("time_to_accuracy"),
+    shell:
+        "esft table time-to-accuracy --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"

@@ -240,3 +240,113 @@ def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, 
         bx.legend(fontsize=6)
     fig.tight_layout()
     style.save(fig, out, dpi)
+
+
+# --- ES with LoRA (blog): full-parameter vs LoRA ES on one task ---------------------------------
+def _reward_label(task: str) -> str:
+    from esft.tasks import get_task
+
+    return get_task(task).reward_label
+
+
+def _checkpoints(df: pd.DataFrame) -> list[str]:
+    """Checkpoints in plotting order: the base first, then as the methods come."""
+    labels = list(dict.fromkeys(df["checkpoint"]))
+    return sorted(labels, key=lambda label: label != "base")
+
+
+def lora_prompt_rewards(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
+    """Reward of each test prompt's greedy completion, base vs each method's final model: grouped bars,
+    one panel per task (rows of esft.evaluate.prompts)."""
+    tasks = list(dict.fromkeys(df["task"]))
+    n_prompts = max(df.groupby("task")["index"].nunique())
+    fig, axes = plt.subplots(len(tasks), 1, squeeze=False, figsize=style.figsize(max(1.0, 0.25 * n_prompts),
+                                                                                 2.6 * len(tasks)))
+    for ax, task in zip(axes[:, 0], tasks):
+        on_task = df[df["task"] == task]
+        labels = _checkpoints(on_task)
+        width = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            rows = on_task[on_task["checkpoint"] == label].sort_values("index")
+            method = rows["method"].iloc[0]
+            ax.bar(rows["index"] + (i - (len(labels) - 1) / 2) * width, rows["reward"], width,
+                   color=style.method_color(method), label=method)
+        prompts = on_task.drop_duplicates("index").sort_values("index")
+        ax.set_xticks(prompts["index"], [p if len(p) <= 24 else p[:23] + "…" for p in prompts["prompt"]],
+                      rotation=30, ha="right")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xlabel(f"{task} test prompt")
+        ax.set_ylabel(_reward_label(task))
+        ax.legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def lora_cumulative_reward(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
+    """Running total of the test reward over the task's test prompts in file order, base vs each method's
+    final model; the last point is the model's total test reward (in the legend)."""
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = plt.subplots(1, len(tasks), squeeze=False, figsize=style.figsize(max(1.0, 0.8 * len(tasks)), 2.4))
+    for ax, task in zip(axes[0], tasks):
+        on_task = df[df["task"] == task]
+        for label in _checkpoints(on_task):
+            rows = on_task[on_task["checkpoint"] == label].sort_values("index")
+            total = rows["reward"].cumsum()
+            method = rows["method"].iloc[0]
+            ax.plot(np.arange(1, len(rows) + 1), total, color=style.method_color(method), marker="o",
+                    drawstyle="steps-post", label=f"{method} (total {total.iloc[-1]:.4g})")
+        ax.set_xlabel(f"{task} test prompts counted")
+        ax.set_ylabel(f"cumulative {_reward_label(task)}")
+        ax.legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def lora_training(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smooth: int = 1) -> None:
+    """Mean training reward per iteration of each compared run (run.jsonl), one panel per trained task.
+
+    `smooth`: trailing moving-average window in iterations (1 = raw)."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for label, path in runs.items():
+        method, _, run = label.split("/")
+        by_task.setdefault(run.split("-", 1)[1], {})[method] = read_jsonl(path)
+    fig, axes = plt.subplots(1, len(by_task), squeeze=False,
+                             figsize=style.figsize(max(1.0, 0.8 * len(by_task)), 2.4))
+    for ax, (task, methods) in zip(axes[0], by_task.items()):
+        for method, records in methods.items():
+            reward = pd.Series([r["reward_mean"] for r in records]).rolling(smooth, min_periods=1).mean()
+            ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method), label=method)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"training {_reward_label(task)}\n(population mean)")
+        ax.set_title(task)
+        ax.legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+# --- LBES vs ES: test accuracy against training cost --------------------------------------------
+def accuracy_vs_cost(curves: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
+    """Test accuracy of each method's models along training (esft.evaluate.curves points: base, replayed
+    iterations, final) against cumulative training wall time (top) and generated tokens (bottom), one
+    column per task."""
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(2, len(tasks), squeeze=False, sharey=True,
+                             figsize=style.figsize(max(1.0, 0.8 * len(tasks)), 4.2))
+    for col, task in enumerate(tasks):
+        on_task = curves[curves["task"] == task]
+        for method, points in on_task.groupby("method", sort=False):
+            points = points.sort_values("iteration")
+            for row, x in enumerate(("seconds", "tokens")):
+                axes[row][col].plot(points[x], points["accuracy"], color=style.method_color(method), marker="o",
+                                    label=method)
+        axes[0][col].set_title(task)
+        axes[0][col].set_xlabel("training wall time (s, cumulative)")
+        axes[1][col].set_xlabel("generated tokens (cumulative)")
+        axes[1][col].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+        for row in range(2):
+            axes[row][col].set_ylim(-0.02, 1.02)
+    for row in range(2):
+        axes[row][0].set_ylabel("test accuracy (fraction correct)")
+    axes[0][-1].legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)

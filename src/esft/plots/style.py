@@ -18,6 +18,10 @@ COLUMN_WIDTH = 3.4
 METHOD_COLORS = {"base": "#555555", "es": "#0072B2", "grpo": "#D55E00", "lbes": "#009E73", "random": "#999999"}
 """Okabe-Ito colours, distinguishable with colour-vision deficiencies; random directions are grey."""
 
+VARIANT_COLORS = {"es_lora": "#56B4E9", "es_300": "#CC79A7"}
+"""Named variants of the shipped configs (KIND_LABEL): es_lora a lighter blue beside es, so the ES-with-LoRA
+figures read as full-parameter vs LoRA ES; es_300 (Table 1's ES-300) reddish purple."""
+
 _EXTRA = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 RC = {
@@ -35,6 +39,8 @@ def method_color(method: str) -> str:
     """The method's colour; a method without one gets a fixed colour from its name (stable across figures)."""
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
+    if method in VARIANT_COLORS:
+        return VARIANT_COLORS[method]
     return _EXTRA[sum(method.encode()) % len(_EXTRA)]
 
 

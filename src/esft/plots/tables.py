@@ -17,13 +17,16 @@ def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, flo
     with atomic_open(csv_path) as fh:
         df.to_csv(fh, index=False)
     with atomic_open(md_path) as fh:
-        fh.write(df.to_markdown(index=False, floatfmt=float_format) + "\n")
+        # missing cells (a cost never reached, a column a method lacks) print as -- rather than nan or <NA>
+        fh.write(df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=float_format,
+                                                                         missingval="--") + "\n")
     if tex_path is not None:
-        styler = df.style.hide(axis="index").format(lambda v: format(v, float_format), subset=_float_columns(df),
-                                                    na_rep="--")
+        styler = df.style.hide(axis="index").format(na_rep="--").format(
+            lambda v: format(v, float_format), subset=_float_columns(df), na_rep="--")
         with atomic_open(tex_path) as fh:
-            fh.write(styler.to_latex(hrules=True, column_format="l" * (df.shape[1] - len(_float_columns(df)))
-                                     + "r" * len(_float_columns(df))))
+            align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+                            else "l" for c in df.columns)
+            fh.write(styler.to_latex(hrules=True, column_format=align))
 
 
 def _float_columns(df: pd.DataFrame) -> list[str]:
@@ -121,3 +124,34 @@ def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFram
             None if math.isnan(own) or math.isnan(rand) else bool(own > rand))
     add(f"{a} direction ~ random on holdouts (Figure 5)", "holdouts along directions not computed", "", None)
     return pd.DataFrame(rows)
+
+
+def time_to_accuracy(curves: pd.DataFrame, fraction: float, targets: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Per task and method: the training cost until the first evaluated point at or above the task's target.
+
+    `curves` holds accuracy_curve points (esft.evaluate.curves). A task's target is `targets[task]` (an
+    absolute accuracy), else `fraction` × the best accuracy any compared method reaches at any evaluated
+    point on the task (the base model included). Only evaluated points count, so a reported cost is an upper
+    bound, exact up to the spacing of the evaluated iterations; a method whose points all fall short is
+    `not reached` with empty cost cells, and a task whose best accuracy is 0 has no target (`best is 0`).
+    """
+    targets = targets or {}
+    rows = []
+    for task, on_task in curves.groupby("task", sort=False):
+        best = float(on_task["accuracy"].max())
+        target = float(targets[task]) if task in targets else fraction * best
+        for method, points in on_task.groupby("method", sort=False):
+            points = points.sort_values("iteration")
+            row = {"task": task, "method": method, "target": target, "best": float(points["accuracy"].max()),
+                   "iteration": pd.NA, "seconds": float("nan"), "tokens": pd.NA, "status": "not reached"}
+            # 1e-12: a fraction of the best accuracy may round just above the very accuracy it came from
+            hit = points[points["accuracy"] >= target - 1e-12]
+            if target <= 0:
+                row["status"] = "best is 0"
+            elif not hit.empty:
+                first = hit.iloc[0]
+                row.update(iteration=int(first["iteration"]), seconds=float(first["seconds"]),
+                           tokens=int(first["tokens"]), status="reached")
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.astype({"iteration": "Int64", "tokens": "Int64"})

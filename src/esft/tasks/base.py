@@ -44,6 +44,8 @@ class Task(ABC):
     """System turn of rows in the paper's prompt style (stand-in rows have none)."""
     default_format_bonus: ClassVar[float] = 0.0
     real_dataset: ClassVar[str | None] = None
+    reward_label: ClassVar[str] = "reward (score + format bonus)"
+    """What `reward` measures, with its unit: the axis label of per-prompt reward figures."""
     """The hub dataset whose raw rows `from_raw` maps (None: the task has only its stand-in)."""
 
     def __init__(self, format_bonus: float | None = None) -> None:

@@ -23,6 +23,7 @@ def embedded_rows() -> dict[str, list[dict[str, str]]]:
 class Conciseness(Task):
     name = "conciseness"
     fields = {"prompt": str, "target": str}
+    reward_label = "reward −|length − target| (characters)"
 
     def user_prompt(self, row: dict[str, Any]) -> str:
         return row["prompt"]
