@@ -33,3 +33,24 @@ def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
     collect = next(line for line in text.splitlines() if "esft collect-kl" in line)
     # stage 1's previous model is the base: its `previous` row reads the base pair
     assert "es/sequential/1-chemistry:previous=results/small/eval/es/sequential/1-chemistry/kl_base.json" in collect
+
+
+def _pretraining(tmp_path, fitness):
+    extra = tmp_path / "pretraining.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"methods": ["es", "adamw"], "sequential": [], "single": ["conciseness"]},
+                                     "es": {"fitness": fitness},
+                                     "adamw": {"iterations": 2, "batch_size": 2, "minibatches_of": "es"}}))
+    proc = snakemake(tmp_path, "-n", "-p", "--forceall", extra=extra)
+    return planned_jobs(proc), proc.stdout + proc.stderr
+
+
+def test_pretraining_loss_figure_needs_es_loglik_and_adamw_on_one_task(tmp_path):
+    jobs, text = _pretraining(tmp_path, "loglik")
+    assert jobs["train"] == 2 and jobs["figure_pretraining_loss"] == 1
+    adamw = next(line for line in text.splitlines() if "train --method adamw" in line)
+    assert "--run-id adamw/single/1-conciseness" in adamw and "--dtype float32" in adamw
+    figure = next(line for line in text.splitlines() if "esft figure pretraining" in line)
+    for method in ("es", "adamw"):
+        assert f"{method}/single/1-conciseness=results/small/train/{method}/single/1-conciseness/run.jsonl" in figure
+    jobs, _ = _pretraining(tmp_path, "task")  # ES fine-tuning on rewards: no loss to compare
+    assert jobs["train"] == 2 and "figure_pretraining_loss" not in jobs
