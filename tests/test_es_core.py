@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from esft.es import ESConfig, Population, noise_key, shape_fitness, tensor_noise
-from esft.es.trainer import ESTrainer, minibatch
+from esft.es.trainer import ESTrainer
+from esft.runs import minibatch
 
 
 def _params(model):
@@ -100,10 +101,9 @@ def test_rank_shaping_is_centred_with_ties():
 
 
 def test_minibatch_is_seeded_and_shared():
-    cfg = ESConfig(batch_size=4, seed=1)
-    assert minibatch(cfg, 0, 10) == minibatch(cfg, 0, 10)
-    assert minibatch(cfg, 0, 10) != minibatch(cfg, 1, 10)
-    assert minibatch(ESConfig(batch_size=None), 0, 5) == [0, 1, 2, 3, 4]
+    assert minibatch(1, 0, 10, 4) == minibatch(1, 0, 10, 4)
+    assert minibatch(1, 0, 10, 4) != minibatch(1, 1, 10, 4)
+    assert minibatch(1, 0, 5, None) == [0, 1, 2, 3, 4]
 
 
 def test_es_config_rejects_bad_values():

@@ -113,7 +113,8 @@ def test_sequential_stages_draw_independent_noise(base, tmp_path):
     _assert_same_weights(tmp_path / "replayed.safetensors", tmp_path / "b" / "weights.safetensors")
 
 
-@pytest.mark.parametrize("budget, expected", [({"max_rollouts": 20}, 3), ({"max_tokens": 1}, 1)])
+@pytest.mark.parametrize("budget, expected", [({"max_rollouts": 20}, 3), ({"max_tokens": 1}, 1),
+                                              ({"max_prompt_tokens": 1}, 1)])
 def test_budget_stops_at_the_same_iteration_every_time(base, tmp_path, budget, expected):
     """2 train rows × 4 members = 8 rollouts per iteration: 20 rollouts end the run after the third."""
     cfg = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 10, "seed": 5, **budget}

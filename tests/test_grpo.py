@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import logging
@@ -23,7 +22,7 @@ from esft.runs import COMMON_FIELDS
 from esft.tasks.conciseness import Conciseness
 from esft.training import TrainJob, train
 
-from conftest import REPO
+from conftest import REPO, esft_import_closure
 
 TASK_CFG = {"max_new_tokens": 8}
 RUN_ID = "grpo/single/1-conciseness"
@@ -144,28 +143,8 @@ def test_trl_stops_at_every_eos_id_of_the_generation_config(tiny_model, tokenize
     assert set(trainer.generation_config.eos_token_id) == {tokenizer.eos_token_id, other, tokenizer.pad_token_id}
 
 
-def _esft_imports(module: str) -> set[str]:
-    """esft modules that `module` imports anywhere in its source (lazy imports inside functions too)."""
-    path = REPO / "src" / Path(*module.split("."))
-    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names
-                         if (REPO / "src" / Path(*node.module.split(".")) / a.name).exists())
-    return {m for m in found if m.split(".")[0] == "esft"}
-
-
 def test_grpo_never_imports_the_es_engine():
-    seen, todo = set(), ["esft.grpo"]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo.extend(_esft_imports(module))
+    seen = esft_import_closure("esft.grpo")
     assert {"esft.runs", "esft.models", "esft.tasks"} <= seen
     assert not [m for m in seen if m == "esft.es" or m.startswith("esft.es.")]
 

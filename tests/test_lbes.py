@@ -19,9 +19,9 @@ import yaml
 from esft.cli import main
 from esft.errors import EsftError
 from esft.es.lbes import CorrelationFitness, LBESConfig, LBESTrainer, pearson, select
-from esft.es.noise import run_seed, tensor_noise
+from esft.es.noise import tensor_noise
 from esft.io import read_jsonl
-from esft.runs import COMMON_FIELDS
+from esft.runs import COMMON_FIELDS, run_seed
 from esft.tasks.conciseness import Conciseness, embedded_rows
 
 from conftest import REPO, sigkill_once_saved

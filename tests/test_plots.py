@@ -111,3 +111,18 @@ def test_interpolation_grid_without_endpoints_is_a_config_error(bad):
     config["geometry"] = {"interpolation": {"grid": bad}}
     with pytest.raises(ConfigError, match="^config error: geometry.interpolation.grid"):
         validate_config(config, REPO / "config/schema.yaml")
+
+
+def test_pretraining_loss_figure_from_a_synthetic_run_table(tmp_path):
+    """ES against AdamW on one run: loss against step and tokens scored; a run without `loss` is named."""
+    runs = {}
+    for method, per_step in (("es", 65 * 100), ("adamw", 100)):
+        path = tmp_path / f"{method}.jsonl"
+        write_jsonl(path, [{"iteration": t, "loss": 4.6 - 0.1 * t, "prompt_tokens": per_step} for t in range(6)])
+        runs[f"{method}/single/1-conciseness"] = path
+    outs = [tmp_path / "pretraining_loss.png", tmp_path / "pretraining_loss.pdf"]
+    figures.pretraining_loss(runs, outs, 50, smooth=2, log_tokens=True)
+    assert outs[0].read_bytes()[:8] == PNG and outs[1].read_bytes()[:5] == b"%PDF-"
+    write_jsonl(tmp_path / "task.jsonl", [{"iteration": 0, "prompt_tokens": 1}])
+    with pytest.raises(ValueError, match="es_task/single/1-conciseness: run.jsonl has no `loss`"):
+        figures.pretraining_loss({**runs, "es_task/single/1-conciseness": tmp_path / "task.jsonl"}, outs, 50)

@@ -19,7 +19,7 @@ from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
-TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 1}
+TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 2}
 """paper: ES-100 sequential (4) + ES-300 single (4) + GRPO sequential and single (8)."""
 
 
@@ -88,7 +88,8 @@ def test_real_config_dry_run(tmp_path, name):
 @pytest.mark.parametrize("name", REAL)
 def test_twin_runs_end_to_end(tmp_path, name):
     """The twin runs every stage; the es_lora twin trains full-parameter ES under torchrun with 2 gloo
-    ranks, the ea4llm twin scores a local corpus prepared by prepare_corpus."""
+    ranks, the ea4llm twin scores a local corpus prepared by prepare_corpus with ES and AdamW, on the same
+    minibatches, and draws their loss curves."""
     files = configs(name, True)
     if name in ("es_lora", "ea4llm"):
         extra = tmp_path / "extra.yaml"
@@ -106,7 +107,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 1}[name]
+    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
     if name == "es_lora":
         assert runs == ["es/single/1-conciseness", "es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train"
@@ -131,6 +132,11 @@ def test_twin_runs_end_to_end(tmp_path, name):
         assert len(table) == 4 and set(table["status"]) <= {"reached", "not reached", "best is 0"}
         assert (table.loc[table["task"] == "gsm8k", "target"] == 0.8).all()
     if name == "ea4llm":
-        record = json.loads((out / "train/es/single/1-conciseness/run.jsonl").read_text().splitlines()[0])
-        assert record["config"]["fitness"] == "loglik" and len(record["prompts"]) == 2
+        es, adamw = ([json.loads(line) for line in (out / f"train/{m}/single/1-conciseness/run.jsonl").read_text()
+                      .splitlines()] for m in ("es", "adamw"))
+        assert es[0]["config"]["fitness"] == "loglik" and len(es[0]["prompts"]) == 2
+        assert [r["prompts"] for r in es] == [r["prompts"] for r in adamw]
+        assert es[0]["loss"] == pytest.approx(adamw[0]["loss"], rel=1e-6)  # both start from the base model
+        assert adamw[-1]["loss"] < adamw[0]["loss"]
         assert json.loads((out / "data" / "corpus.manifest.json").read_text())["texts"] == 6
+        assert (out / "figures" / "pretraining_loss.png").exists() and (out / "figures" / "pretraining_loss.pdf").exists()

@@ -35,6 +35,13 @@ def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
     assert "es/sequential/1-chemistry:previous=results/small/eval/es/sequential/1-chemistry/kl_base.json" in collect
 
 
+def _pretraining(tmp_path, fitness):
+    extra = tmp_path / "pretraining.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"methods": ["es", "adamw"], "sequential": [], "single": ["conciseness"]},
+                                     "es": {"fitness": fitness},
+                                     "adamw": {"iterations": 2, "batch_size": 2, "minibatches_of": "es"}}))
+
+
 def _plan(tmp_path, name: str, overlay: dict) -> tuple[dict[str, int], str]:
     extra = tmp_path / f"{name}.yaml"
     extra.write_text(yaml.safe_dump(overlay))
@@ -81,3 +88,15 @@ def test_lbes_vs_es_needs_both_kinds_on_one_single_task_and_replays_listed_itera
     assert points == ["es/single/1-conciseness@1", "es/single/1-conciseness@final", "lbes/single/1-conciseness@1",
                       "lbes/single/1-conciseness@final"]
     assert "--base-accuracy results/small/eval/base/accuracy.json" in collect
+
+
+def test_pretraining_loss_figure_needs_es_loglik_and_adamw_on_one_task(tmp_path):
+    jobs, text = _pretraining(tmp_path, "loglik")
+    assert jobs["train"] == 2 and jobs["figure_pretraining_loss"] == 1
+    adamw = next(line for line in text.splitlines() if "train --method adamw" in line)
+    assert "--run-id adamw/single/1-conciseness" in adamw and "--dtype float32" in adamw
+    figure = next(line for line in text.splitlines() if "esft figure pretraining" in line)
+    for method in ("es", "adamw"):
+        assert f"{method}/single/1-conciseness=results/small/train/{method}/single/1-conciseness/run.jsonl" in figure
+    jobs, _ = _pretraining(tmp_path, "task")  # ES fine-tuning on rewards: no loss to compare
+    assert jobs["train"] == 2 and "figure_pretraining_loss" not in jobs

@@ -350,6 +350,8 @@ def cmd_figure(args) -> None:
         figures.training_fitness(_pairs(args.inputs), args.out, dpi)
     elif args.kind == "training":
         figures.training_curves(_pairs(args.inputs), args.out, dpi, **cfg)
+    elif args.kind == "pretraining":
+        figures.pretraining_loss(_pairs(args.inputs), args.out, dpi, **cfg)
     elif args.kind == "interpolation":
         figures.interpolation(pd.read_csv(args.inputs[0]), args.methods, args.out, dpi, **cfg)
     elif args.kind == "probes":
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "train one stage of one method on one task")
     model_args(p)
-    p.add_argument("--method", default="es", help="es, grpo or lbes")
+    p.add_argument("--method", default="es", help="es, grpo, lbes or adamw")
     p.add_argument("--task", required=True)
     p.add_argument("--run-id", default="", help="the run's identity, method/schedule/stage-task: keys its noise "
                    "and seeds apart from other stages (the workflow sets it)")
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the task's data directory")
     p.add_argument("--cfg", type=_cfg, required=True, help="the method's config slice")
     p.add_argument("--state-dir", default=None, help="resumable state, outside the outputs")
-    p.add_argument("--corpus", default=None, help="jsonl of {text} rows for es.fitness: loglik "
+    p.add_argument("--corpus", default=None, help="jsonl of {text} rows for es.fitness: loglik and adamw "
                    "(default: the train rows' conversations with reference answers)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the exported weights.safetensors (resume state keeps the fp32 master)")
@@ -572,12 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", required=True, help="csv: per-parameter fits summarised by kind")
 
     p = add("figure", cmd_figure, "draw a figure (one file per --out path; png, pdf)")
-    p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "interpolation", "probes", "drift",
-                                    "lora-rewards", "lora-cumulative", "lora-training", "accuracy-cost"])
+    p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "pretraining", "interpolation", "probes",
+                                    "drift", "lora-rewards", "lora-cumulative", "lora-training", "accuracy-cost"])
     p.add_argument("--inputs", nargs="+", required=True,
                    help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, drift_series.csv drift_kinds.csv, "
                    "lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv (accuracy-cost), "
-                   "or LABEL=run.jsonl ... (fitness, training, lora-training)")
+                   "or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")
     p.add_argument("--out", nargs="+", required=True)

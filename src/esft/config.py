@@ -81,14 +81,14 @@ def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any])
 
 
 def method_kind(method: str) -> str:
-    """The training method that runs `method`: es, grpo or lbes, or the KIND of a variant KIND_LABEL."""
+    """The training method that runs `method`: es, grpo, lbes or adamw, or the KIND of a variant KIND_LABEL."""
     return method.split("_", 1)[0]
 
 
 def _check_references(config: dict[str, Any]) -> None:
     """Cross-key checks the schema cannot express: trained tasks must be configured tasks, the λ grid
-    holds the checkpoints (0 and 1), every trained method needs its config section, and only ES-engine
-    methods shard over processes."""
+    holds the checkpoints (0 and 1), every trained method needs its config section, only ES-engine
+    methods shard over processes, and an AdamW run follows the minibatches of a trained method."""
     train, tasks = config.get("train", {}), config.get("tasks", {})
     lists = {key: train.get(key, []) for key in ("sequential", "single", "overrides")}
     for method, own in train.get("per_method", {}).items():
@@ -109,12 +109,17 @@ def _check_references(config: dict[str, Any]) -> None:
     for method, processes in train.get("processes", {}).items():
         if method not in train.get("methods", []):
             raise ConfigError(f"config error: train.processes.{method}: {method!r} is not in train.methods")
-        if processes > 1 and method_kind(method) == "grpo":
-            raise ConfigError(f"config error: train.processes.{method} = {processes}: grpo trains in one process "
-                              "(multi-GPU GRPO would need accelerate); use 1")
+        if processes > 1 and method_kind(method) in ("grpo", "adamw"):
+            raise ConfigError(f"config error: train.processes.{method} = {processes}: {method_kind(method)} trains "
+                              "in one process (multi-GPU training would need accelerate); use 1")
         if processes > 1 and config.get(method, {}).get("backend") == "vllm":
             raise ConfigError(f"config error: train.processes.{method} = {processes}: {method}.backend vllm runs "
                               "one engine in one process; use 1")
+    for method in train.get("methods", []):
+        followed = config[method].get("minibatches_of") if method_kind(method) == "adamw" else None
+        if followed and followed not in train.get("methods", []):
+            raise ConfigError(f"config error: {method}.minibatches_of = {followed!r} is not allowed; allowed: a "
+                              f"method in train.methods ({', '.join(train['methods'])})")
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

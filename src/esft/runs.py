@@ -14,8 +14,10 @@ stage treats methods alike:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +57,11 @@ class Budget:
 
     max_rollouts: int | None = None
     max_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    """Prompt tokens processed, prefill-only scoring included: the cost of a method that generates nothing."""
 
     def __post_init__(self) -> None:
-        for name in ("max_rollouts", "max_tokens"):
+        for name in ("max_rollouts", "max_tokens", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise EsftError(f"{name} must be >= 1 or null, got {value}")
@@ -66,11 +70,39 @@ class Budget:
         """Why the run must stop after `records` (None: it may go on)."""
         rollouts = sum(r["rollouts"] for r in records)
         tokens = sum(r["tokens"] for r in records)
+        prompt_tokens = sum(r["prompt_tokens"] for r in records)
         if self.max_rollouts is not None and rollouts >= self.max_rollouts:
             return f"max_rollouts {self.max_rollouts} reached ({rollouts} rollouts)"
         if self.max_tokens is not None and tokens >= self.max_tokens:
             return f"max_tokens {self.max_tokens} reached ({tokens} generated tokens)"
+        if self.max_prompt_tokens is not None and prompt_tokens >= self.max_prompt_tokens:
+            return f"max_prompt_tokens {self.max_prompt_tokens} reached ({prompt_tokens} prompt tokens)"
         return None
+
+
+def run_seed(seed: int, run_id: str) -> int:
+    """The seed of one run: `seed` keyed on the run's identity (method/schedule/stage-task).
+
+    Sequential stages share a method's seed; keyed alone they would draw identical noise and minibatches
+    in every stage, so their steps would be correlated (Proposition 1 assumes independent steps). An
+    empty `run_id` keeps `seed` itself.
+    """
+    if not run_id:
+        return seed
+    digest = hashlib.blake2b(f"{seed}|run|{run_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def minibatch(seed: int, iteration: int, n_rows: int, batch_size: int | None) -> list[int]:
+    """Row indices of one iteration: all rows, or `batch_size` of them drawn from (`seed`, iteration).
+
+    Every method that draws minibatches draws them here, so two runs keyed on the same seed (ES and the
+    AdamW baseline that follows it, `esft.pretrain`) score the same rows at every iteration.
+    """
+    if batch_size is None or batch_size >= n_rows:
+        return list(range(n_rows))
+    rng = random.Random(f"{seed}|batch|{iteration}")
+    return sorted(rng.sample(range(n_rows), batch_size))
 
 
 OFFLOAD = ("model", "cpu")

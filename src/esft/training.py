@@ -1,4 +1,4 @@
-"""One `train` entry point for every method: a registry of peers (es, grpo, lbes).
+"""One `train` entry point for every method: a registry of peers (es, grpo, lbes, adamw).
 
 Each method module exposes `train(job: TrainJob) -> None`, which loads the model, trains one stage
 and writes the run directory through `esft.runs`. Methods are imported only when chosen, so GRPO
@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "es": "esft.es.run",
     "grpo": "esft.grpo",
     "lbes": "esft.es.lbes",
+    "adamw": "esft.pretrain",
 }
 """Method name -> module whose `train(job)` runs one stage."""
 

@@ -60,9 +60,9 @@ def method_config(method, task):
 
 
 def train_dtype(method):
-    """The model dtype a method trains in: runtime.dtype, except GRPO, whose AdamW needs fp32 weights
-    (grpo.bf16 gives it bf16 mixed precision)."""
-    return "float32" if method_kind(method) == "grpo" else RUNTIME["dtype"]
+    """The model dtype a method trains in: runtime.dtype, except GRPO and AdamW pretraining, whose AdamW
+    needs fp32 weights (grpo.bf16 gives GRPO bf16 mixed precision)."""
+    return "float32" if method_kind(method) in ("grpo", "adamw") else RUNTIME["dtype"]
 
 
 def processes(method):
@@ -83,10 +83,15 @@ def train_gpus(wildcards):
     return processes(wildcards.method) if RUNTIME["device"].startswith("cuda") else 0
 
 
+def scores_corpus(method, task):
+    """Whether `method` trains `task` on corpus log-likelihood: es-kind runs with fitness loglik, adamw runs."""
+    kind = method_kind(method)
+    return kind == "adamw" or (kind == "es" and method_config(method, task).get("fitness") == "loglik")
+
+
 def train_corpus(wildcards):
-    """The prepared corpus, for es-kind runs whose fitness is loglik when a corpus: section is set."""
-    cfg = method_config(wildcards.method, wildcards.task)
-    if config.get("corpus") and method_kind(wildcards.method) == "es" and cfg.get("fitness") == "loglik":
+    """The prepared corpus, for runs that score corpus log-likelihood when a corpus: section is set."""
+    if config.get("corpus") and scores_corpus(wildcards.method, wildcards.task):
         return f"{R}/data/corpus.jsonl"
     return []
 
@@ -257,6 +262,17 @@ def holdout_inputs(wildcards):
     return inputs
 
 
+# --- EA4LLM: ES pretraining against its AdamW baseline ------------------------------------------------------
+def pretraining_runs():
+    """Single-task runs of the pretraining-loss figure: es-kind runs with fitness loglik and adamw runs, on
+    the tasks that both kinds train (none unless both do)."""
+    runs = [run for run in single_runs() if scores_corpus(run[0], run[3])]
+    kinds = {}
+    for method, _, _, task in runs:
+        kinds.setdefault(task, set()).add(method_kind(method))
+    return [run for run in runs if kinds[run[3]] == {"es", "adamw"}]
+
+
 def final_targets():
     figures = ["training_fitness", "training_curves"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
@@ -269,6 +285,8 @@ def final_targets():
         tables.append("norm_ratio")
     if geometry_runs():
         figures.append("drift")
+    if pretraining_runs():
+        figures.append("pretraining_loss")
     if geometry_pairs() or geometry_runs():
         tables.append("findings")
     if HOLDOUT:

@@ -66,6 +66,23 @@ rule figure_training_curves:
         "esft figure training --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
+rule figure_pretraining_loss:
+    input:
+        [f"{run_dir(*run)}/run.jsonl" for run in pretraining_runs()],
+    output:
+        png=report(f"{R}/figures/pretraining_loss.png", caption="../report/pretraining_loss.rst", category="Training"),
+        pdf=f"{R}/figures/pretraining_loss.pdf",
+    log:
+        f"{LOGS}/figures/pretraining_loss.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("pretraining"),
+        runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in pretraining_runs()),
+    shell:
+        "esft figure pretraining --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
 rule figure_interpolation:
     input:
         f"{R}/geometry/interpolation.csv",

@@ -114,6 +114,9 @@ class ESConfig:
     """Stop after the iteration whose cumulative rollouts (completions generated) reach this (None: no bound)."""
     max_tokens: int | None = None
     """Stop after the iteration whose cumulative generated tokens reach this (None: no bound)."""
+    max_prompt_tokens: int | None = None
+    """Stop after the iteration whose cumulative prompt tokens (the tokens a loglik fitness scores) reach
+    this (None: no bound): ES pretraining and its AdamW baseline stopped at equal tokens scored."""
     seed: int = 0
     """Keys the noise and the minibatches (with the run's identity); a run is a function of this seed
     and its inputs."""
@@ -176,7 +179,7 @@ class ESConfig:
                 raise EsftError(f"es.{name}_decay must be > 0")
             if getattr(self, f"{name}_decay_every") < 1:
                 raise EsftError(f"es.{name}_decay_every must be >= 1")
-        for name in ("max_rollouts", "max_tokens"):
+        for name in ("max_rollouts", "max_tokens", "max_prompt_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EsftError(f"es.{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.checkpoint_every < 1:

@@ -16,6 +16,7 @@ import torch
 
 from esft.errors import EsftError
 from esft.rollout import encode_prompts, generate, score_sequences
+from esft.rollout.scoring import MAX_LENGTH, encode_texts
 from esft.tasks import Task
 
 
@@ -78,31 +79,27 @@ class CorpusFitness:
     """Mean token log-likelihood of fixed texts (EA4LLM): prefill only, padding masked, logits chunked
     (`esft.rollout.scoring`).
 
-    Each text is tokenised once (followed by eos) and truncated to `max_length` tokens; the fitness
+    Each text is tokenised once (`encode_texts`: followed by eos, at most `max_length` tokens); the fitness
     of a member on texts `indices` is Σ log p(token | prefix) / (number of scored tokens), so long
     and short texts weigh by their tokens. Works on a freshly initialised model, i.e. pretraining.
     """
 
-    def __init__(self, texts: Sequence[str], tokenizer, batch_size: int, max_length: int = 512) -> None:
+    def __init__(self, texts: Sequence[str], tokenizer, batch_size: int, max_length: int = MAX_LENGTH) -> None:
         if not texts:
             raise EsftError("loglik fitness needs at least one text")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.ids = []
-        for i, text in enumerate(texts):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
-            if len(ids) < 2:
-                raise EsftError(f"loglik corpus text {i} has no token to score")
-            self.ids.append(ids)
+        self.ids = encode_texts(texts, tokenizer, max_length)
 
     def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
-        """(mean token log-likelihood, scored tokens) of `model` on texts `indices`."""
+        """(mean token log-likelihood, scored tokens) of `model` on texts `indices`; member −1 is θ itself."""
         scores = score_sequences(model, [self.ids[i] for i in indices], [1] * len(indices),
                                  self.tokenizer.pad_token_id, self.batch_size)
         count = sum(n for _, n in scores)
         value = sum(s for s, _ in scores) / count
         if not math.isfinite(value):
-            raise FitnessError(f"member {member}, texts {list(indices)[:8]}: log-likelihood is {value}")
+            who = "θ" if member < 0 else f"member {member}"
+            raise FitnessError(f"{who}, texts {list(indices)[:8]}: log-likelihood is {value}")
         return value, count
 
 

@@ -20,19 +20,6 @@ def noise_key(seed: int, iteration: int, member: int, name: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def run_seed(seed: int, run_id: str) -> int:
-    """The seed of one run: `seed` keyed on the run's identity (method/schedule/stage-task).
-
-    Sequential stages share `es.seed`; keyed alone they would draw identical noise in every stage, so
-    their steps would be correlated (Proposition 1 assumes independent steps). An empty `run_id` keeps
-    `seed` itself.
-    """
-    if not run_id:
-        return seed
-    digest = hashlib.blake2b(f"{seed}|run|{run_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
 def tensor_noise(like: torch.Tensor, seed: int, iteration: int, member: int, name: str) -> torch.Tensor:
     """Standard-normal fp32 noise shaped like `like`, on its device, keyed as `noise_key`."""
     gen = torch.Generator(device=like.device)

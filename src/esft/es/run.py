@@ -11,6 +11,7 @@ from esft.es.fitness import CorpusFitness, TaskFitness
 from esft.es.modes import Fitness
 from esft.io import read_jsonl
 from esft.tasks import Task, get_task
+from esft.tasks.corpus import training_texts
 from esft.training import TrainJob
 
 
@@ -22,11 +23,7 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
     if cfg.fitness == "task":
         return TaskFitness(task, rows, tokenizer, max_new_tokens, cfg.generation_batch_size, cfg.temperature), len(rows)
     if cfg.fitness == "loglik":
-        if corpus:
-            texts = [row["text"] for row in read_jsonl(corpus)]
-        else:
-            texts = [tokenizer.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False)
-                     + task.reference(r) for r in rows]
+        texts = training_texts(corpus, task, rows, tokenizer)
         return CorpusFitness(texts, tokenizer, cfg.generation_batch_size), len(texts)
     return None, len(rows)
 

@@ -1,10 +1,11 @@
 """The ES training loop: evaluate every member on the same prompts, shape, update, log, checkpoint.
 
 One line per iteration goes to run.jsonl (the common fields of `esft.runs` plus run id, seed,
-minibatch, raw fitness, update weights, α_t, σ_t, step kind, antithetic mode, LoRA phase and the ES
-config), enough for `replay` to rebuild θ_T from θ_0 bit for bit. Resumable state is written atomically
-every `checkpoint_every` iterations to a state directory outside the job's outputs, so a killed job
-restarts where it stopped and ends with the same weights as an uninterrupted run.
+minibatch, raw fitness, update weights, α_t, σ_t, step kind, antithetic mode, LoRA phase, the ES config
+and, for a loglik fitness, the loss of θ itself), enough for `replay` to rebuild θ_T from θ_0 bit for
+bit. Resumable state is written atomically every `checkpoint_every` iterations to a state directory
+outside the job's outputs, so a killed job restarts where it stopped and ends with the same weights as
+an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,26 +23,16 @@ import torch
 from esft.errors import EsftError
 from esft.es.config import ESConfig
 from esft.es.distributed import ShardedEvaluator, is_main_process
-from esft.es.fitness import RandomFitness
+from esft.es.fitness import CorpusFitness, RandomFitness
 from esft.es.lora import lora_phases, merged_weights, wrap_lora
 from esft.es.lowrank import LowRankPopulation
 from esft.es.modes import Fitness, build_evaluator
-from esft.es.noise import run_seed
 from esft.es.population import Population
 from esft.es.shaping import member_weights
 from esft.params import param_group
-from esft.runs import Budget, Drift, ResumeState, write_run
+from esft.runs import Budget, Drift, ResumeState, minibatch, run_seed, write_run
 
 log = logging.getLogger(__name__)
-
-
-def minibatch(cfg: ESConfig, iteration: int, n_rows: int, seed: int | None = None) -> list[int]:
-    """Prompt indices of one iteration: all rows, or a subset drawn from `seed` (default: es.seed)
-    and shared by every member."""
-    if cfg.batch_size is None or cfg.batch_size >= n_rows:
-        return list(range(n_rows))
-    rng = random.Random(f"{cfg.seed if seed is None else seed}|batch|{iteration}")
-    return sorted(rng.sample(range(n_rows), cfg.batch_size))
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -146,7 +136,7 @@ class ESTrainer:
         self.run_id = run_id
         self.seed = run_seed(cfg.seed, run_id)
         self.fitness = fitness
-        self.budget = Budget(cfg.max_rollouts, cfg.max_tokens)
+        self.budget = Budget(cfg.max_rollouts, cfg.max_tokens, cfg.max_prompt_tokens)
         digest = hashlib.sha256(json.dumps([cfg.to_dict(), run_id, fingerprint], sort_keys=True).encode())
         self.state = ResumeState(state_dir, digest.hexdigest())
         self.records: list[dict[str, Any]] = []
@@ -179,6 +169,19 @@ class ESTrainer:
                     "prompt_tokens": n_members * self.fitness.prompt_tokens(indices)}
         return {"rollouts": 0, "tokens": 0, "prompt_tokens": reported}
 
+    def centre_loss(self, indices: Sequence[int]) -> tuple[dict[str, float], int]:
+        """({"loss": mean token NLL of θ itself on texts `indices`}, tokens scored) for a loglik fitness,
+        else ({}, 0).
+
+        Scored before the update, like a gradient method's training loss, so that ES and the AdamW
+        baseline (`esft.pretrain`) log the same quantity; the members' fitness is that of θ + σε, not of θ.
+        It costs one more scoring pass (1/N of the iteration), counted in prompt_tokens.
+        """
+        if not isinstance(self.fitness, CorpusFitness):
+            return {}, 0
+        value, tokens = self.fitness(self.model, indices, member=-1)  # the evaluator left θ in the model
+        return {"loss": -value}, tokens
+
     def evaluate(self, iteration: int, sigma: float, indices: Sequence[int]) -> list[tuple[float, int]]:
         """(fitness, tokens) of every member on rows `indices` (LBES samples and filters first)."""
         return self.evaluator(iteration, range(self.cfg.population), sigma, indices)
@@ -192,13 +195,15 @@ class ESTrainer:
         cfg = self.cfg
         start = time.perf_counter()
         alpha, sigma = cfg.alpha_at(iteration), cfg.sigma_at(iteration)
-        indices = minibatch(cfg, iteration, self.n_rows, self.seed)
+        indices = minibatch(self.seed, iteration, self.n_rows, cfg.batch_size)
         results = self.evaluate(iteration, sigma, indices)
+        centre, centre_tokens = self.centre_loss(indices)
         fitness = [value for value, _ in results]
         weights = member_weights(fitness, cfg.shaping, cfg.antithetic)
         drift = self.advance(iteration, weights, alpha, sigma)
         seconds = time.perf_counter() - start
         counts = self.counts(indices, results)
+        counts["prompt_tokens"] += centre_tokens
         return {
             "iteration": iteration,
             "seconds": seconds,
@@ -217,6 +222,7 @@ class ESTrainer:
             "shaped": weights,
             "fitness_mean": sum(fitness) / len(fitness),
             "fitness_max": max(fitness),
+            **centre,
             "tokens_per_s": counts["tokens"] / seconds if seconds > 0 else 0.0,
             "drift_sq": drift,
             "config": cfg.to_dict(),

@@ -132,6 +132,41 @@ def training_curves(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, s
     style.save(fig, out, dpi)
 
 
+def pretraining_loss(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smooth: int = 1,
+                     log_tokens: bool = True) -> None:
+    """EA4LLM: the loss (run.jsonl `loss`, mean token NLL on the iteration's minibatch of the weights before
+    the step: ES's centre θ, AdamW's current weights) of every pretraining run, one row per trained run
+    (schedule/stage-task), against step (left) and against cumulative tokens scored (`prompt_tokens`, right).
+
+    `smooth`: trailing moving-average window in steps (1 = raw)."""
+    by_run: dict[str, dict[str, list[dict]]] = {}
+    for label, path in runs.items():
+        method, rest = label.split("/", 1)
+        records = read_jsonl(path)
+        if any("loss" not in r for r in records):
+            raise ValueError(f"{label}: run.jsonl has no `loss` (an ES run logs it only with fitness loglik)")
+        by_run.setdefault(rest, {})[method] = records
+    fig, axes = plt.subplots(len(by_run), 2, squeeze=False, figsize=style.figsize(2.0, 2.4 * len(by_run)))
+    for row, (rest, methods) in enumerate(by_run.items()):
+        for method, records in methods.items():
+            loss = pd.Series([r["loss"] for r in records]).rolling(smooth, min_periods=1).mean()
+            steps = [r["iteration"] + 1 for r in records]
+            tokens = np.cumsum([r["prompt_tokens"] for r in records])
+            for col, x in enumerate((steps, tokens)):
+                axes[row][col].plot(x, loss, color=style.method_color(method), label=method)
+        axes[row][0].set_title(f"{rest}: loss against step")
+        axes[row][1].set_title(f"{rest}: loss against tokens scored")
+        axes[row][0].set_xlabel("step (iteration or optimizer step)")
+        axes[row][1].set_xlabel("tokens scored (cumulative)")
+        if log_tokens:
+            axes[row][1].set_xscale("log")
+        for ax in axes[row]:
+            ax.set_ylabel("loss (mean token NLL, nats)")
+        axes[row][0].legend(loc="best")
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
 def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int = 120,
                   per_task: bool = True) -> None:
     """Figure 3: accuracy along θ(λ) = (1−λ)θ_a + λθ_b, one panel per checkpoint pair; the mean over

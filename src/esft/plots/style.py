@@ -15,14 +15,15 @@ from esft.io import atomic_path  # noqa: E402
 COLUMN_WIDTH = 3.4
 """Inches: one column of a two-column paper; wide figures use 2x."""
 
-METHOD_COLORS = {"base": "#555555", "es": "#0072B2", "grpo": "#D55E00", "lbes": "#009E73", "random": "#999999"}
+METHOD_COLORS = {"base": "#555555", "es": "#0072B2", "grpo": "#D55E00", "lbes": "#009E73", "adamw": "#CC79A7",
+                 "random": "#999999"}
 """Okabe-Ito colours, distinguishable with colour-vision deficiencies; random directions are grey."""
 
 VARIANT_COLORS = {"es_lora": "#56B4E9", "es_300": "#CC79A7"}
 """Named variants of the shipped configs (KIND_LABEL): es_lora a lighter blue beside es, so the ES-with-LoRA
 figures read as full-parameter vs LoRA ES; es_300 (Table 1's ES-300) reddish purple."""
 
-_EXTRA = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+_EXTRA = ["#882255", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 RC = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,

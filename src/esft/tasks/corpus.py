@@ -1,17 +1,20 @@
 """A text corpus for the log-likelihood fitness (EA4LLM): rows {text} read once from a dataset.
 
 Prepared by its own (local) workflow rule, so training jobs on compute nodes never touch the hub.
+`training_texts` gives the texts a pretraining run scores, whatever its method (ES, AdamW).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from esft.errors import EsftError
-from esft.io import write_json, write_jsonl
+from esft.io import read_jsonl, write_json, write_jsonl
+from esft.tasks.base import Task
 from esft.tasks.hub import load_split
 
 log = logging.getLogger(__name__)
@@ -43,3 +46,12 @@ def prepare_corpus(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     write_json(out.with_suffix(".manifest.json"), manifest)
     log.info("corpus: %d texts, %d characters from %s", len(texts), manifest["characters"], cfg["dataset"])
     return manifest
+
+
+def training_texts(corpus: str | Path | None, task: Task, rows: Sequence[dict[str, Any]], tokenizer) -> list[str]:
+    """The texts a log-likelihood objective scores: the prepared corpus ({text} rows), or by default the
+    task's train conversations (chat template) followed by their reference answers."""
+    if corpus:
+        return [row["text"] for row in read_jsonl(corpus)]
+    return [tokenizer.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False)
+            + task.reference(r) for r in rows]
