@@ -36,10 +36,9 @@ def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
 
 
 def _pretraining(tmp_path, fitness):
-    extra = tmp_path / "pretraining.yaml"
-    extra.write_text(yaml.safe_dump({"train": {"methods": ["es", "adamw"], "sequential": [], "single": ["conciseness"]},
-                                     "es": {"fitness": fitness},
-                                     "adamw": {"iterations": 2, "batch_size": 2, "minibatches_of": "es"}}))
+    return _plan(tmp_path, "pretraining", {"train": {"methods": ["es", "adamw"], "sequential": [], "single": ["conciseness"]},
+                                           "es": {"fitness": fitness},
+                                           "adamw": {"iterations": 2, "batch_size": 2, "minibatches_of": "es"}})
 
 
 def _plan(tmp_path, name: str, overlay: dict) -> tuple[dict[str, int], str]:
