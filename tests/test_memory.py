@@ -105,3 +105,38 @@ def test_checkpoint_dtype(tmp_path):
         assert fh.metadata() == {"format": "pt"}
     with pytest.raises(EsftError, match="unknown checkpoint dtype 'int8'"):
         save_weights(tmp_path / "x.safetensors", weights, "int8")
+
+
+def test_4b_population_pass_plans_its_own_rows_and_member_weights(qwen3_4b):
+    """lowrank and batched hold one pass's KV cache (members × prompts rows) and that pass's member weights."""
+    n = sum(t.numel() for t in qwen3_4b.parameters())
+    per_row = 1324 * 2 * 36 * 8 * 128 * 2
+    low = plan(qwen3_4b, mode="lowrank", members=1)  # es.generation_batch_size 200: 1 member × 200 prompts
+    assert low.term("kv_cache").nbytes == 200 * per_row and "1 members × 200 prompts" in low.term("kv_cache").note
+    assert 0 < low.term("members").nbytes < GIB // 2
+    stacked = plan_memory(qwen3_4b, dict(qwen3_4b.named_parameters()), rows=6 * 10, prompt_tokens=300,
+                          new_tokens=1024, capacity=H100, mode="batched", members=6)
+    assert stacked.term("kv_cache").nbytes == 60 * per_row
+    assert stacked.term("members").nbytes == 2 * 6 * 2 * n
+    assert stacked.term("workspace").nbytes == (6 + 1) * 4 * 151936 * 2560
+    with pytest.raises(EsftError, match="a smaller es.generation_batch_size"):
+        stacked.check("es")
+
+
+def test_check_memory_plans_the_configured_pass(tiny_model, tokenizer, caplog):
+    """es.generation_batch_size bounds the rows of a population pass: 11 rows → 2 members × 5 prompts."""
+    from esft.es import ESConfig
+    from esft.es.fitness import TaskFitness
+    from esft.es.run import check_memory
+    from esft.tasks import get_task
+
+    rows = [{"prompt": f"Say {i}", "target": "x"} for i in range(5)]
+    fitness = TaskFitness(get_task("conciseness"), rows, tokenizer, 7, generation_batch_size=11)
+    caplog.set_level("INFO", logger="esft.memory")
+    for mode, note in [("batched", "2 members × 5 prompts per pass"), ("inplace", "5 rows per pass")]:
+        caplog.clear()
+        cfg = ESConfig(population=6, mode=mode, generation_batch_size=11)
+        check_memory(tiny_model, cfg, fitness, len(rows), 7, "es")
+        kv = next(r.getMessage() for r in caplog.records if "kv_cache" in r.getMessage())
+        assert note in kv, kv
+

@@ -47,7 +47,7 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], starts: Sequence[
     for first in range(0, len(sequences), batch_size):
         rows = sequences[first:first + batch_size]
         ids, mask = pad_batch(rows, pad_id, device=device)
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # no KV
         # the hidden state at position p predicts token p + 1; score targets j in [start, length)
         positions = torch.arange(1, ids.shape[1], device=device)
         lengths = torch.tensor([len(r) for r in rows], device=device)
