@@ -59,6 +59,9 @@ def test_paper_settings():
             (30, 0.0015, 0.00075, 200, iterations)
     grpo = cfg["grpo"]
     assert (grpo["num_train_epochs"], grpo["num_generations"], grpo["max_grad_norm"], grpo["beta"]) == (20, 8, 1.0, 0.0)
+    # what one 80 GB GPU needs for GRPO on the 4B model (tests/test_memory.py checks the plan)
+    assert (grpo["bf16"], grpo["gradient_checkpointing"], grpo["optim"]) == (True, True, "adamw_8bit")
+    assert load_config(configs("paper", True), SCHEMA)["grpo"]["optim"] == "adamw_torch"  # the CPU twin
     lbes = load_config(configs("lbes", False), SCHEMA)["lbes"]
     assert (lbes["batch_size"], lbes["population"], lbes["alpha"], lbes["sigma"], lbes["n_samples"],
             lbes["temperature"]) == (64, 32, 5e-7, 1e-3, 8, 0.1)
