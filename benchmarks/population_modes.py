@@ -58,7 +58,9 @@ def _setup(setting: dict, args: argparse.Namespace):
     task = get_task(setting["task"])
     rows = (embedded_rows()["train"] if setting["task"] == "conciseness"
             else task.generate_rows(setting["prompts"], random.Random(0)))[: setting["prompts"]]
-    fitness = TaskFitness(task, rows, tokenizer, setting["max_new_tokens"], generation_batch_size=len(rows))
+    # default: every N×B row in one pass (inplace: every prompt in one generate call), like `pure`
+    rows_per_pass = args.generation_batch_size or setting["population"] * len(rows)
+    fitness = TaskFitness(task, rows, tokenizer, setting["max_new_tokens"], generation_batch_size=rows_per_pass)
     return model, tokenizer, fitness
 
 
@@ -193,7 +195,8 @@ def measure(name: str, mode: str, args: argparse.Namespace) -> dict:
     result = {
         "setting": name, **setting, "mode": mode, "device": _device_name(device), "dtype": args.dtype,
         "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-        "warmstart_steps": args.warmstart_steps, "seconds": round(sec, 4), "tokens": tokens,
+        "warmstart_steps": args.warmstart_steps, "generation_batch_size": fitness.generation_batch_size,
+        "seconds": round(sec, 4), "tokens": tokens,
         "tokens_per_s": round(tokens / sec, 1), "peak_rss_mb": round(peak or _peak_rss_mb(), 1),
         "runs": [round(s, 4) for s in seconds],
     }
@@ -229,6 +232,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rank", type=int, default=1, help="lowrank rank r")
     parser.add_argument("--members-per-pass", type=int, default=None, help="batched/lowrank: bounds memory")
+    parser.add_argument("--generation-batch-size", type=int, default=None,
+                        help="rows per pass (inplace: prompts per generate call); default: all N×B rows at once")
     parser.add_argument("--warmstart-steps", type=int, default=0,
                         help="0: random init (every row runs to max_new_tokens)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:k]")

@@ -8,6 +8,7 @@ second attempt's sbatch line shows the attempt-dependent runtime; then the run s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -110,6 +111,27 @@ def test_cpu_rule_runs_on_the_cpu_partition_without_gpus(tmp_path):
         assert call["-p"] == "cpu" and call["-t"] == str(60 * attempt) and call["--mem"] == "16000"
         assert call["--cpus-per-task"] == "1" and call["--ntasks"] == "1"
         assert not any(key in call for key in ("--gpus", "--gres", "--cpus-per-gpu"))
+
+
+@pytest.mark.slow
+def test_holdout_snapshot_runs_where_snakemake_runs_and_the_gpu_job_reads_it(tmp_path):
+    """The hub snapshot is a local rule: it runs in the Snakemake process (here from a local folder that
+    stands in for cais/mmlu, hub offline), never through sbatch; only the holdout job is submitted."""
+    from datasets import Dataset
+
+    from esft.evaluate.holdout_data import mmlu_rows
+
+    hub = tmp_path / "hub-mmlu"
+    hub.mkdir()
+    Dataset.from_list(mmlu_rows(3, seed=0)).to_parquet(str(hub / "test.parquet"))
+    extra = tmp_path / "hub.yaml"
+    extra.write_text(f"holdout: {{benchmarks: {{mmlu: {{dataset: '{hub}', config_name: null, revision: null}}}}}}\n")
+    calls = sbatch_lines(tmp_path, "results/paper/holdout/base/mmlu.json", {
+        "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
+    }, ["config/paper.yaml", str(extra)])
+    assert [call["--comment"] for call in calls] == ["rule_holdout_wildcards_base_mmlu"] * 2
+    manifest = json.loads((tmp_path / "work/results/paper/holdout/data/mmlu/manifest.json").read_text())
+    assert (manifest["dataset"], manifest["split"], manifest["rows"]) == (str(hub), "test", 3)
 
 
 def test_train_rule_launches_torchrun_per_method_processes(tmp_path):

@@ -114,3 +114,26 @@ def test_inline_config_slices_are_json():
     from esft.cli import _cfg
 
     assert _cfg(json.dumps({"alpha": 5e-7, "sigma": 1e-3})) == {"alpha": 5e-7, "sigma": 1e-3}
+
+
+def test_unpinned_hub_revisions_are_named_at_validation(default, caplog):
+    """Every hub model and dataset of the real configs is pinned to a commit sha except MATH (no public pin
+    was found); `main` is reported at validation, and the offline configs read no hub revision at all."""
+    from esft.config import load_config, unpinned_revisions
+
+    schema = REPO / "config" / "schema.yaml"
+    expected = {"paper": [("tasks.math.revision", "main")], "lbes": [], "es_lora": [], "ea4llm": []}
+    for name, unpinned in expected.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="esft.config"):
+            cfg = load_config(REPO / "config" / f"{name}.yaml", schema)
+        assert unpinned_revisions(cfg) == unpinned, name
+        assert ("tasks.math.revision = main" in caplog.text) == bool(unpinned)
+        assert not unpinned_revisions(load_config([REPO / "config" / f"{name}.yaml",
+                                                   REPO / "config" / "twins" / f"{name}.yaml"], schema))
+    assert unpinned_revisions(default) == []
+    hub = copy.deepcopy(default)
+    hub["model"] = {"source": "Qwen/Qwen3-4B-Instruct-2507", "revision": "main"}
+    hub["holdout"]["benchmarks"]["mmlu"] = {"source": "hf", "dataset": "cais/mmlu", "revision": None}
+    hub["holdout"]["benchmarks"]["ifeval"] = {"source": "hf", "dataset": "parquet", "data_files": "x.parquet"}
+    assert unpinned_revisions(hub) == [("model.revision", "main"), ("holdout.benchmarks.mmlu.revision", None)]

@@ -263,3 +263,80 @@ def test_lowrank_update_counts_an_unpaired_last_member(tiny_model):
     for name in ["model.layers.0.mlp.down_proj.weight", "model.norm.weight"]:
         step = sum(w * pop.direction(2, m, name) for m, w in enumerate(weights))
         assert torch.allclose(pop.master[name], theta[name] + 0.3 / 3 * step, atol=1e-7), name
+
+
+CHUNK_ROWS = [{"prompt": p, "target": t} for p, t in [("Solve: 3 + 5 =", "8"), ("Can penguins fly?", "No"),
+                                                       ("ok?", "yes"), ("Name a colour please.", "red"),
+                                                       ("hi", "hello there")]]
+
+
+@pytest.mark.parametrize("mode", ["inplace", "batched", "lowrank"])
+def test_generation_batch_size_chunks_give_the_one_pass_result(mode, lively_model, tokenizer):
+    """1 row, 3 rows or all N×B rows per pass: the same greedy completions and bit-identical fitness."""
+    pop = (LowRankPopulation(_params(lively_model), seed=5, rank=2) if mode == "lowrank"
+           else Population(_params(lively_model), seed=5))
+    members, indices = range(6), [0, 1, 2, 3, 4]
+    outcomes = []
+    for rows in (1, 3, len(members) * len(indices)):
+        texts: list[list[str]] = []
+
+        class Recording(TaskFitness):
+            def score(self, completions, indices, member):
+                texts.append(list(completions))
+                return super().score(completions, indices, member)
+
+        fitness = Recording(get_task("conciseness"), CHUNK_ROWS, tokenizer, MAX_NEW, generation_batch_size=rows)
+        evaluator = (InplaceEvaluator(lively_model, pop, fitness) if mode == "inplace" else
+                     BatchedEvaluator(lively_model, pop, fitness, LowRankWeights if mode == "lowrank" else StackedWeights))
+        outcomes.append((evaluator(2, members, 0.3, indices), texts))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    assert len({f for f, _ in outcomes[0][0]}) > 1 and len({t for ts in outcomes[0][1] for t in ts}) > 5
+
+
+def test_decoder_tokens_do_not_depend_on_the_prompts_sharing_a_pass(lively_model, tokenizer):
+    """Token for token: prompts decoded in chunks of 1 or 3 (each with its own width and KV cache) equal one pass."""
+    pop = Population(_params(lively_model), seed=9)
+    weights = StackedWeights(lively_model, pop, 1, [0, 1, 2], 0.3)
+    prompts = encode_prompts(tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in CHUNK_ROWS])
+    decoder, stops = PopulationDecoder(lively_model), stop_ids(lively_model, tokenizer)
+    whole = decoder.generate(weights, 3, prompts, 16, tokenizer.pad_token_id, stops)
+    for size in (1, 3):
+        for first in range(0, len(prompts), size):
+            part = decoder.generate(weights, 3, prompts[first:first + size], 16, tokenizer.pad_token_id, stops)
+            width = part.shape[-1]
+            assert torch.equal(part, whole[:, first:first + size, :width])
+            assert (whole[:, first:first + size, width:] == tokenizer.pad_token_id).all()
+
+
+def test_pass_shape_fills_prompts_first_within_the_rows():
+    from esft.es.batched import pass_shape
+
+    assert pass_shape(30, 200, 200) == (1, 200)          # the paper's shape: one member, every prompt
+    assert pass_shape(30, 2, 64) == (30, 2)              # few prompts: the whole population in one pass
+    assert pass_shape(30, 2, 64, members_per_pass=8) == (8, 2)
+    assert pass_shape(6, 5, 1) == (1, 1) and pass_shape(6, 5, 3) == (1, 3) and pass_shape(6, 5, 11) == (2, 5)
+    assert pass_shape(0, 5, 8) == (1, 5)                 # a rank without members decodes nothing
+    for members in range(1, 9):
+        for prompts in range(1, 9):
+            for rows in range(1, 40):
+                m, p = pass_shape(members, prompts, rows)
+                assert m * p <= rows and 1 <= m <= members and 1 <= p <= prompts
+
+
+@pytest.mark.parametrize("rows, members_per_pass, calls", [(4, None, [(1, 4), (1, 1)] * 6), (10, None, [(2, 5)] * 3),
+                                                            (30, 4, [(4, 5), (2, 5)])])
+def test_batched_passes_hold_at_most_generation_batch_size_rows(rows, members_per_pass, calls, lively_model,
+                                                                tokenizer):
+    """Each decoder call, whose KV cache holds its members × prompts rows, stays within generation_batch_size."""
+    fitness = TaskFitness(get_task("conciseness"), CHUNK_ROWS, tokenizer, 4, generation_batch_size=rows)
+    evaluator = BatchedEvaluator(lively_model, Population(_params(lively_model), seed=5), fitness,
+                                 members_per_pass=members_per_pass)
+    seen, decode = [], evaluator.decoder.generate
+
+    def generate(weights, members, prompts, *args):
+        seen.append((members, len(prompts)))
+        return decode(weights, members, prompts, *args)
+
+    evaluator.decoder.generate = generate
+    assert len(evaluator(0, range(6), 0.1, [0, 1, 2, 3, 4])) == 6
+    assert seen == calls

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import logging
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -71,10 +72,45 @@ def test_defaults_map_onto_trl_as_the_paper_fixes_them(tmp_path):
     assert (cfg.loss_type, cfg.beta, cfg.num_generations, cfg.num_train_epochs, cfg.max_steps) == ("grpo", 0.0, 8, 20, -1)
     assert (cfg.optim, cfg.lr_scheduler_type, cfg.max_grad_norm, cfg.weight_decay) == ("adamw_torch", "linear", 1.0, 0.0)
     assert (cfg.bf16, cfg.logging_steps, cfg.save_steps, cfg.seed, cfg.max_completion_length) == (False, 1, 100, 5, 16)
+    assert cfg.gradient_checkpointing is True  # TRL's default, now an option
     assert cfg.steps_per_generation == cfg.gradient_accumulation_steps and cfg.num_iterations == 1
     # what the defaults depart from: TRL's own loss default is DAPO's token-level normalisation
     assert GRPOConfig(output_dir=str(tmp_path), use_cpu=True).loss_type == "dapo"
     assert GRPOSettings(max_steps=7).trl_config(tmp_path, 8, 0, True, False).max_steps == 7
+    lean = GRPOSettings(optim="paged_adamw_8bit", gradient_checkpointing=False).trl_config(tmp_path, 8, 0, True, False)
+    assert (lean.optim, lean.gradient_checkpointing) == ("paged_adamw_8bit", False)
+
+
+def test_optimizers_are_those_the_memory_plan_knows():
+    from typing import get_args
+
+    from esft.grpo import BITSANDBYTES, Optim
+    from esft.grpo_memory import OPTIMIZERS
+
+    assert set(get_args(Optim)) == set(OPTIMIZERS) and set(BITSANDBYTES) <= set(OPTIMIZERS)
+
+
+def test_8bit_adamw_without_bitsandbytes_stops_at_start(monkeypatch):
+    """bitsandbytes is the gpu extra, imported only for the 8-bit optimizers: one line says how to get it."""
+    from esft.grpo import check_optimizer
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    check_optimizer("adamw_torch")
+    for optim in ("adamw_8bit", "paged_adamw_8bit"):
+        with pytest.raises(EsftError, match=rf"grpo.optim {optim} needs bitsandbytes: pip install 'esft\[gpu\]'"):
+            check_optimizer(optim)
+
+
+def test_memory_plan_is_logged_at_start(tiny_model, caplog):
+    from esft.grpo import check_memory
+
+    caplog.set_level("INFO", logger="esft.memory")
+    check_memory(tiny_model, GRPOSettings(per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                          num_generations=4), 12, 6, "grpo")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("kv_cache" in line and "8 completions × 18 tokens" in line for line in lines)
+    assert any("activations" in line and "4 completions × 18 tokens, checkpointed" in line for line in lines)
+    assert lines[-1].startswith("memory plan: on device")
 
 
 def _grpo_schema():
@@ -87,7 +123,7 @@ BAD = [
     {"max_steps": 2.5}, {"num_generations": 1}, {"num_generations": True}, {"per_device_train_batch_size": 0},
     {"gradient_accumulation_steps": "2"}, {"temperature": 0}, {"max_grad_norm": None}, {"beta": -0.1},
     {"loss_type": "ppo"}, {"seed": -1}, {"bf16": "yes"}, {"max_rollouts": 0}, {"max_tokens": 1.5},
-    {"checkpoint_every": 0}, {"carry_optimizer": 1},
+    {"checkpoint_every": 0}, {"carry_optimizer": 1}, {"gradient_checkpointing": "yes"}, {"optim": "sgd"},
 ]
 
 
@@ -98,7 +134,8 @@ def test_schema_mirrors_the_settings_and_both_reject_bad_keys():
     full = {"learning_rate": 1e-5, "num_train_epochs": 2.0, "max_steps": None, "num_generations": 4,
             "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "temperature": 0.7,
             "max_grad_norm": 1.0, "beta": 0.04, "loss_type": "dapo", "seed": 3, "bf16": True, "max_rollouts": 64,
-            "max_tokens": None, "checkpoint_every": 5, "carry_optimizer": True}
+            "max_tokens": None, "checkpoint_every": 5, "carry_optimizer": True, "gradient_checkpointing": False,
+            "optim": "adamw_torch_fused"}
     jsonschema.validate(full, schema)
     assert GRPOSettings.from_dict(full).to_dict() == full
     for bad in BAD:
@@ -116,6 +153,8 @@ def test_config_errors_name_the_key():
     with pytest.raises(EsftError, match="multiple of num_generations"):
         GRPOSettings(per_device_train_batch_size=6, gradient_accumulation_steps=1, num_generations=4)
     GRPOSettings(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=4)
+    with pytest.raises(EsftError, match="grpo.carry_optimizer continues AdamW's fp32 moments: .* not adamw_8bit"):
+        GRPOSettings(carry_optimizer=True, optim="adamw_8bit")
 
 
 def test_pad_equal_to_the_end_of_turn_token_is_rejected():

@@ -215,6 +215,54 @@ def test_unreachable_dataset_is_one_clear_message(tmp_path, micro_base, monkeypa
                                                       "data_files": "/nonexistent.parquet"})
 
 
+HUB = {"mmlu": {"source": "hf", "dataset": "cais/mmlu", "config_name": "all", "revision": "c" * 40,
+               "prompt_style": "short", "max_new_tokens": 8},
+       "ifeval": {"source": "hf", "dataset": "google/IFEval", "revision": "9" * 40, "max_new_tokens": 8}}
+
+
+def test_hub_datasets_are_snapshotted_once_and_evaluated_from_disk(tmp_path, micro_base, nltk_data, monkeypatch):
+    """`esft holdout-snapshot` saves the evaluated split at the configured revision (the hub loader is
+    replaced by stand-in rows in the real schemas: no network); `esft holdout --data` reads only that
+    copy, records what it is of, and refuses a snapshot of another revision."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, split=None, revision=None, **kwargs):
+        calls.append((path, name, split, revision, kwargs))
+        rows = mmlu_rows(5, seed=4) if path == "cais/mmlu" else ifeval_rows(4, seed=4)
+        return datasets.Dataset.from_list(rows)
+
+    real_load_dataset = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    for bench, cfg in HUB.items():
+        snapshot = tmp_path / "holdout" / "data" / bench
+        main(["holdout-snapshot", "--benchmark", bench, "--cfg", json.dumps(cfg), "--out", str(snapshot)])
+        manifest = read_json(snapshot / "manifest.json")
+        split = {"mmlu": "test", "ifeval": "train"}[bench]
+        assert calls[-1] == (cfg["dataset"], cfg.get("config_name"), split, cfg["revision"], {})  # token: env only
+        assert manifest["revision"] == cfg["revision"] and manifest["split"] == split
+        assert manifest["rows"] == len(pd.read_parquet(snapshot / f"{split}.parquet")) == {"mmlu": 5, "ifeval": 4}[bench]
+
+    def local_only(path, *args, **kwargs):  # the evaluating job reads the parquet file, never a hub id
+        assert path == "parquet", path
+        return real_load_dataset(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", local_only)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for bench, cfg in HUB.items():
+        out = tmp_path / "holdout" / "base" / f"{bench}.json"
+        main(["holdout", "--base", str(micro_base), "--benchmark", bench, "--cfg", json.dumps(cfg), "--data",
+              str(tmp_path / "holdout" / "data" / bench), "--nltk-data", str(nltk_data), "--batch-size", "4",
+              "--out", str(out)])
+        record = read_json(out)
+        assert record["n"] == {"mmlu": 5, "ifeval": 4}[bench] and record["snapshot"]["revision"] == cfg["revision"]
+        assert record["dataset"]["dataset_path"] == "parquet"
+    with pytest.raises(EsftError, match="the config asks for .*rerun `esft holdout-snapshot`"):
+        evaluate_lm(FixedLM(lambda doc: ""), "mmlu", {**HUB["mmlu"], "revision": "main"},
+                    data=tmp_path / "holdout" / "data" / "mmlu")
+
+
 def test_loglikelihood_mmlu_is_lm_evals_own_group_only():
     with pytest.raises(EsftError, match="lm-eval's own `mmlu` group"):
         evaluate_lm(FixedLM(lambda doc: ""), "mmlu", {"source": "synthetic", "n": 2, "seed": 0,

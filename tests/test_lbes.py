@@ -79,6 +79,23 @@ def test_fitness_scores_the_kept_completions_only(tiny_model, tokenizer):
     assert value == pytest.approx(pearson([2.0, 0.0, 1.0], expected), rel=1e-6) and tokens == 12
 
 
+
+def test_member_scores_do_not_depend_on_generation_batch_size(tiny_model, tokenizer):
+    """Kept completions prefilled 1, 3 or all at a time, each batch padded to its own longest row: the same
+    log-likelihoods and fitness up to float rounding (attention over a wider padded batch may round the
+    last bit differently), and the same prefilled tokens."""
+    seqs = [[5, 6, 7, 8, 9], [5, 6, 10], [11, 12, 13, 14], [15, 16], [5, 17, 18, 19, 20, 21, 22], [23, 24, 25]]
+    starts, rewards = [3, 2, 1, 1, 4, 2], [2.0, 0.0, 1.0, 3.0, 0.5, 1.5]
+    scores = []
+    for batch_size in (1, 3, len(seqs)):
+        fit = CorrelationFitness(tokenizer.pad_token_id, batch_size)
+        fit.keep(seqs, starts, rewards)
+        scores.append((fit.loglik(tiny_model), *fit(tiny_model, [0], 0)))
+    for loglik, value, tokens in scores[1:]:
+        assert loglik == pytest.approx(scores[0][0], rel=1e-6, abs=0)
+        assert value == pytest.approx(scores[0][1], rel=1e-4) and tokens == scores[0][2] == 24
+
+
 # --- filter -------------------------------------------------------------------------------------
 def test_filter_keeps_highest_variance_prompts_and_their_top_and_bottom_k():
     rewards = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -12,20 +13,32 @@ from esft.es.memory import GIB, plan_memory
 from esft.es.population import Population
 from esft.runs import Drift, offload, save_weights
 
+from conftest import REPO
+
 H100 = 80 * 10**9  # bytes an 80 GB card reports, about 74.5 GiB
 
 
-@pytest.fixture(scope="module")
-def qwen3_4b():
+def _qwen3_4b(dtype: torch.dtype):
     """Qwen3-4B-Instruct-2507's shape on the meta device: no weights are allocated."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                      max_position_embeddings=262144, dtype="bfloat16")
+                      max_position_embeddings=262144, dtype=str(dtype).removeprefix("torch."))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    return model
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def qwen3_4b():
+    """ES loads it in bf16."""
+    return _qwen3_4b(torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def qwen3_4b_fp32():
+    """GRPO trains fp32 weights."""
+    return _qwen3_4b(torch.float32)
 
 
 def plan(model, **kw):
@@ -105,3 +118,97 @@ def test_checkpoint_dtype(tmp_path):
         assert fh.metadata() == {"format": "pt"}
     with pytest.raises(EsftError, match="unknown checkpoint dtype 'int8'"):
         save_weights(tmp_path / "x.safetensors", weights, "int8")
+
+
+def test_4b_population_pass_plans_its_own_rows_and_member_weights(qwen3_4b):
+    """lowrank and batched hold one pass's KV cache (members × prompts rows) and that pass's member weights."""
+    n = sum(t.numel() for t in qwen3_4b.parameters())
+    per_row = 1324 * 2 * 36 * 8 * 128 * 2
+    low = plan(qwen3_4b, mode="lowrank", members=1)  # es.generation_batch_size 200: 1 member × 200 prompts
+    assert low.term("kv_cache").nbytes == 200 * per_row and "1 members × 200 prompts" in low.term("kv_cache").note
+    assert 0 < low.term("members").nbytes < GIB // 2
+    stacked = plan_memory(qwen3_4b, dict(qwen3_4b.named_parameters()), rows=6 * 10, prompt_tokens=300,
+                          new_tokens=1024, capacity=H100, mode="batched", members=6)
+    assert stacked.term("kv_cache").nbytes == 60 * per_row
+    assert stacked.term("members").nbytes == 2 * 6 * 2 * n
+    assert stacked.term("workspace").nbytes == (6 + 1) * 4 * 151936 * 2560
+    with pytest.raises(EsftError, match="a smaller es.generation_batch_size"):
+        stacked.check("es")
+
+
+def test_check_memory_plans_the_configured_pass(tiny_model, tokenizer, caplog):
+    """es.generation_batch_size bounds the rows of a population pass: 11 rows → 2 members × 5 prompts."""
+    from esft.es import ESConfig
+    from esft.es.fitness import TaskFitness
+    from esft.es.run import check_memory
+    from esft.tasks import get_task
+
+    rows = [{"prompt": f"Say {i}", "target": "x"} for i in range(5)]
+    fitness = TaskFitness(get_task("conciseness"), rows, tokenizer, 7, generation_batch_size=11)
+    caplog.set_level("INFO", logger="esft.memory")
+    for mode, note in [("batched", "2 members × 5 prompts per pass"), ("inplace", "5 rows per pass")]:
+        caplog.clear()
+        cfg = ESConfig(population=6, mode=mode, generation_batch_size=11)
+        check_memory(tiny_model, cfg, fitness, len(rows), 7, "es")
+        kv = next(r.getMessage() for r in caplog.records if "kv_cache" in r.getMessage())
+        assert note in kv, kv
+
+
+# --- GRPO ---------------------------------------------------------------------------------------
+def _paper_grpo(**overrides):
+    from esft.grpo import GRPOSettings
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
+    return GRPOSettings.from_dict({**paper["grpo"], **overrides}), paper["tasks"]["countdown"]["max_new_tokens"]
+
+
+def grpo_plan(model, **overrides):
+    from esft.grpo_memory import plan_grpo
+
+    s, new_tokens = _paper_grpo(**overrides)
+    # prompts of up to 300 tokens, as for ES above
+    return plan_grpo(model, optim=s.optim, gradient_checkpointing=s.gradient_checkpointing, bf16=s.bf16,
+                     micro_batch=s.per_device_train_batch_size,
+                     generation_rows=s.per_device_train_batch_size * s.gradient_accumulation_steps,
+                     prompt_tokens=300, completion_tokens=new_tokens, capacity=H100)
+
+
+def test_grpo_4b_plan_terms(qwen3_4b_fp32):
+    n = sum(t.numel() for t in qwen3_4b_fp32.parameters())
+    p = grpo_plan(qwen3_4b_fp32, optim="adamw_torch")
+    assert 0 <= p.term("weights").nbytes - 4 * n < 4096 and p.term("optimizer").nbytes == 8 * n
+    assert p.term("step_buffer").nbytes == 4 * n and p.term("gradients").nbytes == 4 * n
+    # 64 completions generated at once, KV of 36 layers × 8 heads × 128 dims in bf16 for 300 + 1024 tokens
+    assert p.term("kv_cache").nbytes == 64 * 1324 * 2 * 36 * 8 * 128 * 2
+    eight = grpo_plan(qwen3_4b_fp32).term("optimizer").nbytes  # the paper config: adamw_8bit
+    assert 2 * n < eight < 2.04 * n  # 1 byte per moment, fp32 scales per 256 entries, fp32 states of small tensors
+    assert grpo_plan(qwen3_4b_fp32, optim="adamw_torch_fused").term("step_buffer").nbytes == 0
+    full = grpo_plan(qwen3_4b_fp32, gradient_checkpointing=False).term("activations").nbytes
+    checkpointed = grpo_plan(qwen3_4b_fp32).term("activations").nbytes
+    assert 40 * GIB < full and checkpointed < 8 * GIB
+    assert grpo_plan(qwen3_4b_fp32, bf16=False).term("kv_cache").nbytes == 2 * p.term("kv_cache").nbytes
+
+
+def test_grpo_4b_paper_config_fits_one_80gb_gpu(qwen3_4b_fp32):
+    """config/paper.yaml's grpo section (bf16, gradient checkpointing, 8-bit AdamW) fits an H100; AdamW's fp32
+    moments do not, whichever kernel, and the error names the options to change."""
+    fits = grpo_plan(qwen3_4b_fp32)
+    fits.check("grpo")
+    assert 45 * GIB < fits.device_bytes < fits.usable and fits.peak_phase == "backward"
+    assert any("(at its peak, backward)" in line for line in fits.lines())
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        with pytest.raises(EsftError, match=r"grpo.optim: adamw_8bit \(bitsandbytes, the gpu extra; frees about 22.5"):
+            grpo_plan(qwen3_4b_fp32, optim=optim).check("grpo")
+    with pytest.raises(EsftError, match=r"grpo.gradient_checkpointing: true \(activations 5"):
+        grpo_plan(qwen3_4b_fp32, gradient_checkpointing=False).check("grpo")
+    with pytest.raises(EsftError, match=r"grpo.optim: adamw_torch_fused \(frees the 15.0 GiB step buffer\)"):
+        grpo_plan(qwen3_4b_fp32, optim="adamw_torch").check("grpo")
+
+
+def test_grpo_plan_without_a_gpu_checks_nothing(tiny_model):
+    from esft.grpo_memory import plan_grpo
+
+    p = plan_grpo(tiny_model, optim="adamw_torch", gradient_checkpointing=True, bf16=False, micro_batch=8,
+                  generation_rows=8, prompt_tokens=12, completion_tokens=4)
+    p.check("grpo")
+    assert p.capacity is None and p.device_bytes > 0 and not any("bf16" in t.note for t in p.terms)

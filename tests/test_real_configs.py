@@ -60,6 +60,9 @@ def test_paper_settings():
             (30, 0.0015, 0.00075, 200, iterations)
     grpo = cfg["grpo"]
     assert (grpo["num_train_epochs"], grpo["num_generations"], grpo["max_grad_norm"], grpo["beta"]) == (20, 8, 1.0, 0.0)
+    # what one 80 GB GPU needs for GRPO on the 4B model (tests/test_memory.py checks the plan)
+    assert (grpo["bf16"], grpo["gradient_checkpointing"], grpo["optim"]) == (True, True, "adamw_8bit")
+    assert load_config(configs("paper", True), SCHEMA)["grpo"]["optim"] == "adamw_torch"  # the CPU twin
     lbes = load_config(configs("lbes", False), SCHEMA)["lbes"]
     assert (lbes["batch_size"], lbes["population"], lbes["alpha"], lbes["sigma"], lbes["n_samples"],
             lbes["temperature"]) == (64, 32, 5e-7, 1e-3, 8, 0.1)
@@ -82,6 +85,26 @@ def test_real_config_dry_run(tmp_path, name):
         assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
     if name == "ea4llm":
         assert all("--corpus results/ea4llm/data/corpus.jsonl" in c for c in commands)
+
+
+def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
+    """The paper's MMLU and IFEval rows are snapshotted once per experiment (the local rule holdout_snapshot,
+    at the configured revision); every holdout job takes the snapshot as input and reads it with --data."""
+    out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1], re.M))
+    assert jobs["holdout_snapshot"] == "2" and jobs["holdout"] == "18"  # (base + 4 stages of es and of grpo) × 2
+    for bench, dataset in (("mmlu", "cais/mmlu"), ("ifeval", "google/IFEval")):
+        snapshot = f"results/paper/holdout/data/{bench}"
+        command = next(line for line in out.splitlines() if f"holdout-snapshot --benchmark {bench}" in line)
+        assert f'"dataset": "{dataset}"' in command and f"--out {snapshot} " in command
+        blocks = re.findall(r"^rule holdout:\n((?:    .*\n)+)Shell command: (.*)", out, re.M)
+        mine = [(block, cmd) for block, cmd in blocks if f"--benchmark {bench} " in cmd]
+        assert len(mine) == 9
+        for block, cmd in mine:
+            assert re.search(rf"^    input: .*\b{snapshot}\b", block, re.M) and f"--data {snapshot} " in cmd
+            assert re.search(rf"^    reason: .*Input files updated by another job: .*\b{snapshot}\b", block, re.M)
+    data_rules = (REPO / "workflow" / "rules" / "data.smk").read_text(encoding="utf-8")
+    assert re.search(r"^localrules:\n(    \w+,\n)*    holdout_snapshot,$", data_rules, re.M)
 
 
 @pytest.mark.slow

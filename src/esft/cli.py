@@ -196,6 +196,12 @@ def cmd_holdout_data(args) -> None:
     write_holdout_data(args.benchmark, args.cfg, args.out)
 
 
+def cmd_holdout_snapshot(args) -> None:
+    from esft.evaluate.holdout_data import snapshot_holdout
+
+    snapshot_holdout(args.benchmark, args.cfg, args.out)
+
+
 def cmd_nltk_data(args) -> None:
     from esft.evaluate.punkt import write_punkt_tab
 
@@ -519,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice (n, seed)")
     p.add_argument("--out", required=True, help="jsonl to write (a .manifest.json goes beside it)")
 
+    p = add("holdout-snapshot", cmd_holdout_snapshot, "save the evaluated split of a holdout benchmark's hub "
+            "dataset as parquet, once, where the hub is reachable")
+    p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
+    p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice (dataset, config_name, revision)")
+    p.add_argument("--out", required=True, help="directory: <split>.parquet and manifest.json")
+
     p = add("nltk-data", cmd_nltk_data, "write NLTK's English punkt_tab model (for IFEval scoring) offline")
     p.add_argument("--out", required=True, help="an NLTK data root: tokenizers/punkt_tab/english is written below it")
 
@@ -527,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
     p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice")
-    p.add_argument("--data", default=None, help="rows of `esft holdout-data` (source synthetic)")
+    p.add_argument("--data", default=None, help="rows of `esft holdout-data` (source synthetic), or the directory "
+                   "of `esft holdout-snapshot` (source hf with a hub dataset)")
     p.add_argument("--nltk-data", default=None, help="NLTK data root holding punkt_tab (needed by ifeval)")
     p.add_argument("--tasks-dir", default=None, help="our lm-eval task YAMLs (default: resources/lm_eval of this checkout)")
     p.add_argument("--batch-size", type=int, default=16, help="lm-eval (HFLM) batch size")

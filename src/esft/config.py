@@ -6,6 +6,7 @@ Defaults written in the schema are filled in, so a config file only needs the ke
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ import jsonschema
 import yaml
 
 from esft.errors import EsftError
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(EsftError):
@@ -77,7 +81,35 @@ def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any])
     if errors:
         raise ConfigError(_message(errors[0]))
     _check_references(config)
+    unpinned = unpinned_revisions(config)
+    if unpinned:
+        log.warning("config: hub revision(s) not pinned to a commit sha, so a later run may read other weights "
+                    "or rows: %s", ", ".join(f"{key} = {value}" for key, value in unpinned))
     return config
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+LOCAL_DATASETS = ("json", "parquet", "csv")
+"""Dataset builders that read local files (data_files), not a hub repository."""
+
+
+def unpinned_revisions(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key, value) of each revision of a hub model or dataset the config reads that is not a commit sha:
+    `main` (or no revision) follows the repository's branch. Synthetic tasks, the tiny or a local model,
+    local files and lm-eval's own MMLU group (which takes no revision) read no hub revision."""
+    sources = []
+    model = config.get("model", {})
+    if model.get("source", "tiny") != "tiny" and not Path(model["source"]).exists():
+        sources.append(("model.revision", model))
+    sources += [(f"tasks.{name}.revision", task) for name, task in config.get("tasks", {}).items()
+                if task.get("source") == "hf" and task.get("dataset") not in LOCAL_DATASETS]
+    if config.get("corpus") and config["corpus"].get("dataset") not in LOCAL_DATASETS:
+        sources.append(("corpus.revision", config["corpus"]))
+    sources += [(f"holdout.benchmarks.{name}.revision", cfg)
+                for name, cfg in ((config.get("holdout") or {}).get("benchmarks") or {}).items()
+                if cfg.get("source") == "hf" and cfg.get("dataset") not in LOCAL_DATASETS
+                and cfg.get("protocol") != "loglikelihood"]
+    return [(key, cfg.get("revision")) for key, cfg in sources if not COMMIT.fullmatch(str(cfg.get("revision")))]
 
 
 def method_kind(method: str) -> str:

@@ -35,6 +35,9 @@ from esft.training import TrainJob
 log = logging.getLogger(__name__)
 
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo"]
+Optim = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"]
+BITSANDBYTES = ("adamw_8bit", "paged_adamw_8bit")
+"""`grpo.optim` values that run bitsandbytes' 8-bit AdamW (the `gpu` extra)."""
 
 OPTIMIZER_FILE = "optimizer.pt"
 """AdamW state written next to a stage's weights when `carry_optimizer` is on."""
@@ -52,12 +55,13 @@ class GRPOSettings:
 
     The paper fixes AdamW (TRL `optim="adamw_torch"`), linear decay (`lr_scheduler_type="linear"`, no
     warmup), max grad norm 1.0, KL coefficient 0, 8 rollouts per prompt and 20 epochs per task; those
-    are the defaults here, and the optimizer and schedule are not options. Everything the paper does not
-    fix keeps TRL 1.16's default: weight decay 0, learning rate 1e-6, AdamW betas/eps, reward scaling by
-    the group's std (`scale_rewards="group"`), sampling with top_p 1 / top_k 0, one optimizer step per
-    generation batch (`num_iterations=1`, `steps_per_generation=gradient_accumulation_steps`), gradient
-    checkpointing on. With one step per generation batch the importance ratio is exactly 1, so TRL's clip
-    (`epsilon=0.2`) never binds: the logged clip ratios stay 0 and epsilon is not an option.
+    are the defaults here, and the schedule is not an option (`optim` only picks an AdamW implementation,
+    to fit a model's states in memory). Everything the paper does not fix keeps TRL 1.16's default: weight
+    decay 0, learning rate 1e-6, AdamW betas/eps, reward scaling by the group's std
+    (`scale_rewards="group"`), sampling with top_p 1 / top_k 0, one optimizer step per generation batch
+    (`num_iterations=1`, `steps_per_generation=gradient_accumulation_steps`), gradient checkpointing on.
+    With one step per generation batch the importance ratio is exactly 1, so TRL's clip (`epsilon=0.2`)
+    never binds: the logged clip ratios stay 0 and epsilon is not an option.
     """
 
     learning_rate: float = 1e-6
@@ -89,6 +93,14 @@ class GRPOSettings:
     """Sampling and data order; TRL's seed is derived from it and the run's identity (run_id)."""
     bf16: bool = False
     """bf16 mixed precision (autocast over fp32 master weights); GPU runs set it, CPU runs leave it off."""
+    gradient_checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass instead of keeping them (TRL's default):
+    a micro-batch then holds each layer's input only (`esft.grpo_memory`), at about a third more compute."""
+    optim: Optim = "adamw_torch"
+    """The AdamW implementation (TRL `optim`): adamw_torch (the paper's, foreach), adamw_torch_fused (the
+    same update in one kernel, without the foreach step's fp32 buffer), adamw_8bit / paged_adamw_8bit
+    (bitsandbytes' blockwise 8-bit moments: 2 bytes per entry instead of 8, an approximation of AdamW;
+    paged states may move to host memory under pressure). The 8-bit ones need the `gpu` extra."""
     max_rollouts: int | None = None
     """Stop after the optimizer step whose cumulative rollouts (completions) reach this (null: no bound)."""
     max_tokens: int | None = None
@@ -117,6 +129,9 @@ class GRPOSettings:
         for name in ("max_steps", "max_rollouts", "max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EsftError(f"grpo.{name} must be >= 1 or null, got {getattr(self, name)}")
+        if self.carry_optimizer and self.optim in BITSANDBYTES:
+            raise EsftError(f"grpo.carry_optimizer continues AdamW's fp32 moments: it needs optim adamw_torch or "
+                            f"adamw_torch_fused, not {self.optim}")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise EsftError(f"grpo: completions per optimizer step (per_device_train_batch_size · "
@@ -154,7 +169,8 @@ class GRPOSettings:
             seed=seed,
             bf16=self.bf16,
             max_completion_length=max_completion_length,
-            optim="adamw_torch",
+            optim=self.optim,
+            gradient_checkpointing=self.gradient_checkpointing,
             lr_scheduler_type="linear",
             use_cpu=use_cpu,
             report_to=[],
@@ -360,6 +376,32 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict(state)
 
 
+def check_optimizer(optim: str) -> None:
+    """Transformers imports bitsandbytes only when it builds the optimizer, after the model is loaded and the
+    first completions are sampled: a missing package stops the job at start instead."""
+    if optim in BITSANDBYTES:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise EsftError(f"grpo.optim {optim} needs bitsandbytes: pip install 'esft[gpu]' on the CUDA machine, "
+                            "or use optim adamw_torch / adamw_torch_fused") from None
+
+
+def check_memory(model: torch.nn.Module, settings: GRPOSettings, prompt_tokens: int, completion_tokens: int,
+                 section: str) -> None:
+    """Log the job's memory plan (`esft.grpo_memory`) and stop at once, naming the options to change, if it
+    cannot fit on the model's device."""
+    from esft.grpo_memory import plan_grpo
+    from esft.memory import device_capacity, log_and_check
+
+    plan = plan_grpo(model, optim=settings.optim, gradient_checkpointing=settings.gradient_checkpointing,
+                     bf16=settings.bf16, micro_batch=settings.per_device_train_batch_size,
+                     generation_rows=settings.per_device_train_batch_size * settings.gradient_accumulation_steps,
+                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     capacity=device_capacity(next(model.parameters()).device))
+    log_and_check(plan, section)
+
+
 def check_special_tokens(tokenizer) -> None:
     """The pad token must differ from the end-of-turn token (the tokenizer's eos, which closes every chat
     turn): where pad = eos, padding and the end of turn cannot be told apart and the end of turn drops out
@@ -376,6 +418,7 @@ def train(job: TrainJob) -> None:
     from esft.models import load_model
 
     settings = GRPOSettings.from_dict(job.cfg)
+    check_optimizer(settings.optim)
     if job.dtype != "float32":
         raise EsftError(f"grpo trains fp32 weights (AdamW on {job.dtype} weights drops small updates): "
                         "run with dtype float32 and set grpo.bf16 for bf16 mixed precision")
@@ -390,6 +433,7 @@ def train(job: TrainJob) -> None:
     prompt_lengths = [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
                                                         return_dict=True)["input_ids"]) for p in prompts]
     reward = TaskReward(task, rows, prompt_lengths)
+    check_memory(model, settings, max(prompt_lengths), job.task_cfg["max_new_tokens"], job.section)
 
     fingerprint = json.dumps([job.method, job.task, job.task_cfg, settings.to_dict(), job.run_id, str(job.base),
                               input_fingerprint([job.init, train_file])])

@@ -248,11 +248,23 @@ def holdout_records():
     }
 
 
+def holdout_snapshot(benchmark):
+    """What a snapshot of the benchmark's hub dataset is of (dataset, config_name, revision), or None where
+    the rows are not a hub dataset evaluated as one task (synthetic, local files, loglikelihood MMLU)."""
+    cfg = HOLDOUT["benchmarks"][benchmark]
+    if cfg["source"] != "hf" or cfg["dataset"] in ("json", "parquet", "csv") or cfg.get("protocol") == "loglikelihood":
+        return None
+    return {"source": "hf", **{key: cfg.get(key) for key in ("dataset", "config_name", "revision")}}
+
+
 def holdout_inputs(wildcards):
-    """The benchmark's generated rows (source synthetic), our MMLU task files, and IFEval's punkt_tab root."""
+    """The benchmark's rows (generated stand-ins, or the snapshot of its hub dataset), our MMLU task files,
+    and IFEval's punkt_tab root."""
     inputs = {}
     if HOLDOUT["benchmarks"][wildcards.benchmark]["source"] == "synthetic":
         inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}.jsonl"
+    elif holdout_snapshot(wildcards.benchmark):
+        inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}"
     if wildcards.benchmark == "mmlu":
         inputs["tasks"] = [
             f"{LM_EVAL_TASKS}/{f}" for f in ("esft_mmlu_gen.yaml", "esft_mmlu_gen_short.yaml", "utils.py")

@@ -4,6 +4,7 @@ localrules:
     prepare_task,
     prepare_corpus,
     base_model,
+    holdout_snapshot,
 
 
 rule prepare_task:
@@ -32,3 +33,18 @@ rule prepare_corpus:
         cfg=js(config.get("corpus")),
     shell:
         "esft prepare-corpus --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+rule holdout_snapshot:
+    output:
+        directory(f"{R}/holdout/data/{{benchmark}}"),
+    log:
+        f"{LOGS}/holdout_snapshot/{{benchmark}}.log",
+    wildcard_constraints:
+        benchmark="mmlu|ifeval",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=lambda w: js(holdout_snapshot(w.benchmark)),
+    shell:
+        "esft holdout-snapshot --benchmark {wildcards.benchmark} --cfg {params.cfg:q} --out {output} > {log} 2>&1"

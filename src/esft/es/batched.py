@@ -1,9 +1,9 @@
-"""`batched` mode: the whole population in one greedy generation loop, member offsets inside the forward.
+"""`batched` mode: the population in greedy generation loops, member offsets inside the forward.
 
-Each member's weights θ + Population.perturbation(...) are stacked once per iteration ([N, out, in] per
-matrix, cast to the model's dtype exactly as `Population.perturb` casts them), and every linear layer
+Each member's weights θ + Population.perturbation(...) are stacked once per group of members ([M, out, in]
+per matrix, cast to the model's dtype exactly as `Population.perturb` casts them), and every linear layer
 becomes one bmm over the member dimension, so the arithmetic per token equals unperturbed inference.
-Memory is N copies of the evolved weights: this mode is for small models.
+Memory is one copy of the evolved weights per member of a group: this mode is for small models.
 """
 
 from __future__ import annotations
@@ -78,8 +78,25 @@ class StackedWeights(MemberStack):
 WeightsFactory = Callable[[torch.nn.Module, Population, int, Sequence[int], float], MemberWeights]
 
 
+def pass_shape(members: int, prompts: int, rows: int, members_per_pass: int | None = None) -> tuple[int, int]:
+    """(members, prompts) of one generation pass of a population: at most `rows` rows (members × prompts).
+
+    Prompts are filled first: a batched pass reads each of its members' weights once per token, so more
+    prompts per member read fewer weights per generated token. Then as many members as still fit, at most
+    `members_per_pass` (None: the whole population) and always at least one.
+    """
+    per_pass = min(prompts, rows)
+    return max(1, min(members_per_pass or members, members, rows // per_pass)), per_pass
+
+
 class BatchedEvaluator:
-    """Generate for many members at once, `members_per_pass` at a time (None: the whole population)."""
+    """Generate for many members at once, in passes of at most `fitness.generation_batch_size` rows
+    (`pass_shape`): each member group's weights are built once and decode the prompts chunk by chunk.
+
+    The decoder sizes each pass's KV cache to its own rows and its own longest prompt plus max_new_tokens,
+    and a row's greedy tokens do not depend on which rows share its pass, so any chunking gives the same
+    fitness as one pass of every row.
+    """
 
     def __init__(self, model: torch.nn.Module, population: Population, fitness: TaskFitness,
                  weights: WeightsFactory = StackedWeights, members_per_pass: int | None = None) -> None:
@@ -94,16 +111,21 @@ class BatchedEvaluator:
     def __call__(self, iteration: int, members: Iterable[int], sigma: float,
                  indices: Sequence[int]) -> list[tuple[float, int]]:
         members = list(members)
-        step = self.members_per_pass or max(1, len(members))
+        step, per_pass = pass_shape(len(members), len(indices), self.fitness.generation_batch_size,
+                                    self.members_per_pass)
         tok = self.fitness.tokenizer
         prompts = [self.fitness.prompt_ids[i] for i in indices]
         results = []
         for start in range(0, len(members), step):
-            chunk = members[start:start + step]
-            weights = self.weights(self.model, self.population, iteration, chunk, sigma)
-            tokens = self.decoder.generate(weights, len(chunk), prompts, self.fitness.max_new_tokens,
-                                           tok.pad_token_id, self.stops)
-            for member, rows in zip(chunk, tokens.tolist()):
-                gens = decode_completions(tok, rows, self.stops)
+            group = members[start:start + step]
+            weights = self.weights(self.model, self.population, iteration, group, sigma)
+            rows: list[list[list[int]]] = [[] for _ in group]
+            for first in range(0, len(prompts), per_pass):
+                tokens = self.decoder.generate(weights, len(group), prompts[first:first + per_pass],
+                                               self.fitness.max_new_tokens, tok.pad_token_id, self.stops)
+                for member_rows, chunk in zip(rows, tokens.tolist()):
+                    member_rows.extend(chunk)
+            for member, member_rows in zip(group, rows):
+                gens = decode_completions(tok, member_rows, self.stops)
                 results.append((self.fitness.score(gens.texts, indices, member), gens.total_tokens))
         return results

@@ -103,13 +103,14 @@ class ESConfig:
     """Generation temperature of task fitness: 0 is greedy; > 0 samples (softmax, no top-k/top-p)
     with one sampling seed per iteration shared by every member (common random numbers)."""
     mode: Mode = "inplace"
-    """Population evaluation: inplace (one member at a time, any model), batched (the whole population
-    in one generation loop with member offsets inside the forward; Qwen3, Qwen2 and Llama models) or
+    """Population evaluation: inplace (one member at a time, any model), batched (many members per
+    generation pass, member offsets inside the forward; Qwen3, Qwen2 and Llama models) or
     lowrank (EGGROLL: rank-r antithetic matrix directions AᵢBᵢᵀ/√r, batched likewise)."""
     rank: int = 1
     """lowrank: rank r of each member's matrix directions."""
     members_per_pass: int | None = None
-    """batched/lowrank: members per generation loop (None: all); bounds memory."""
+    """batched/lowrank: at most this many members per generation pass (None: as many as
+    generation_batch_size allows); bounds the member weights a pass builds."""
     max_rollouts: int | None = None
     """Stop after the iteration whose cumulative rollouts (completions generated) reach this (None: no bound)."""
     max_tokens: int | None = None
@@ -121,6 +122,9 @@ class ESConfig:
     """Keys the noise and the minibatches (with the run's identity); a run is a function of this seed
     and its inputs."""
     generation_batch_size: int = 64
+    """Rows per forward pass, whose KV cache is sized to them: prompts per generate call (inplace), members ×
+    prompts per pass (batched, lowrank: `esft.es.batched.pass_shape`), texts per scoring batch (loglik).
+    Greedy completions, hence task fitness, do not depend on it."""
     checkpoint_every: int = 10
     """Iterations between resumable state snapshots."""
     master_device: Placement = "model"

@@ -1,4 +1,4 @@
-"""A KV-cached greedy decoder for Qwen3, Qwen2 and Llama models that runs a whole population in one loop.
+"""A KV-cached greedy decoder for Qwen3, Qwen2 and Llama models that runs many members' rows in one loop.
 
 Rows are laid out member-major, [N members, B prompts]. Every weight is read through a `MemberWeights`
 provider, so one loop serves three purposes: `SharedWeights` (the unperturbed model for every row: the
@@ -215,7 +215,11 @@ class PopulationDecoder:
     def generate(self, weights: MemberWeights, members: int, prompt_ids: Sequence[Sequence[int]],
                  max_new_tokens: int, pad_id: int, stop_ids: Sequence[int]) -> torch.Tensor:
         """Greedy new tokens [N, B, ≤max_new_tokens] of every member on every prompt; a row ends on any
-        of `stop_ids` (`esft.rollout.stop_ids`) and is padded after it."""
+        of `stop_ids` (`esft.rollout.stop_ids`) and is padded after it.
+
+        The KV cache holds exactly these N·B rows for the longest of these prompts plus max_new_tokens:
+        callers bound memory by calling with fewer members or prompts (`esft.es.batched.pass_shape`).
+        """
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
         b, width = len(prompt_ids), max(len(r) for r in prompt_ids)

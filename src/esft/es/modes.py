@@ -1,9 +1,10 @@
 """Population evaluation modes behind one interface: (iteration, members, σ, prompts) -> fitness.
 
 `inplace` writes each member into the full model, evaluates it and restores θ: any model size.
-`batched` (esft.es.batched) and `lowrank` (esft.es.lowrank) generate for the whole population in one
-loop with member offsets applied inside the forward; they return the same numbers as `inplace` on the
-same seeds, within floating-point tolerance (`lowrank` as `inplace` on a LowRankPopulation).
+`batched` (esft.es.batched) and `lowrank` (esft.es.lowrank) generate for many members at once, in passes
+of at most `generation_batch_size` rows, with member offsets applied inside the forward; they return the
+same numbers as `inplace` on the same seeds, within floating-point tolerance (`lowrank` as `inplace` on a
+LowRankPopulation).
 """
 
 from __future__ import annotations

@@ -32,9 +32,13 @@ def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max
                  name: str) -> None:
     """Log the run's memory plan and stop early if it cannot fit (esft.es.memory). Under LoRA the master
     and θ_0 hold only the (small) adapters and are left out."""
+    from esft.es.batched import pass_shape
     from esft.es.memory import check_run
 
-    rows = min(cfg.generation_batch_size, cfg.batch_size or n_rows, n_rows)
+    prompts = min(cfg.batch_size or n_rows, n_rows)
+    members, per_pass = (1, min(cfg.generation_batch_size, prompts)) if cfg.mode == "inplace" else \
+        pass_shape(cfg.population, prompts, cfg.generation_batch_size, cfg.members_per_pass)
+    rows = members * per_pass
     if isinstance(fitness, TaskFitness):
         longest, new = max(map(len, fitness.prompt_ids)), max_new_tokens
     elif isinstance(fitness, CorpusFitness):
@@ -43,7 +47,8 @@ def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max
         rows, longest, new = 0, 0, 0
     trainable = {} if cfg.lora is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
     check_run(model, trainable, name, rows=rows, prompt_tokens=longest, new_tokens=new,
-              master_device=cfg.master_device, theta0_device=cfg.theta0_device)
+              master_device=cfg.master_device, theta0_device=cfg.theta0_device, mode=cfg.mode, members=members,
+              rank=cfg.rank)
 
 
 def train(job: TrainJob) -> None:

@@ -6,7 +6,9 @@ serve one checkpoint's answers to the next). MMLU runs in the paper's generative
 YAML under resources/lm_eval) or as lm-eval's log-likelihood `mmlu`; IFEval is lm-eval's own `ifeval`
 task and scoring. Where the rows come from (hub id and revision, or local files) is laid over each
 task's YAML at run time through a YAML that `include`s it: lm-eval 0.4.13 builds a dict spec as a new
-inline task without the registered YAML, so overrides cannot be passed as a dict.
+inline task without the registered YAML, so overrides cannot be passed as a dict. In the workflow a hub
+dataset is read from its snapshot (`esft holdout-snapshot`, a local rule), never from the hub on the node
+that evaluates.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234,
 """lm-eval's default seeds, passed explicitly so that the record states them (greedy decoding uses none)."""
 LANGDETECT_SEED = 0
 LOCAL_FORMATS = ("json", "parquet", "csv")
+SNAPSHOT_MANIFEST = "manifest.json"
+SNAPSHOT_KEYS = ("dataset", "config_name", "revision")
+"""What a snapshot of a hub dataset is of (`esft holdout-snapshot`), checked against the config."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,25 @@ def resolve_task(benchmark: str, cfg: dict[str, Any], tasks_dir: Path) -> Holdou
     return HoldoutTask(name, Path(tasks_dir) / f"{name}.yaml", "test")
 
 
+def snapshot_file(snapshot: str | Path, split: str) -> Path:
+    """The parquet file of `split` in a snapshot directory of `esft holdout-snapshot`."""
+    return Path(snapshot).resolve() / f"{split}.parquet"
+
+
+def check_snapshot(snapshot: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot's manifest, if it holds the dataset, configuration and revision that `cfg` asks for."""
+    manifest = read_json(Path(snapshot) / SNAPSHOT_MANIFEST)
+    want = {key: cfg.get(key) for key in SNAPSHOT_KEYS}
+    got = {key: manifest.get(key) for key in SNAPSHOT_KEYS}
+    if got != want:
+        raise EsftError(f"holdout: the snapshot in {snapshot} holds {got}, the config asks for {want}: "
+                        "rerun `esft holdout-snapshot`")
+    return manifest
+
+
 def dataset_overrides(task: HoldoutTask, cfg: dict[str, Any], data: Path | None) -> dict[str, Any]:
-    """Task-config keys that choose the rows: generated stand-in file, local files or a hub dataset."""
+    """Task-config keys that choose the rows: generated stand-in file, local files, a snapshot of a hub
+    dataset (`data`: its directory) or the hub dataset itself."""
     if cfg["source"] == "synthetic":
         if data is None:
             raise EsftError("holdout: source synthetic needs the rows written by `esft holdout-data` (--data)")
@@ -89,10 +111,19 @@ def dataset_overrides(task: HoldoutTask, cfg: dict[str, Any], data: Path | None)
         files = cfg["data_files"]
         files = files.get(task.split, files) if isinstance(files, dict) else files
         return {"dataset_path": dataset, "dataset_name": None, "dataset_kwargs": {"data_files": {task.split: files}}}
+    if data is not None:
+        check_snapshot(data, cfg)
+        return {"dataset_path": "parquet", "dataset_name": None,
+                "dataset_kwargs": {"data_files": {task.split: str(snapshot_file(data, task.split))}}}
     overrides: dict[str, Any] = {"dataset_path": dataset, "dataset_name": cfg.get("config_name")}
     if cfg.get("revision"):
         overrides["dataset_kwargs"] = {"revision": cfg["revision"]}
     return overrides
+
+
+def is_snapshot(cfg: dict[str, Any], data: Path | None) -> bool:
+    """Whether `data` is a snapshot of the hub dataset `cfg` names (rather than stand-in rows or nothing)."""
+    return data is not None and cfg["source"] == "hf" and cfg["dataset"] not in LOCAL_FORMATS
 
 
 def _unreachable(benchmark: str, cfg: dict[str, Any], err: Exception) -> EsftError:
@@ -107,7 +138,7 @@ def _unreachable(benchmark: str, cfg: dict[str, Any], err: Exception) -> EsftErr
         f"parquet with data_files: PATH, or fill the Hugging Face datasets cache (HF_DATASETS_CACHE) beforehand")
 
 
-def _dataset_errors() -> tuple[type[BaseException], ...]:
+def dataset_errors() -> tuple[type[BaseException], ...]:
     """What loading a dataset raises when the hub or a file cannot be reached (OSError covers
     ConnectionError, FileNotFoundError, datasets' DatasetNotFoundError and huggingface_hub's HTTP errors)."""
     from datasets.exceptions import DatasetGenerationError
@@ -159,7 +190,7 @@ def evaluate_lm(lm, benchmark: str, cfg: dict[str, Any], *, data: Path | None = 
             manager = TaskManager(include_path=tmp, include_defaults=False)
         try:
             loaded = manager.load([task.name])
-        except _dataset_errors() as err:
+        except dataset_errors() as err:
             raise _unreachable(benchmark, cfg, err) from None
         top = loaded["groups"][task.name] if task.is_group else loaded["tasks"][task.name]
         max_new = cfg.get("max_new_tokens")
@@ -186,6 +217,7 @@ def evaluate_lm(lm, benchmark: str, cfg: dict[str, Any], *, data: Path | None = 
         "use_cache": results["config"]["use_cache"],
         "config": cfg,
         "dataset": overrides or {"dataset_path": "cais/mmlu", "as": "lm-eval's mmlu group"},
+        **({"snapshot": read_json(Path(data) / SNAPSHOT_MANIFEST)} if is_snapshot(cfg, data) else {}),
         "generation_kwargs": {t: c.get("generation_kwargs") for t, c in results["configs"].items()},
         "chat_template": True,
         "wall_s": round(wall, 3),

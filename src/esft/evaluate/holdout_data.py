@@ -1,6 +1,9 @@
-"""Offline stand-ins for the holdout benchmarks, in the real datasets' row schemas.
+"""The rows of the holdout benchmarks: snapshots of the hub datasets, and offline stand-ins.
 
-MMLU rows are (question, subject, choices, answer index), like `cais/mmlu`; IFEval rows are (key,
+`snapshot_holdout` saves the split a benchmark's lm-eval task evaluates, once, where the hub is reachable
+(the workflow's local rule `holdout_snapshot`); the holdout jobs read it from disk.
+
+Stand-ins: MMLU rows are (question, subject, choices, answer index), like `cais/mmlu`; IFEval rows are (key,
 prompt, instruction_id_list, kwargs), like `google/IFEval`, with instructions that lm-eval's own IFEval
 code checks and that a tiny model can sometimes satisfy by chance (short, lower case, no comma, ...).
 The question families differ from every training task's generator, so no holdout item is ever a
@@ -16,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from esft.errors import EsftError
-from esft.io import write_json, write_jsonl
+from esft.evaluate.holdout import (LOCAL_FORMATS, RESOURCES, SNAPSHOT_KEYS, SNAPSHOT_MANIFEST, dataset_errors,
+                                   resolve_task, snapshot_file)
+from esft.io import atomic_path, write_json, write_jsonl
 
 
 def _smallest(rng: random.Random) -> tuple[str, list[int], int]:
@@ -117,3 +122,31 @@ def write_holdout_data(benchmark: str, cfg: dict[str, Any], out: str | Path) -> 
     write_json(out.with_suffix(".manifest.json"), {"benchmark": benchmark, "n": len(rows), "seed": cfg["seed"],
                                                   "sha256": hashlib.sha256(out.read_bytes()).hexdigest()})
     return out
+
+
+def snapshot_holdout(benchmark: str, cfg: dict[str, Any], out: str | Path) -> Path:
+    """Save the evaluated split of `benchmark`'s hub dataset (cfg: dataset, config_name, revision) as
+    `<out>/<split>.parquet`, with `<out>/manifest.json` (what it is of, rows, sha256).
+
+    A gated dataset's token is read from the environment (HF_TOKEN) by `datasets` itself.
+    """
+    from datasets import load_dataset
+
+    task = resolve_task(benchmark, cfg, RESOURCES)
+    if cfg["source"] != "hf" or cfg["dataset"] in LOCAL_FORMATS or task.is_group:
+        raise EsftError(f"holdout-snapshot {benchmark}: only a hub dataset evaluated as one task has a snapshot "
+                        f"(source hf, a hub id; not protocol loglikelihood, which runs lm-eval's mmlu group)")
+    try:
+        rows = load_dataset(cfg["dataset"], cfg.get("config_name"), split=task.split, revision=cfg.get("revision"))
+    except dataset_errors() as err:
+        raise EsftError(f"holdout-snapshot {benchmark}: {cfg['dataset']} (config {cfg.get('config_name')}, revision "
+                        f"{cfg.get('revision')}) cannot be loaded ({type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0][:300]}): run where the hub is reachable, with HF_TOKEN "
+                        "in the environment for a gated dataset") from None
+    path = snapshot_file(out, task.split)
+    with atomic_path(path) as tmp:
+        rows.to_parquet(str(tmp))
+    write_json(Path(out) / SNAPSHOT_MANIFEST, {
+        "benchmark": benchmark, **{key: cfg.get(key) for key in SNAPSHOT_KEYS}, "split": task.split,
+        "rows": len(rows), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    return path

@@ -60,7 +60,7 @@ def logprob_sums(model, rows: Sequence[Sequence[int]], starts: Sequence[int], pa
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     device = next(model.parameters()).device
     ids, mask = pad_batch(rows, pad_id, device=device)
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # no KV
     # the hidden state at position p predicts token p + 1; score targets j in [start, length)
     positions = torch.arange(1, ids.shape[1], device=device)
     lengths = torch.tensor([len(r) for r in rows], device=device)
