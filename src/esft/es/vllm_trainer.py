@@ -24,7 +24,7 @@ import torch
 from esft.errors import EsftError
 from esft.es.config import ESConfig
 from esft.es.fitness import TaskFitness
-from esft.es.memory import GIB, HEADROOM
+from esft.memory import GIB, HEADROOM
 from esft.es.noise import noise_key
 from esft.es.trainer import ESTrainer, group_scales
 from esft.rollout.vllm_backend import VllmEngine
