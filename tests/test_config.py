@@ -63,6 +63,10 @@ def default():
         (lambda c: c["evaluate"]["kl"].update(temperature=-1),
          "config error: evaluate.kl.temperature = -1 is not allowed; allowed: number >= 0"),
         (lambda c: c["evaluate"]["kl"].update(prompts=3), "config error: evaluate.kl: unknown key(s) 'prompts'; allowed: batch_size,"),
+        (lambda c: c["geometry"]["probe_holdout"].update(stages="first"),
+         "config error: geometry.probe_holdout.stages = 'first' is not allowed; allowed: one of 'last', 'all'"),
+        (lambda c: c["geometry"]["probe_holdout"].update(scales=[-1]),
+         "config error: geometry.probe_holdout.scales.0 = -1 is not allowed; allowed: number >= 0"),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):
