@@ -189,7 +189,7 @@ def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: boo
     from esft.geometry.probe_holdout import KEYS, headline_changes
 
     changes = headline_changes(df)
-    rows = [(f"{stage}-{task} {bench}", f"{bench} {g['metric'].iloc[0]} − θ₀ ({g['theta0'].iloc[0]:.3g})", g)
+    rows = [(f"{stage}-{task}", f"{bench} {g['metric'].iloc[0]}\nchange from θ₀ = {g['theta0'].iloc[0]:.3g}", g)
             for (_, stage, task, bench), g in changes.groupby([*KEYS, "benchmark"], sort=True)]
     fig, axes = _direction_panels(rows, "change", random_band, sharey="row")
     for ax in axes.flat:
