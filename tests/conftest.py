@@ -55,6 +55,17 @@ def base(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def nltk_data(tmp_path_factory):
+    """NLTK's English punkt_tab written offline (IFEval scoring needs it) and put on NLTK's data path."""
+    from esft.evaluate.punkt import use_nltk_data, write_punkt_tab
+
+    root = tmp_path_factory.mktemp("nltk") / "nltk_data"
+    write_punkt_tab(root)
+    use_nltk_data(root)
+    return root
+
+
 def sigkill_once_saved(args: list[str], saved: Path) -> int:
     """Run `esft <args>` in a subprocess and SIGKILL it as soon as `saved` (its resume state) exists."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

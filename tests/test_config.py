@@ -79,6 +79,10 @@ def default():
          "gpu_memory_utilization, max_model_len"),
         (lambda c: c["train"].update(processes={"es": 2}) or c["es"].update(backend="vllm"),
          "config error: train.processes.es = 2: es.backend vllm runs one engine in one process; use 1"),
+        (lambda c: c["geometry"]["probe_holdout"].update(stages="first"),
+         "config error: geometry.probe_holdout.stages = 'first' is not allowed; allowed: one of 'last', 'all'"),
+        (lambda c: c["geometry"]["probe_holdout"].update(scales=[-1]),
+         "config error: geometry.probe_holdout.scales.0 = -1 is not allowed; allowed: number >= 0"),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(default, mutate, expected):

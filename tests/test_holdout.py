@@ -13,18 +13,10 @@ from esft.cli import main
 from esft.errors import EsftError
 from esft.evaluate.holdout import collect_holdout, evaluate_lm, holdout_matrix, run_holdout
 from esft.evaluate.holdout_data import ifeval_rows, mmlu_rows, write_holdout_data
-from esft.evaluate.punkt import use_nltk_data, write_punkt_tab
+from esft.evaluate.punkt import use_nltk_data
 from esft.io import read_json, write_jsonl
 
 SHORT = {"source": "synthetic", "n": 6, "seed": 1, "prompt_style": "short", "max_new_tokens": 8}
-
-
-@pytest.fixture(scope="session")
-def nltk_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nltk") / "nltk_data"
-    write_punkt_tab(root)
-    use_nltk_data(root)
-    return root
 
 
 class FixedLM:

@@ -77,7 +77,8 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
     assert "| task" in (tmp_path / "t.md").read_text()
 
 
-CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5}
+CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
+       "holdout_random_tolerance": 0.05}
 
 
 def test_findings_verdicts_and_numbers():

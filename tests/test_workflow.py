@@ -177,7 +177,8 @@ def test_figure_change_reruns_only_figures(workdir):
     extra = _override(workdir, "dpi.yaml", {"figures": {"dpi": 80}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
     assert set(jobs) == {"figure_accuracy_sequential", "figure_kl_sequential", "figure_training_fitness",
-                         "figure_training_curves", "figure_drift", "figure_interpolation", "figure_probes", "all"}
+                         "figure_training_curves", "figure_drift", "figure_interpolation", "figure_probes",
+                         "figure_probes_holdout", "all"}
 
 
 def test_kl_change_reruns_only_kl(workdir):
@@ -190,7 +191,7 @@ def test_geometry_and_table1_outputs(workdir):
     """es and grpo both trained: the pair stages are measured; Table 1 holds the replayed ES budget beside
     every method's final single-task checkpoint."""
     out = workdir / "results" / "small"
-    for fig in ("drift", "training_curves", "interpolation", "probes"):
+    for fig in ("drift", "training_curves", "interpolation", "probes", "probes_holdout"):
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
     with open(out / "tables" / "single_task.csv") as fh:
         rows = {r["task"]: r for r in csv.DictReader(fh)}
@@ -200,21 +201,28 @@ def test_geometry_and_table1_outputs(workdir):
         verdicts = {r["finding"]: r["verdict"] for r in csv.DictReader(fh)}
     assert verdicts["es update norm >> grpo norm (Table 3)"] != "not measured"
     assert verdicts["es drift linear in steps, slope ~ a^2 D/N (Figure 6)"] != "not measured"
+    assert verdicts["es direction ~ random on holdouts (Figure 5)"] != "not measured"
+    # holdouts along directions at the last sequential pair only: θ₀ and 2 methods × 4 directions × 4 scales
+    with open(out / "geometry" / "probes_holdout.csv") as fh:
+        along = list(csv.DictReader(fh))
+    assert {(r["schedule"], r["stage"], r["trained_task"]) for r in along} == {("sequential", "2", "boolq")}
+    assert {r["benchmark"] for r in along} == {"mmlu", "ifeval"} and len(along) == 2 * 4 * 5 * (2 + 4)
     assert "\\toprule" in (out / "tables" / "single_task.tex").read_text()
 
 
-def test_holdout_change_reruns_only_that_benchmark(workdir):
+def test_holdout_change_reruns_only_that_benchmark_and_the_holdouts_along_directions(workdir):
     small = yaml.safe_load(SMALL.read_text())
     small["holdout"]["benchmarks"]["ifeval"]["n"] = 6
     jobs = planned_jobs(snakemake(workdir, "-n", extra=_override(workdir, "ifeval.yaml", {"holdout": small["holdout"]})))
-    assert set(jobs) == {"holdout_data", "holdout", "collect_holdout", "table_holdout", "all"}
+    assert set(jobs) == {"holdout_data", "holdout", "collect_holdout", "table_holdout", "geometry_probe_holdout",
+                         "figure_probes_holdout", "table_findings", "all"}
     assert jobs["holdout"] == 5 and jobs["holdout_data"] == 1  # base and 2 sequential stages of es and grpo
 
 
 REPORT_CATEGORIES = {
     "Accuracy": {"accuracy_sequential.png"},
     "Forgetting": {"kl_sequential.png"},
-    "Geometry": {"interpolation.png", "probes.png"},
+    "Geometry": {"interpolation.png", "probes.png", "probes_holdout.png"},
     "Drift": {"drift.png"},
     "Training": {"training_fitness.png", "training_curves.png"},
     "Tables": {"accuracy.md", "update_norms.md", "single_task.md", "norm_ratio.md", "holdout.md"},

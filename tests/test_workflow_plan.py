@@ -1,12 +1,18 @@
 """Dry runs (seconds): evaluation and KL jobs follow the training runs that common.smk enumerates, for any
-method and any task lists, without naming a method in the rules."""
+method and any task lists, without naming a method in the rules; the embedded default plans the holdouts
+along directions (Figure 5) exactly when a holdout section exists."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
+from conftest import REPO
 from test_workflow import planned_jobs, snakemake
 
 
@@ -99,3 +105,42 @@ def test_pretraining_loss_figure_needs_es_loglik_and_adamw_on_one_task(tmp_path)
         assert f"{method}/single/1-conciseness=results/small/train/{method}/single/1-conciseness/run.jsonl" in figure
     jobs, _ = _pretraining(tmp_path, "task")  # ES fine-tuning on rewards: no loss to compare
     assert jobs["train"] == 2 and "figure_pretraining_loss" not in jobs
+
+
+def _default_plan(workdir: Path, *extra: Path) -> subprocess.CompletedProcess:
+    """A dry run of the embedded default (config/config.yaml: no --configfile) or of the given configs."""
+    configs = ["--configfile", *map(str, extra)] if extra else []
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                           *configs, "-n", "-p"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc
+
+
+def test_default_plans_holdouts_along_directions_at_the_last_stage_only(tmp_path):
+    """Figure 5 is part of the embedded default: one probe-holdout job on the final sequential pair, with the
+    probes' scales and directions and the holdout section's benchmarks, feeding the findings table."""
+    proc = _default_plan(tmp_path)
+    jobs = planned_jobs(proc)
+    assert jobs["geometry_probe_holdout"] == jobs["figure_probes_holdout"] == jobs["table_findings"] == 1
+    text = proc.stdout + proc.stderr
+    command = next(line for line in text.splitlines() if "esft --threads 1 probe-holdout" in line)
+    assert "--pairs sequential/4-boolq=" in command and "sequential/3-" not in command
+    assert '--cfg \'{"random_directions": 3, "scales": [0, 1, 2], "seed": 0}\'' in command
+    assert "--data mmlu=results/default/holdout/data/mmlu.jsonl ifeval=results/default/holdout/data/ifeval.jsonl" in command
+    assert "--nltk-data results/default/holdout/nltk_data" in command
+    findings = next(line for line in text.splitlines() if "esft findings" in line)
+    assert "--probes-holdout results/default/geometry/probes_holdout.csv" in findings
+
+
+def test_without_a_holdout_section_no_holdouts_along_directions(tmp_path):
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    del config["holdout"]
+    path = tmp_path / "no_holdout.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = _default_plan(tmp_path, path)
+    jobs = planned_jobs(proc)
+    assert jobs["geometry_probes"] == jobs["table_findings"] == 1
+    assert not {"geometry_probe_holdout", "figure_probes_holdout", "holdout"} & set(jobs)
+    assert "--probes-holdout" not in next(line for line in (proc.stdout + proc.stderr).splitlines()
+                                          if "esft findings" in line)

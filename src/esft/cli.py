@@ -317,6 +317,38 @@ def cmd_probe(args) -> None:
         pd.DataFrame(rows).to_csv(fh, index=False)
 
 
+def cmd_probe_holdout(args) -> None:
+    from esft.evaluate.punkt import use_nltk_data
+
+    # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
+    if args.nltk_data:
+        use_nltk_data(args.nltk_data)
+    import pandas as pd
+
+    from esft.geometry.deltas import split_label
+    from esft.geometry.probe_holdout import holdout_rows
+    from esft.geometry.probes import probe_variants, random_directions
+    from esft.geometry.variants import load_delta
+    from esft.io import atomic_open
+
+    model, tokenizer, theta0, pairs = _geometry_inputs(args)
+    randoms = random_directions(theta0, args.cfg["random_directions"], args.cfg["seed"])
+    scales = sorted({0.0, *map(float, args.cfg["scales"])})  # θ₀ always: every change is measured from it
+    data = {b: Path(p) for b, p in _pairs(args.data).items()}
+    rows = []
+    for label, paths in pairs.items():
+        schedule, stage, trained = split_label(label)
+        directions = {**{m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}, **randoms}
+        variants = probe_variants(directions, args.methods, list(randoms), scales)
+        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, **row}
+                 for row in holdout_rows(model, tokenizer, theta0, directions, variants,
+                                         args.holdout_cfg["benchmarks"], data=data,
+                                         tasks_dir=args.tasks_dir and Path(args.tasks_dir),
+                                         batch_size=args.holdout_cfg["batch_size"])]
+    with atomic_open(args.out) as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)
+
+
 def cmd_drift(args) -> None:
     import pandas as pd
     from safetensors import safe_open
@@ -370,6 +402,8 @@ def cmd_figure(args) -> None:
         figures.lora_training(_pairs(args.inputs), args.out, dpi, **cfg)
     elif args.kind == "accuracy-cost":
         figures.accuracy_vs_cost(pd.read_csv(args.inputs[0]), args.out, dpi)
+    elif args.kind == "probes-holdout":
+        figures.probes_holdout(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
     else:
         figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, **cfg)
 
@@ -401,15 +435,17 @@ def cmd_findings(args) -> None:
     import pandas as pd
 
     from esft.geometry.interpolation import barriers
+    from esft.geometry.probe_holdout import random_range_at
     from esft.plots.tables import findings, write_table
 
     def read(path: str | None) -> pd.DataFrame | None:
         return pd.read_csv(path) if path else None
 
-    interp = read(args.interpolation)
+    interp, along = read(args.interpolation), read(args.probes_holdout)
     df = findings(args.methods, args.cfg, deltas=read(args.deltas),
                   barriers=None if interp is None else barriers(interp), drift_fits=read(args.drift_fits),
-                  probes=read(args.probes))
+                  probes=read(args.probes),
+                  holdout_ranges=None if along is None else random_range_at(along, args.methods[0]))
     write_table(df, args.csv, args.md)
 
 
@@ -579,6 +615,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_cfg, required=True,
                    help="{scales, random_directions, seed, generation_batch_size, variants_per_pass}")
 
+    p = add("probe-holdout", cmd_probe_holdout, "holdout benchmarks (lm-eval) along normalised update and random "
+            "directions, each probe's weights loaded into the model in memory")
+    pair_args(p)
+    p.add_argument("--cfg", type=_cfg, required=True, help="{scales, random_directions, seed} (s = 0 is always added)")
+    p.add_argument("--holdout-cfg", type=_cfg, required=True, help="{batch_size, benchmarks}: the holdout slice")
+    p.add_argument("--data", nargs="*", default=[], help="BENCHMARK=ROWS ... of `esft holdout-data` (source synthetic)")
+    p.add_argument("--nltk-data", default=None, help="NLTK data root holding punkt_tab (needed by ifeval)")
+    p.add_argument("--tasks-dir", default=None, help="our lm-eval task YAMLs (default: this checkout's resources/lm_eval)")
+
     p = add("drift", cmd_drift, "fit ||θ_t − θ₀||² against step per run and parameter (Proposition 1)")
     p.add_argument("--runs", nargs="+", required=True, help="LABEL=RUN_DIR ... (weights, run.jsonl, drift.parquet)")
     p.add_argument("--series", required=True, help="csv: total drift and theory per step")
@@ -588,11 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("figure", cmd_figure, "draw a figure (one file per --out path; png, pdf)")
     p.add_argument("kind", choices=["accuracy", "kl", "fitness", "training", "pretraining", "interpolation", "probes",
-                                    "drift", "lora-rewards", "lora-cumulative", "lora-training", "accuracy-cost"])
+                                    "probes-holdout", "drift", "lora-rewards", "lora-cumulative", "lora-training",
+                                    "accuracy-cost"])
     p.add_argument("--inputs", nargs="+", required=True,
-                   help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, drift_series.csv drift_kinds.csv, "
-                   "lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv (accuracy-cost), "
-                   "or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
+                   help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, probes_holdout.csv, drift_series.csv "
+                   "drift_kinds.csv, lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
+                   "(accuracy-cost), or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")
     p.add_argument("--out", nargs="+", required=True)
@@ -614,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", default=None)
     p.add_argument("--drift-fits", default=None)
     p.add_argument("--probes", default=None)
+    p.add_argument("--probes-holdout", default=None)
     p.add_argument("--cfg", type=_cfg, required=True, help="the thresholds (geometry.findings)")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)

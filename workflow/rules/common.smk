@@ -172,15 +172,18 @@ def geometry_pairs():
     return pairs
 
 
-def pair_weights():
-    return [f"{run_dir(m, *pair)}/weights.safetensors" for pair in geometry_pairs() for m in geometry_methods()]
+def pair_weights(pairs=None):
+    """Both methods' weights at `pairs` (default: every geometry pair)."""
+    pairs = geometry_pairs() if pairs is None else pairs
+    return [f"{run_dir(m, *pair)}/weights.safetensors" for pair in pairs for m in geometry_methods()]
 
 
-def pair_args():
-    """`--pairs` of the esft geometry stages: schedule/k-task=WEIGHTS_A,WEIGHTS_B."""
+def pair_args(pairs=None):
+    """`--pairs` of the esft geometry stages: schedule/k-task=WEIGHTS_A,WEIGHTS_B (default: every pair)."""
+    pairs = geometry_pairs() if pairs is None else pairs
     return " ".join(
         f"{s}/{k}-{t}=" + ",".join(f"{run_dir(m, s, k, t)}/weights.safetensors" for m in geometry_methods())
-        for s, k, t in geometry_pairs()
+        for s, k, t in pairs
     )
 
 
@@ -223,6 +226,8 @@ def findings_inputs(wildcards):
         )
     if geometry_runs():
         inputs["drift_fits"] = f"{R}/geometry/drift_fits.csv"
+    if probe_holdout_pairs():
+        inputs["probes_holdout"] = f"{R}/geometry/probes_holdout.csv"
     return inputs
 
 
@@ -257,15 +262,15 @@ def holdout_snapshot(benchmark):
     return {"source": "hf", **{key: cfg.get(key) for key in ("dataset", "config_name", "revision")}}
 
 
-def holdout_inputs(wildcards):
-    """The benchmark's rows (generated stand-ins, or the snapshot of its hub dataset), our MMLU task files,
+def benchmark_inputs(benchmark):
+    """A benchmark's rows (generated stand-ins, or the snapshot of its hub dataset), our MMLU task files,
     and IFEval's punkt_tab root."""
     inputs = {}
-    if HOLDOUT["benchmarks"][wildcards.benchmark]["source"] == "synthetic":
-        inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}.jsonl"
-    elif holdout_snapshot(wildcards.benchmark):
-        inputs["data"] = f"{R}/holdout/data/{wildcards.benchmark}"
-    if wildcards.benchmark == "mmlu":
+    if HOLDOUT["benchmarks"][benchmark]["source"] == "synthetic":
+        inputs["data"] = f"{R}/holdout/data/{benchmark}.jsonl"
+    elif holdout_snapshot(benchmark):
+        inputs["data"] = f"{R}/holdout/data/{benchmark}"
+    if benchmark == "mmlu":
         inputs["tasks"] = [
             f"{LM_EVAL_TASKS}/{f}" for f in ("esft_mmlu_gen.yaml", "esft_mmlu_gen_short.yaml", "utils.py")
         ]
@@ -285,6 +290,52 @@ def pretraining_runs():
     return [run for run in runs if kinds[run[3]] == {"es", "adamw"}]
 
 
+def holdout_inputs(wildcards):
+    return benchmark_inputs(wildcards.benchmark)
+
+
+def probe_holdout_pairs():
+    """Checkpoint pairs whose probes also run the holdout benchmarks (Figure 5); none without a holdout
+    section. `stages: last` keeps the final sequential pair and every single-task pair (each the last stage
+    of its run)."""
+    if not HOLDOUT:
+        return []
+    pairs = geometry_pairs()
+    if config["geometry"]["probe_holdout"]["stages"] == "all":
+        return pairs
+    sequential = [pair for pair in pairs if pair[0] == "sequential"]
+    return [pair for pair in pairs if pair[0] != "sequential" or pair == sequential[-1]]
+
+
+def probe_holdout_cfg():
+    """The probe directions of the probe-holdout stage: its scales (null: the probes') and the probes'
+    random directions, so that a change of any of them reruns it."""
+    g = config["geometry"]
+    scales = g["probe_holdout"]["scales"]
+    return js(
+        {
+            "scales": g["probes"]["scales"] if scales is None else scales,
+            "random_directions": g["probes"]["random_directions"],
+            "seed": g["probes"]["seed"],
+        }
+    )
+
+
+def probe_holdout_data(wildcards):
+    """`--data` of the probe-holdout stage: BENCHMARK=ROWS of each synthetic benchmark."""
+    rows = {benchmark: benchmark_inputs(benchmark).get("data") for benchmark in HOLDOUT["benchmarks"]}
+    return " ".join(f"{benchmark}={path}" for benchmark, path in rows.items() if path)
+
+
+def probe_holdout_inputs(wildcards):
+    """Every benchmark's inputs (rows, task files, punkt_tab root), each key a list."""
+    inputs = {}
+    for benchmark in HOLDOUT["benchmarks"]:
+        for key, value in benchmark_inputs(benchmark).items():
+            inputs.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    return inputs
+
+
 def final_targets():
     figures = ["training_fitness", "training_curves"]
     if any(schedule_tasks(m, "sequential") for m in config["train"]["methods"]):
@@ -295,6 +346,8 @@ def final_targets():
     if geometry_pairs():
         figures += ["interpolation", "probes"]
         tables.append("norm_ratio")
+    if probe_holdout_pairs():
+        figures.append("probes_holdout")
     if geometry_runs():
         figures.append("drift")
     if pretraining_runs():

@@ -82,6 +82,33 @@ rule geometry_probes:
         "--out {output} > {log} 2>&1"
 
 
+rule geometry_probe_holdout:
+    input:
+        unpack(probe_holdout_inputs),
+        base=f"{R}/model/base",
+        weights=pair_weights(probe_holdout_pairs()),
+    output:
+        f"{R}/geometry/probes_holdout.csv",
+    log:
+        f"{LOGS}/geometry/probes_holdout.log",
+    conda:
+        "../../envs/esft.yaml"
+    threads: RUNTIME["threads"]
+    params:
+        cfg=probe_holdout_cfg(),
+        holdout_cfg=lambda w: js({"batch_size": HOLDOUT["batch_size"], "benchmarks": HOLDOUT["benchmarks"]}),
+        methods=" ".join(geometry_methods()),
+        pairs=pair_args(probe_holdout_pairs()),
+        data=probe_holdout_data,
+        nltk=lambda w, input: f"--nltk-data {input.nltk_data}" if "nltk_data" in input.keys() else "",
+        runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+        tasks_dir=LM_EVAL_TASKS,
+    shell:
+        "esft --threads {threads} probe-holdout --base {input.base} {params.runtime} --methods {params.methods} "
+        "--pairs {params.pairs} --cfg {params.cfg:q} --holdout-cfg {params.holdout_cfg:q} --data {params.data} "
+        "{params.nltk} --tasks-dir {params.tasks_dir} --out {output} > {log} 2>&1"
+
+
 rule geometry_drift:
     input:
         [

@@ -117,6 +117,22 @@ rule figure_probes:
         "esft figure probes --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
+rule figure_probes_holdout:
+    input:
+        f"{R}/geometry/probes_holdout.csv",
+    output:
+        png=report(f"{R}/figures/probes_holdout.png", caption="../report/probes_holdout.rst", category="Geometry"),
+        pdf=f"{R}/figures/probes_holdout.pdf",
+    log:
+        f"{LOGS}/figures/probes_holdout.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=figure_cfg("probes_holdout"),
+    shell:
+        "esft figure probes-holdout --inputs {input} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
 rule figure_drift:
     input:
         series=f"{R}/geometry/drift_series.csv",

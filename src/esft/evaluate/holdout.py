@@ -13,6 +13,7 @@ that evaluates.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import tempfile
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import yaml
@@ -157,6 +159,17 @@ def _require_punkt_tab() -> None:
                         "with `esft nltk-data --out DIR` and pass --nltk-data DIR (or set NLTK_DATA=DIR)") from None
 
 
+@functools.cache
+def _env_info() -> dict[str, Any]:
+    """lm-eval's environment record (torch's collect_env: pip and git subprocesses, about 0.5 s of CPU),
+    collected once per process: `simple_evaluate` collects it on every call, and the probes make many."""
+    from lm_eval.loggers.utils import add_env_info
+
+    info: dict[str, Any] = {}
+    add_env_info(info)
+    return info
+
+
 def run_holdout(model, tokenizer, benchmark: str, cfg: dict[str, Any], *, data: Path | None = None,
                 tasks_dir: Path | None = None, batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(record, samples) of one benchmark on an in-memory HF model, through lm-eval's HFLM."""
@@ -195,11 +208,12 @@ def evaluate_lm(lm, benchmark: str, cfg: dict[str, Any], *, data: Path | None = 
         top = loaded["groups"][task.name] if task.is_group else loaded["tasks"][task.name]
         max_new = cfg.get("max_new_tokens")
         # no use_cache (lm-eval's response cache ignores the weights), no request cache
-        results = simple_evaluate(
-            model=lm, tasks=[top], task_manager=manager, apply_chat_template=True, limit=cfg.get("limit"),
-            gen_kwargs={"max_gen_toks": max_new} if max_new else None, log_samples=True,
-            use_cache=None, cache_requests=False, **SEEDS,
-        )
+        with mock.patch("lm_eval.evaluator.add_env_info", lambda results: results.update(_env_info())):
+            results = simple_evaluate(
+                model=lm, tasks=[top], task_manager=manager, apply_chat_template=True, limit=cfg.get("limit"),
+                gen_kwargs={"max_gen_toks": max_new} if max_new else None, log_samples=True,
+                use_cache=None, cache_requests=False, **SEEDS,
+            )
     wall = time.perf_counter() - start
     metrics = {key.split(",")[0]: float(value) for key, value in results["results"][task.name].items()
                if "," in key and isinstance(value, (int, float))}

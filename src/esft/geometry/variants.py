@@ -3,16 +3,17 @@
 Small models evaluate variants as a population: their weights are stacked and decoded in one greedy
 loop (`esft.es.decoder.PopulationDecoder` through a `MemberStack`), `variants_per_pass` at a time.
 Architectures the decoder does not run, or `variants_per_pass: 1`, load each variant into the model
-and call the project's `evaluate_tasks`; both paths give the same greedy completions.
+and call the project's `evaluate_tasks`; both paths give the same greedy completions. `map_variants`
+loads each variant in turn for any other evaluation of the model in memory (lm-eval holdouts).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -26,6 +27,7 @@ from esft.tasks import get_task
 log = logging.getLogger(__name__)
 
 Weights = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,21 +92,46 @@ def evaluate_variants(model: torch.nn.Module, tokenizer, theta0: Mapping[str, to
 
     `batch_size`: prompts per forward pass and variant. The model's weights are left at θ₀.
     """
-    # variants with the same weights (every direction at scale 0 is θ₀) are evaluated once
-    first: dict[tuple[tuple[str, float], ...], Variant] = {}
-    for v in variants:
-        first.setdefault(_weights_key(v), v)
-    unique = list(first.values())
-    index = {k: i for i, k in enumerate(first)}
     decoder = _population_decoder(model) if variants_per_pass > 1 else None
     if decoder is None:
-        results = [_one_at_a_time(model, tokenizer, theta0, directions, v, data_dirs, task_cfgs, batch_size)
-                   for v in unique]
-    else:
-        results = _population(decoder, model, tokenizer, theta0, directions, unique, data_dirs, task_cfgs,
-                              batch_size, variants_per_pass)
-    _load(model, theta0)
-    return [results[index[_weights_key(v)]] for v in variants]
+        def score(_: Variant) -> dict[str, TaskScore]:
+            metrics, completions = evaluate_tasks(model, tokenizer, dict(data_dirs), dict(task_cfgs), batch_size)
+            return {task: TaskScore(m["accuracy"], [c["completion"] for c in completions if c["task"] == task])
+                    for task, m in metrics.items()}
+
+        return map_variants(model, theta0, directions, variants, score)
+    unique, index = _unique(variants)
+    results = _population(decoder, model, tokenizer, theta0, directions, unique, data_dirs, task_cfgs, batch_size,
+                          variants_per_pass)
+    return [results[i] for i in index]
+
+
+def map_variants(model: torch.nn.Module, theta0: Mapping[str, torch.Tensor], directions: Mapping[str, Weights],
+                 variants: Sequence[Variant], evaluate: Callable[[Variant], T]) -> list[T]:
+    """`evaluate(v)` with the model's weights set to each variant v in turn, in the order of `variants`: any
+    evaluation that reads the model in memory (accuracy, lm-eval holdouts). Variants with the same weights
+    (every direction at scale 0 is θ₀) are evaluated once; the model is left at θ₀."""
+    unique, index = _unique(variants)
+    results = []
+    try:
+        for v in unique:
+            _load(model, {n: variant_weights(theta0, directions, v, n) for n in theta0})
+            results.append(evaluate(v))
+    finally:
+        _load(model, theta0)
+    return [results[i] for i in index]
+
+
+def _unique(variants: Sequence[Variant]) -> tuple[list[Variant], list[int]]:
+    """The first variant of each distinct weights, and for every variant the index of its representative."""
+    first: dict[tuple[tuple[str, float], ...], int] = {}
+    unique = []
+    for v in variants:
+        key = _weights_key(v)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(v)
+    return unique, [first[_weights_key(v)] for v in variants]
 
 
 def _weights_key(variant: Variant) -> tuple[tuple[str, float], ...]:
@@ -115,14 +142,6 @@ def _load(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(weights[name].to(param.dtype))
-
-
-def _one_at_a_time(model, tokenizer, theta0, directions, variant, data_dirs, task_cfgs,
-                   batch_size) -> dict[str, TaskScore]:
-    _load(model, {n: variant_weights(theta0, directions, variant, n) for n in theta0})
-    metrics, completions = evaluate_tasks(model, tokenizer, dict(data_dirs), dict(task_cfgs), batch_size)
-    return {task: TaskScore(m["accuracy"], [c["completion"] for c in completions if c["task"] == task])
-            for task, m in metrics.items()}
 
 
 def _population(decoder, model, tokenizer, theta0, directions, variants, data_dirs, task_cfgs, batch_size,

@@ -209,37 +209,61 @@ def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = Fals
     reference method m (s in units of m's own norm); m's direction in its colour, random directions grey
     (separate lines, or their min-max band with `random_band`)."""
     keys = ["schedule", "stage", "trained_task"]
-    checkpoints = sorted(df.groupby(keys).groups)
-    refs = list(dict.fromkeys(df["reference"]))
-    fig, axes = plt.subplots(len(checkpoints), len(refs), squeeze=False, sharey=True,
-                             figsize=style.figsize(max(1.0, 0.6 * len(refs)), 1.9 * len(checkpoints)))
-    for r, ckpt in enumerate(checkpoints):
-        sub = df[(df[keys] == pd.Series(ckpt, index=keys)).all(axis=1)]
+    rows = [(f"{stage}-{task}", f"accuracy on {task}", g) for (_, stage, task), g in df.groupby(keys, sort=True)]
+    fig, axes = _direction_panels(rows, "accuracy", random_band, sharey=True)
+    for ax in axes.flat:
+        ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
+    """Figure 5: change of each holdout benchmark's headline metric from θ₀ along the probe directions of
+    Figure 4, rows = (checkpoint, benchmark), columns = reference method m; a direction that leaves the
+    holdouts as a random one does stays inside the grey lines (or band, `random_band`)."""
+    from esft.geometry.probe_holdout import KEYS, headline_changes
+
+    changes = headline_changes(df)
+    rows = [(f"{stage}-{task}", f"{bench} {g['metric'].iloc[0]}\nchange from θ₀ = {g['theta0'].iloc[0]:.3g}", g)
+            for (_, stage, task, bench), g in changes.groupby([*KEYS, "benchmark"], sort=True)]
+    fig, axes = _direction_panels(rows, "change", random_band, sharey="row")
+    for ax in axes.flat:
+        ax.axhline(0.0, color="black", lw=0.6)
+    fig.tight_layout()
+    style.save(fig, out, dpi)
+
+
+def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str, random_band: bool,
+                      sharey: bool | str):
+    """(fig, axes) of the probe grid that Figures 4 and 5 share: one row per (title, y label, table), one
+    column per reference method m, x = s in units of ‖Δ_m‖ (s = 1, dotted, is m's checkpoint)."""
+    refs = list(dict.fromkeys(pd.concat([g for _, _, g in rows])["reference"]))
+    fig, axes = plt.subplots(len(rows), len(refs), squeeze=False, sharey=sharey,
+                             figsize=style.figsize(max(1.0, 0.6 * len(refs)), 1.9 * len(rows)))
+    for r, (title, ylabel, sub) in enumerate(rows):
         for c, ref in enumerate(refs):
             ax = axes[r][c]
             g = sub[sub["reference"] == ref]
             own = g[g["direction"] == ref].sort_values("scale")
             rand = g[g["direction"] != ref]
             if random_band and not rand.empty:
-                band = rand.groupby("scale")["accuracy"].agg(["min", "max"]).reset_index()
+                band = rand.groupby("scale")[value].agg(["min", "max"]).reset_index()
                 ax.fill_between(band["scale"], band["min"], band["max"], color=style.method_color("random"),
                                 alpha=0.4, label="random (min-max)")
             else:
                 for i, (d, t) in enumerate(rand.groupby("direction")):
                     t = t.sort_values("scale")
-                    ax.plot(t["scale"], t["accuracy"], color=style.method_color("random"), lw=0.9,
+                    ax.plot(t["scale"], t[value], color=style.method_color("random"), lw=0.9,
                             label="random" if i == 0 else None)
-            ax.plot(own["scale"], own["accuracy"], color=style.method_color(ref), marker="o", label=f"{ref} direction")
+            ax.plot(own["scale"], own[value], color=style.method_color(ref), marker="o", label=f"{ref} direction")
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
             norm = own["distance"].max() / own["scale"].max() if own["scale"].max() > 0 else float("nan")
-            ax.set_title(f"{ckpt[1]}-{ckpt[2]}: {ref} (‖Δ‖ = {norm:.3g})")
+            ax.set_title(f"{title}: {ref} (‖Δ‖ = {norm:.3g})")
             ax.set_xlabel(f"s: distance / ‖Δ_{ref}‖")
-            ax.set_ylim(-0.02, 1.02)
             if r == 0:
                 ax.legend(loc="best")
-        axes[r][0].set_ylabel(f"accuracy on {ckpt[2]}")
-    fig.tight_layout()
-    style.save(fig, out, dpi)
+        axes[r][0].set_ylabel(ylabel)
+    return fig, axes
 
 
 def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False) -> None:

@@ -74,12 +74,13 @@ def norm_ratio(deltas: pd.DataFrame, schedule: str = "sequential") -> pd.DataFra
 
 def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFrame | None = None,
              barriers: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
-             probes: pd.DataFrame | None = None) -> pd.DataFrame:
+             probes: pd.DataFrame | None = None, holdout_ranges: pd.DataFrame | None = None) -> pd.DataFrame:
     """Whether each qualitative finding of the paper holds on this run, with the number behind the verdict.
 
-    A finding whose measurement is absent (its stage did not run) is `not measured`. Holdout accuracy
-    along directions (Figure 5) comes from the lm-eval holdout stage, not wired here yet: its row is
-    always `not measured` until that stage writes a table to pass in.
+    A finding whose measurement is absent (its stage did not run) is `not measured`. `holdout_ranges`:
+    a's holdout change at s = 1 against the random directions' range
+    (`esft.geometry.probe_holdout.random_range_at`); a's direction is "~ random" on holdouts when every
+    change lies within the range, widened by `holdout_random_tolerance` on both sides.
     """
     a, b = methods
     rows = []
@@ -122,7 +123,16 @@ def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFram
         add(f"{a} direction beats random directions on the trained task at its norm (Figure 4)",
             f"accuracy {own:.3g} vs random {rand:.3g}", "difference > 0",
             None if math.isnan(own) or math.isnan(rand) else bool(own > rand))
-    add(f"{a} direction ~ random on holdouts (Figure 5)", "holdouts along directions not computed", "", None)
+    tol = cfg["holdout_random_tolerance"]
+    threshold = f"{a} change from theta_0 at s = 1 within the random directions' range +- {tol}"
+    if holdout_ranges is not None and not holdout_ranges.empty:
+        cells = [f"{r.stage}-{r.trained_task} {r.benchmark} {r.metric}: {a} {r.own:+.3f} vs random "
+                 f"[{r.random_min:+.3f}, {r.random_max:+.3f}]" for r in holdout_ranges.itertuples()]
+        worst = holdout_ranges["outside"].max()
+        add(f"{a} direction ~ random on holdouts (Figure 5)", "; ".join(cells) + f"; max outside {worst:.3g}",
+            threshold, bool(worst <= tol))
+    else:
+        add(f"{a} direction ~ random on holdouts (Figure 5)", "", threshold, None)
     return pd.DataFrame(rows)
 
 
