@@ -185,8 +185,9 @@ def test_holdout_stage_writes_records_csv_and_table(tmp_path, micro_base, nltk_d
     assert set(tidy["metric"]) == {"acc", "answered", "prompt_level_strict_acc", "inst_level_strict_acc",
                                    "prompt_level_loose_acc", "inst_level_loose_acc"}
     main(["table", "holdout", "--input", str(tmp_path / "h.csv"), "--csv", str(tmp_path / "t.csv"),
-          "--md", str(tmp_path / "t.md")])
+          "--md", str(tmp_path / "t.md"), "--tex", str(tmp_path / "t.tex")])
     table = pd.read_csv(tmp_path / "t.csv")
+    assert "\\toprule" in (tmp_path / "t.tex").read_text()  # Table 2 in booktabs LaTeX too
     assert list(table.columns[4:6]) == ["mmlu acc", "ifeval prompt_level_strict_acc"]
     assert list(table["method"]) == ["base", "es"]
     assert holdout_matrix(collect_holdout(records)).shape == (2, 4 + 6)

@@ -207,7 +207,8 @@ def test_geometry_and_table1_outputs(workdir):
         along = list(csv.DictReader(fh))
     assert {(r["schedule"], r["stage"], r["trained_task"]) for r in along} == {("sequential", "2", "boolq")}
     assert {r["benchmark"] for r in along} == {"mmlu", "ifeval"} and len(along) == 2 * 4 * 5 * (2 + 4)
-    assert "\\toprule" in (out / "tables" / "single_task.tex").read_text()
+    for table in ("single_task", "holdout", "norm_ratio"):
+        assert "\\toprule" in (out / "tables" / f"{table}.tex").read_text()
 
 
 def test_holdout_change_reruns_only_that_benchmark_and_the_holdouts_along_directions(workdir):

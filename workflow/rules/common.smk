@@ -364,7 +364,7 @@ def final_targets():
             f"{R}/tables/{name}.{ext}"
             for name in tables
             for ext in ("csv", "md", "tex")
-            if (name, ext) not in {("findings", "tex"), ("holdout", "tex")}
+            if (name, ext) != ("findings", "tex")
         ]
     )
 

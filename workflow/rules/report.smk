@@ -251,6 +251,7 @@ rule table_holdout:
     output:
         csv=f"{R}/tables/holdout.csv",
         md=report(f"{R}/tables/holdout.md", caption="../report/holdout_table.rst", category="Tables"),
+        tex=f"{R}/tables/holdout.tex",
     log:
         f"{LOGS}/tables/holdout.log",
     conda:
@@ -258,7 +259,8 @@ rule table_holdout:
     params:
         cfg=js(config["tables"]),
     shell:
-        "esft table holdout --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "esft table holdout --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"
 
 
 # --- The other studies: ES with LoRA (blog) and LBES vs ES (targets: study_targets in common.smk) ----
