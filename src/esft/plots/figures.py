@@ -23,6 +23,21 @@ def _method(label: str) -> str:
     return label.split("/", 1)[0]
 
 
+def _runs_by_training(runs: Mapping[str, str | Path]) -> dict[str, dict[str, list[dict]]]:
+    """run.jsonl records of METHOD/SCHEDULE/K-TASK labels, grouped by what was trained (SCHEDULE/K-TASK),
+    then by method: the runs drawn side by side in one panel."""
+    grouped: dict[str, dict[str, list[dict]]] = {}
+    for label, path in runs.items():
+        method, trained = label.split("/", 1)
+        grouped.setdefault(trained, {})[method] = read_jsonl(path)
+    return grouped
+
+
+def _smoothed(records: Sequence[Mapping], key: str, window: int) -> pd.Series:
+    """`key` of each record as a trailing moving average over `window` steps (1 = raw)."""
+    return pd.Series([r[key] for r in records]).rolling(window, min_periods=1).mean()
+
+
 def accuracy_sequential(acc: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
     """Figure 1: accuracy on every task (lines) after each sequential stage (x), one panel per method."""
     seq = acc[acc["schedule"] == "sequential"]
@@ -108,15 +123,12 @@ def training_curves(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, s
     cumulative generated tokens (bottom), so methods compare at equal generation cost.
 
     `smooth`: trailing moving-average window in steps (1 = raw)."""
-    by_run: dict[str, dict[str, list[dict]]] = {}
-    for label, path in runs.items():
-        method, rest = label.split("/", 1)
-        by_run.setdefault(rest, {})[method] = read_jsonl(path)
+    by_run = _runs_by_training(runs)
     cols = len(by_run)
     fig, axes = plt.subplots(2, cols, squeeze=False, figsize=style.figsize(max(1.0, cols * 0.6), 4.0))
     for col, (rest, methods) in enumerate(by_run.items()):
         for method, records in methods.items():
-            reward = pd.Series([r["reward_mean"] for r in records]).rolling(smooth, min_periods=1).mean()
+            reward = _smoothed(records, "reward_mean", smooth)
             steps = [r["iteration"] + 1 for r in records]
             tokens = np.cumsum([r["tokens"] for r in records])
             for row, x in enumerate((steps, tokens)):
@@ -139,17 +151,16 @@ def pretraining_loss(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, 
     (schedule/stage-task), against step (left) and against cumulative tokens scored (`prompt_tokens`, right).
 
     `smooth`: trailing moving-average window in steps (1 = raw)."""
-    by_run: dict[str, dict[str, list[dict]]] = {}
-    for label, path in runs.items():
-        method, rest = label.split("/", 1)
-        records = read_jsonl(path)
-        if any("loss" not in r for r in records):
-            raise ValueError(f"{label}: run.jsonl has no `loss` (an ES run logs it only with fitness loglik)")
-        by_run.setdefault(rest, {})[method] = records
+    by_run = _runs_by_training(runs)
+    for rest, methods in by_run.items():
+        for method, records in methods.items():
+            if any("loss" not in r for r in records):
+                raise ValueError(f"{method}/{rest}: run.jsonl has no `loss` (an ES run logs it only with fitness "
+                                 "loglik)")
     fig, axes = plt.subplots(len(by_run), 2, squeeze=False, figsize=style.figsize(2.0, 2.4 * len(by_run)))
     for row, (rest, methods) in enumerate(by_run.items()):
         for method, records in methods.items():
-            loss = pd.Series([r["loss"] for r in records]).rolling(smooth, min_periods=1).mean()
+            loss = _smoothed(records, "loss", smooth)
             steps = [r["iteration"] + 1 for r in records]
             tokens = np.cumsum([r["prompt_tokens"] for r in records])
             for col, x in enumerate((steps, tokens)):
@@ -365,15 +376,12 @@ def lora_training(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smo
     """Mean training reward per iteration of each compared run (run.jsonl), one panel per trained task.
 
     `smooth`: trailing moving-average window in iterations (1 = raw)."""
-    by_task: dict[str, dict[str, list[dict]]] = {}
-    for label, path in runs.items():
-        method, _, run = label.split("/")
-        by_task.setdefault(run.split("-", 1)[1], {})[method] = read_jsonl(path)
+    by_task = {trained.split("-", 1)[1]: methods for trained, methods in _runs_by_training(runs).items()}
     fig, axes = plt.subplots(1, len(by_task), squeeze=False,
                              figsize=style.figsize(max(1.0, 0.8 * len(by_task)), 2.4))
     for ax, (task, methods) in zip(axes[0], by_task.items()):
         for method, records in methods.items():
-            reward = pd.Series([r["reward_mean"] for r in records]).rolling(smooth, min_periods=1).mean()
+            reward = _smoothed(records, "reward_mean", smooth)
             ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method), label=method)
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"training {_reward_label(task)}\n(population mean)")
