@@ -27,7 +27,8 @@ import torch
 
 from esft.errors import EsftError
 from esft.rollout.scoring import encode_texts, logprob_sums
-from esft.runs import Budget, Drift, ResumeState, input_fingerprint, minibatch, run_seed, write_run
+from esft.runs import (Budget, Drift, ResumeState, input_fingerprint, minibatch, run_seed, run_steps, runtime_of,
+                       write_run)
 from esft.training import TrainJob
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,7 @@ class AdamWRun:
             lr=settings.lr, betas=settings.betas, eps=settings.eps)
         self.budget = Budget(max_prompt_tokens=settings.max_prompt_tokens)
         self.drift = Drift(self.params)
-        first = next(iter(self.params.values()))
-        self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
+        self.runtime = runtime_of(self.params)
         digest = hashlib.sha256(json.dumps([settings.to_dict(), run_id, fingerprint], sort_keys=True).encode())
         self.state = ResumeState(state_dir, digest.hexdigest())
         self.records: list[dict[str, Any]] = []
@@ -220,19 +220,9 @@ class AdamWRun:
     def train(self) -> list[dict[str, Any]]:
         self._load_state()
         s = self.settings
-        for iteration in range(len(self.records), s.iterations):
-            stop = self.budget.exhausted(self.records)
-            if stop:
-                log.info("stopping before step %d: %s", iteration + 1, stop)
-                break
-            record = self.step(iteration)
-            self.records.append(record)
-            log.info("step %d/%d loss %.4f lr %.3g grad_norm %.3g | %d tokens scored, %.2fs", iteration + 1,
-                     s.iterations, record["loss"], record["lr"], record["grad_norm"], record["prompt_tokens"],
-                     record["seconds"])
-            if (iteration + 1) % s.checkpoint_every == 0 and iteration + 1 < s.iterations:
-                self._save_state()
-        return self.records
+        return run_steps(self.records, s.iterations, self.budget, s.checkpoint_every, self.step, self._save_state,
+                         describe=lambda r: (f"loss {r['loss']:.4f} lr {r['lr']:.3g} grad_norm {r['grad_norm']:.3g} | "
+                                             f"{r['prompt_tokens']} tokens scored, {r['seconds']:.2f}s"))
 
     def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
         write_run(out_dir, self.params, self.records, self.drift.frame(), dtype)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,25 @@ class Budget:
         return None
 
 
+def run_steps(records: list[dict[str, Any]], iterations: int, budget: Budget, checkpoint_every: int,
+              step: Callable[[int], dict[str, Any]], save: Callable[[], None],
+              describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """The loop of a method that owns its steps (ES, LBES, AdamW): go on after the records already logged
+    (a resumed run), stop before a step once `budget` is spent, append each step's record, and save the
+    resume state every `checkpoint_every` steps but not after the last (the outputs follow it)."""
+    for iteration in range(len(records), iterations):
+        stop = budget.exhausted(records)
+        if stop:
+            log.info("stopping before step %d: %s", iteration + 1, stop)
+            break
+        record = step(iteration)
+        records.append(record)
+        log.info("step %d/%d %s", iteration + 1, iterations, describe(record))
+        if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < iterations:
+            save()
+    return records
+
+
 def run_seed(seed: int, run_id: str) -> int:
     """The seed of one run: `seed` keyed on the run's identity (method/schedule/stage-task).
 
@@ -117,6 +136,13 @@ def offload(tensor: torch.Tensor, where: str) -> torch.Tensor:
     if where == "model" or tensor.device.type == "cpu":
         return tensor.detach().clone()
     return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda).copy_(tensor)
+
+
+def runtime_of(params: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """The dtype and device of the live tensors a run trains, logged with every step: a replay is bitwise
+    only in the run's own dtype and device (not those of a host-memory copy such as θ_0 or the master)."""
+    first = next(iter(params.values()))
+    return {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
 
 
 class Drift:

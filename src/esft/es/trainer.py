@@ -30,7 +30,7 @@ from esft.es.modes import Fitness, build_evaluator
 from esft.es.population import Population
 from esft.es.shaping import member_weights
 from esft.params import param_group
-from esft.runs import Budget, Drift, ResumeState, minibatch, run_seed, write_run
+from esft.runs import Budget, Drift, ResumeState, minibatch, run_seed, run_steps, runtime_of, write_run
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,7 @@ class ESTrainer:
             self.evaluator = ShardedEvaluator(
                 build_evaluator(cfg.mode, self.model, self.population, fitness, cfg.members_per_pass))
         self.drift = Drift(self.population.params, cfg.theta0_device)
-        first = next(iter(self.drift.theta0.values()))
-        self.runtime = {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
-        """Logged with every iteration: replay is bitwise only in the run's own dtype and device."""
+        self.runtime = runtime_of(self.population.params)
 
     def _start(self, fitness: Fitness | None, n_rows: int, cfg: ESConfig, state_dir: str | Path | None,
                fingerprint: str, run_id: str) -> None:
@@ -231,22 +229,10 @@ class ESTrainer:
 
     def train(self) -> list[dict[str, Any]]:
         self._load_state()
-        cfg = self.cfg
-        for iteration in range(len(self.records), cfg.iterations):
-            stop = self.budget.exhausted(self.records)
-            if stop:
-                log.info("stopping before iteration %d: %s", iteration + 1, stop)
-                break
-            record = self.step(iteration)
-            self.records.append(record)
-            log.info(
-                "iter %d/%d fitness mean %.4f max %.4f | %d rollouts, %d tokens, %.0f tok/s, %.2fs",
-                iteration + 1, cfg.iterations, record["fitness_mean"], record["fitness_max"],
-                record["rollouts"], record["tokens"], record["tokens_per_s"], record["seconds"],
-            )
-            if (iteration + 1) % cfg.checkpoint_every == 0 and iteration + 1 < cfg.iterations:
-                self._save_state()
-        return self.records
+        return run_steps(self.records, self.cfg.iterations, self.budget, self.cfg.checkpoint_every, self.step,
+                         self._save_state, describe=lambda r: (
+                             f"fitness mean {r['fitness_mean']:.4f} max {r['fitness_max']:.4f} | {r['rollouts']} "
+                             f"rollouts, {r['tokens']} tokens, {r['tokens_per_s']:.0f} tok/s, {r['seconds']:.2f}s"))
 
     def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
         """weights.safetensors (HF names, adapters merged, fp32 unless `dtype` says otherwise), run.jsonl

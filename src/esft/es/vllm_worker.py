@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from esft.errors import EsftError
 from esft.es.population import Population
 from esft.rollout.vllm_names import Shard, unfuse
-from esft.runs import Drift, ResumeState, save_weights
+from esft.runs import Drift, ResumeState, runtime_of, save_weights
 
 
 def load_into(views: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
@@ -54,8 +54,7 @@ class EngineES:
 
     def runtime(self) -> dict[str, str]:
         """The dtype and device a replay must use to rebuild this run bit for bit."""
-        first = next(iter(self.views.values()))
-        return {"dtype": str(first.dtype).removeprefix("torch."), "device": first.device.type}
+        return runtime_of(self.views)
 
     def perturb(self, iteration: int, member: int, sigma: float) -> None:
         self.population.perturb(iteration, member, sigma)
