@@ -83,19 +83,10 @@ def test_bad_reward_stops_the_run_naming_member_and_prompt(tiny_model, tokenizer
     assert trainer.records == []  # nothing was averaged or logged
 
 
-def test_sampled_fitness_uses_common_random_numbers(tokenizer):
-    """With temperature > 0 every member of an iteration samples with the same seed; iterations differ."""
-    import torch
-
-    from esft.es import Population
-    from esft.es.modes import InplaceEvaluator
-    from esft.models import TinyModelConfig, build_tiny_model
+def _recording_fitness(tokenizer, n_rows: int, generation_batch_size: int) -> tuple[TaskFitness, list[list[str]]]:
+    """Sampled conciseness fitness (temperature 1.5) on `n_rows` prompts that records every scored batch."""
     from esft.tasks import get_task
 
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                             warmstart_steps=0), tokenizer).eval()
-    rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, 7)]
     seen: list[list[str]] = []
 
     class Recording(TaskFitness):
@@ -103,8 +94,20 @@ def test_sampled_fitness_uses_common_random_numbers(tokenizer):
             seen.append(list(texts))
             return super().score(texts, indices, member)
 
-    fitness = Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12, generation_batch_size=8,
-                        temperature=1.5)
+    rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, n_rows + 1)]
+    return Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12,
+                     generation_batch_size=generation_batch_size, temperature=1.5), seen
+
+
+def test_sampled_fitness_uses_common_random_numbers(tiny_model, tokenizer):
+    """With temperature > 0 every member of an iteration samples with the same seed; iterations differ."""
+    import torch
+
+    from esft.es import Population
+    from esft.es.modes import InplaceEvaluator
+
+    model = tiny_model
+    fitness, seen = _recording_fitness(tokenizer, 6, generation_batch_size=8)
     evaluator = InplaceEvaluator(model, Population(dict(model.named_parameters()), seed=3), fitness)
     state = torch.random.get_rng_state()
     # σ = 0: every member is θ itself, so only the sampling seed could make their completions differ
@@ -132,18 +135,8 @@ def test_sampled_batches_do_not_depend_on_earlier_batches(tiny_model, tokenizer)
     samples its second batch exactly like a member whose first batch ran to max_new_tokens."""
     from esft.es import Population
     from esft.es.modes import InplaceEvaluator
-    from esft.tasks import get_task
 
-    rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, 5)]
-    seen: list[list[str]] = []
-
-    class Recording(TaskFitness):
-        def score(self, texts, indices, member):
-            seen.append(list(texts))
-            return super().score(texts, indices, member)
-
-    fitness = Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12, generation_batch_size=2,
-                        temperature=1.5)
+    fitness, seen = _recording_fitness(tokenizer, 4, generation_batch_size=2)
     evaluator = InplaceEvaluator(tiny_model, Population(dict(tiny_model.named_parameters()), seed=3), fitness)
     _first_call_cut_to_two_steps(tiny_model)
     evaluator(0, range(2), 0.0, list(range(4)))  # σ = 0: both members are θ; member 0's first batch is cut
