@@ -400,7 +400,7 @@ def lora_study():
 
 def lora_checkpoints():
     """Checkpoint labels the per-prompt reward figures compare: the base, then each study run."""
-    return ["base"] + [run_label(m, "single", 1, t) for t, methods in lora_study().items() for m in methods]
+    return ["base"] + [run_label(*run) for run in lora_runs()]
 
 
 def lora_runs():
