@@ -221,8 +221,9 @@ class AdamWRun:
         self._load_state()
         s = self.settings
         return run_steps(self.records, s.iterations, self.budget, s.checkpoint_every, self.step, self._save_state,
-                         describe=lambda r: (f"loss {r['loss']:.4f} lr {r['lr']:.3g} grad_norm {r['grad_norm']:.3g} | "
-                                             f"{r['prompt_tokens']} tokens scored, {r['seconds']:.2f}s"))
+                         describe=lambda r: (f"step {r['iteration'] + 1}/{s.iterations} loss {r['loss']:.4f} lr "
+                                             f"{r['lr']:.3g} grad_norm {r['grad_norm']:.3g} | {r['prompt_tokens']} "
+                                             f"tokens scored, {r['seconds']:.2f}s"))
 
     def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
         write_run(out_dir, self.params, self.records, self.drift.frame(), dtype)

@@ -82,18 +82,19 @@ class Budget:
 
 def run_steps(records: list[dict[str, Any]], iterations: int, budget: Budget, checkpoint_every: int,
               step: Callable[[int], dict[str, Any]], save: Callable[[], None],
-              describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+              describe: Callable[[dict[str, Any]], str], unit: str = "step") -> list[dict[str, Any]]:
     """The loop of a method that owns its steps (ES, LBES, AdamW): go on after the records already logged
-    (a resumed run), stop before a step once `budget` is spent, append each step's record, and save the
-    resume state every `checkpoint_every` steps but not after the last (the outputs follow it)."""
+    (a resumed run), stop before a step once `budget` is spent, append each step's record and log
+    `describe(record)`, and save the resume state every `checkpoint_every` steps but not after the last
+    (the outputs follow it). `unit` names a step in the log (ES: iteration)."""
     for iteration in range(len(records), iterations):
         stop = budget.exhausted(records)
         if stop:
-            log.info("stopping before step %d: %s", iteration + 1, stop)
+            log.info("stopping before %s %d: %s", unit, iteration + 1, stop)
             break
         record = step(iteration)
         records.append(record)
-        log.info("step %d/%d %s", iteration + 1, iterations, describe(record))
+        log.info("%s", describe(record))
         if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < iterations:
             save()
     return records

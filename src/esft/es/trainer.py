@@ -229,10 +229,12 @@ class ESTrainer:
 
     def train(self) -> list[dict[str, Any]]:
         self._load_state()
-        return run_steps(self.records, self.cfg.iterations, self.budget, self.cfg.checkpoint_every, self.step,
-                         self._save_state, describe=lambda r: (
-                             f"fitness mean {r['fitness_mean']:.4f} max {r['fitness_max']:.4f} | {r['rollouts']} "
-                             f"rollouts, {r['tokens']} tokens, {r['tokens_per_s']:.0f} tok/s, {r['seconds']:.2f}s"))
+        n = self.cfg.iterations
+        return run_steps(self.records, n, self.budget, self.cfg.checkpoint_every, self.step, self._save_state,
+                         unit="iteration", describe=lambda r: (
+                             f"iter {r['iteration'] + 1}/{n} fitness mean {r['fitness_mean']:.4f} max "
+                             f"{r['fitness_max']:.4f} | {r['rollouts']} rollouts, {r['tokens']} tokens, "
+                             f"{r['tokens_per_s']:.0f} tok/s, {r['seconds']:.2f}s"))
 
     def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
         """weights.safetensors (HF names, adapters merged, fp32 unless `dtype` says otherwise), run.jsonl
