@@ -59,8 +59,9 @@ def test_accuracy_matrix_orders_base_first(tmp_path):
                                                                  "countdown": {"accuracy": acc / 2, "n": 10, "tokens": 50}})
         files[label] = tmp_path / f"{label.replace('/', '_')}.json"
     long = collect_accuracy(files)
-    assert list(long.columns) == ["checkpoint", "method", "schedule", "stage", "trained_task", "eval_task", "accuracy",
-                                  "n", "n_tokens"]
+    assert list(long.columns) == ["checkpoint", "seed", "method", "schedule", "stage", "trained_task", "eval_task",
+                                  "accuracy", "n", "n_tokens"]
+    assert long["seed"].isna().all()  # labels without seed-S/
     assert set(long["n_tokens"]) == {40, 50}
     wide = accuracy_matrix(long)
     assert list(wide["stage"]) == [0, 1, 2]

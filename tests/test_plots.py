@@ -69,8 +69,8 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
     write_json(tmp_path / "b.json", {"math": {"accuracy": 0.4, "n": 10}})
     df = tables.single_task(acc, {"es/single/1-math": 300, "grpo/single/1-math": 20},
                             {"es/single/1-math@100": tmp_path / "b.json"})
-    assert list(df.columns) == ["task", "base", "es (100 steps)", "es (300 steps)", "grpo (20 steps)"]
-    assert df.iloc[0].tolist() == ["math", 0.2, 0.4, 0.6, 0.55]
+    assert list(df.columns) == ["task", "seed", "base", "es (100 steps)", "es (300 steps)", "grpo (20 steps)"]
+    assert df.drop(columns="seed").iloc[0].tolist() == ["math", 0.2, 0.4, 0.6, 0.55]
     tables.write_table(df, tmp_path / "t.csv", tmp_path / "t.md", ".2f", tmp_path / "t.tex")
     tex = (tmp_path / "t.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "0.40" in tex
@@ -78,19 +78,28 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
 
 
 CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
-       "holdout_random_tolerance": 0.05}
+       "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 3, "accuracy_gap_max": 0.1}
 
 
 def test_findings_verdicts_and_numbers():
     deltas = pd.DataFrame({"schedule": "sequential", "stage": [1, 2], "task": ["a", "b"], "ratio": [95.0, 12.0],
                            "cosine": [0.01, -0.2]})
-    barriers = pd.DataFrame({"barrier": [0.0, 0.02]})
+    # a path whose midpoint lies 0.02 below the endpoints' line
+    interpolation = pd.DataFrame({"schedule": "sequential", "stage": 1, "trained_task": "a", "task": "a",
+                                  "lambda": [0.0, 0.5, 1.0], "accuracy": [0.4, 0.38, 0.4]})
     fits = pd.DataFrame({"run": ["es/single/1-a", "grpo/single/1-a"], "theory": ["yes", "no ES step size in the run log"],
                          "r2": [0.99, 0.5], "slope_ratio": [1.1, float("nan")]})
-    df = tables.findings(["es", "grpo"], CFG, deltas, barriers, fits, _probes()).set_index("finding")
-    verdicts = df["verdict"].tolist()
-    assert verdicts == ["holds", "does not hold", "holds", "holds", "holds", "not measured"]
-    assert "0.2" in df["measured"].iloc[1] and "12" in df["measured"].iloc[0]
+    df = tables.findings(["es", "grpo"], CFG, deltas=deltas, interpolation=interpolation, drift_fits=fits,
+                         probes=_probes()).set_index("finding")
+    measured = df[df["verdict"] != "not measured"]
+    assert measured["verdict"].to_dict() == {
+        "es update norm >> grpo norm (Table 3)": "holds", "es and grpo deltas near-orthogonal": "does not hold",
+        "no barrier on the linear path es -> grpo (Figure 3)": "holds",
+        "es direction beats random directions on the trained task at its norm (Figure 4)": "holds",
+        "es drift linear in steps, slope ~ a^2 D/N (Figure 6)": "holds",
+        "grpo drift not linear in steps (Figure 6)": "holds"}
+    assert "0.2" in measured["measured"].iloc[1] and "12" in measured["measured"].iloc[0]
+    assert "0.02" in df.loc["no barrier on the linear path es -> grpo (Figure 3)", "measured"]
     empty = tables.findings(["es", "grpo"], CFG)
     assert set(empty["verdict"]) == {"not measured"}
 

@@ -70,7 +70,7 @@ def cmd_base_model(args) -> None:
         task = get_task(Path(test_file).parent.name)
         held_out.update(task.user_prompt(r) for r in read_jsonl(test_file))
     build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out, args.cfg.get("revision"),
-                     args.cfg.get("pad_token"))
+                     args.cfg.get("pad_token"), args.prebuilt)
 
 
 def cmd_train(args) -> None:
@@ -112,14 +112,29 @@ def cmd_replay(args) -> None:
     save_weights(args.out, weights)
 
 
-def cmd_evaluate(args) -> None:
-    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, write_evaluation
+def _checkpoints(args) -> list[tuple[str | None, str]]:
+    """(weights or None for the base, out) of each checkpoint a batched stage command evaluates: the
+    workflow evaluates every checkpoint of a seed in one process, so imports and start-up are paid once."""
+    weights = args.weights or [None]
+    if len(weights) != len(args.out):
+        raise SystemExit(f"esft {args.stage}: --weights and --out take one path per checkpoint "
+                         f"({len(args.weights or [])} weights, {len(args.out)} outputs)")
+    return list(zip(weights, args.out))
 
-    model, tokenizer = load_evaluated(args.base, args.weights, args.dtype, args.device, args.cfg)
+
+def cmd_evaluate(args) -> None:
+    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, reload_weights, write_evaluation
+
     data = _pairs(args.data)
-    metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
-                                          args.tasks_cfg, args.cfg["generation_batch_size"])
-    write_evaluation(args.out, metrics, completions)
+    model = tokenizer = None
+    for weights, out in _checkpoints(args):
+        if model is None or weights is None:
+            model, tokenizer = load_evaluated(args.base, weights, args.dtype, args.device, args.cfg)
+        else:  # the next checkpoint into the loaded model (or engine): every trainable tensor is replaced
+            reload_weights(model, weights)
+        metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
+                                              args.tasks_cfg, args.cfg["generation_batch_size"])
+        write_evaluation(out, metrics, completions)
 
 
 def cmd_collect_accuracy(args) -> None:
@@ -143,7 +158,7 @@ def cmd_prompt_rewards(args) -> None:
 def cmd_accuracy_curves(args) -> None:
     import pandas as pd
 
-    from esft.evaluate.accuracy import checkpoint_fields
+    from esft.labels import checkpoint_fields
     from esft.evaluate.curves import accuracy_curve
     from esft.io import atomic_open, read_json, read_jsonl
 
@@ -167,12 +182,17 @@ def cmd_kl(args) -> None:
     from esft.io import write_json, write_jsonl
     from esft.models import load_model
 
-    reference, tokenizer = load_model(args.base, args.reference, dtype=args.dtype, device=args.device)
-    model, _ = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
+    if not len(args.weights) == len(args.reference or args.weights) == len(args.completions) == len(args.out):
+        raise SystemExit("esft kl: --weights, --reference (if given), --completions and --out take one path per "
+                         "checkpoint")
     data = {k: Path(v) for k, v in _pairs(args.data).items()}
-    metrics, records = kl_on_tasks(reference, model, tokenizer, data, args.tasks_cfg, args.cfg)
-    write_jsonl(args.completions, records)
-    write_json(args.out, metrics)
+    references = [None if r == "base" else r for r in args.reference or ["base"] * len(args.weights)]
+    for reference_weights, weights, completions, out in zip(references, args.weights, args.completions, args.out):
+        reference, tokenizer = load_model(args.base, reference_weights, dtype=args.dtype, device=args.device)
+        model, _ = load_model(args.base, weights, dtype=args.dtype, device=args.device)
+        metrics, records = kl_on_tasks(reference, model, tokenizer, data, args.tasks_cfg, args.cfg)
+        write_jsonl(completions, records)
+        write_json(out, metrics)
 
 
 def cmd_collect_kl(args) -> None:
@@ -216,13 +236,14 @@ def cmd_holdout(args) -> None:
     from esft.evaluate.holdout import run_holdout, write_holdout
     from esft.models import load_model
 
-    model, tokenizer = load_model(args.base, args.weights, dtype=args.dtype, device=args.device)
-    record, samples = run_holdout(model, tokenizer, args.benchmark, args.cfg, data=args.data,
-                                  tasks_dir=args.tasks_dir and Path(args.tasks_dir), batch_size=args.batch_size)
-    if punkt is not None:
-        record["punkt_tab"] = {"path": str(Path(args.nltk_data).resolve()), "sha256_sorted_lines": punkt}
-    record["checkpoint"] = {"base": str(args.base), "weights": args.weights}
-    write_holdout(args.out, record, samples)
+    for weights, out in _checkpoints(args):
+        model, tokenizer = load_model(args.base, weights, dtype=args.dtype, device=args.device)
+        record, samples = run_holdout(model, tokenizer, args.benchmark, args.cfg, data=args.data,
+                                      tasks_dir=args.tasks_dir and Path(args.tasks_dir), batch_size=args.batch_size)
+        if punkt is not None:
+            record["punkt_tab"] = {"path": str(Path(args.nltk_data).resolve()), "sha256_sorted_lines": punkt}
+        record["checkpoint"] = {"base": str(args.base), "weights": weights}
+        write_holdout(out, record, samples)
 
 
 def cmd_collect_holdout(args) -> None:
@@ -272,6 +293,7 @@ def cmd_interpolate(args) -> None:
     import pandas as pd
 
     from esft.geometry.deltas import split_label
+    from esft.labels import split_seed
     from esft.geometry.interpolation import interpolation_variants
     from esft.geometry.variants import evaluate_variants, load_delta
     from esft.io import atomic_open
@@ -285,7 +307,8 @@ def cmd_interpolate(args) -> None:
         directions = {"a": load_delta(theta0, path_a), "b": load_delta(theta0, path_b)}
         results = evaluate_variants(model, tokenizer, theta0, directions, variants, data, args.tasks_cfg,
                                     args.cfg["generation_batch_size"], args.cfg["variants_per_pass"])
-        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, "lambda": v.key["lambda"],
+        rows += [{"seed": split_seed(label)[0], "schedule": schedule, "stage": stage, "trained_task": trained,
+                  "lambda": v.key["lambda"],
                   "task": task, "accuracy": score.accuracy}
                  for v, scores in zip(variants, results) for task, score in scores.items()]
     with atomic_open(args.out) as fh:
@@ -296,6 +319,7 @@ def cmd_probe(args) -> None:
     import pandas as pd
 
     from esft.geometry.deltas import split_label
+    from esft.labels import split_seed
     from esft.geometry.probes import probe_variants, random_directions
     from esft.geometry.variants import evaluate_variants, load_delta
     from esft.io import atomic_open
@@ -311,7 +335,7 @@ def cmd_probe(args) -> None:
         results = evaluate_variants(model, tokenizer, theta0, {**directions, **randoms}, variants,
                                     {trained: data[trained]}, args.tasks_cfg, args.cfg["generation_batch_size"],
                                     args.cfg["variants_per_pass"])
-        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, **v.key,
+        rows += [{"seed": split_seed(label)[0], "schedule": schedule, "stage": stage, "trained_task": trained, **v.key,
                   "accuracy": scores[trained].accuracy} for v, scores in zip(variants, results)]
     with atomic_open(args.out) as fh:
         pd.DataFrame(rows).to_csv(fh, index=False)
@@ -326,6 +350,7 @@ def cmd_probe_holdout(args) -> None:
     import pandas as pd
 
     from esft.geometry.deltas import split_label
+    from esft.labels import split_seed
     from esft.geometry.probe_holdout import holdout_rows
     from esft.geometry.probes import probe_variants, random_directions
     from esft.geometry.variants import load_delta
@@ -340,7 +365,7 @@ def cmd_probe_holdout(args) -> None:
         schedule, stage, trained = split_label(label)
         directions = {**{m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}, **randoms}
         variants = probe_variants(directions, args.methods, list(randoms), scales)
-        rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, **row}
+        rows += [{"seed": split_seed(label)[0], "schedule": schedule, "stage": stage, "trained_task": trained, **row}
                  for row in holdout_rows(model, tokenizer, theta0, directions, variants,
                                          args.holdout_cfg["benchmarks"], data=data,
                                          tasks_dir=args.tasks_dir and Path(args.tasks_dir),
@@ -414,39 +439,43 @@ def cmd_table(args) -> None:
     from esft.io import read_jsonl
     from esft.plots import tables
 
+    from esft.labels import checkpoint_fields
+
     df = pd.read_csv(args.input)
+    float_format = args.cfg.get("float_format", ".3f")
+    keys = tables.CHECKPOINT_KEYS
     if args.kind == "accuracy":
         df = tables.accuracy_matrix(df)
+    elif args.kind == "norms":
+        fields = pd.DataFrame([checkpoint_fields(label) for label in df["checkpoint"]]).drop(columns="seed")
+        df = tables.by_checkpoint(pd.concat([fields, df.drop(columns="checkpoint")], axis=1))
     elif args.kind == "single-task":
         steps = {label: len(read_jsonl(path)) for label, path in _pairs(args.runs).items()}
-        df = tables.single_task(df, steps, _pairs(args.budgets))
+        df, keys = tables.single_task(df, steps, _pairs(args.budgets)), ["task"]
     elif args.kind == "norm-ratio":
-        df = tables.norm_ratio(df)
+        df, keys = tables.norm_ratio(df), ["stage", "task"]
     elif args.kind == "holdout":
         from esft.evaluate.holdout import holdout_matrix
 
         df = holdout_matrix(df)
-    elif args.kind == "time-to-accuracy":
+    if args.kind == "time-to-accuracy":
         df = tables.time_to_accuracy(df, args.cfg["fraction"], args.cfg.get("targets"))
-    tables.write_table(df, args.csv, args.md, args.cfg.get("float_format", ".3f"), args.tex)
+        tables.write_table(df, args.csv, args.md, float_format, args.tex)
+    else:
+        csv, display = tables.over_seeds(df, keys, float_format)
+        tables.write_table(csv, args.csv, args.md, float_format, args.tex, display=display)
 
 
 def cmd_findings(args) -> None:
     import pandas as pd
 
-    from esft.geometry.interpolation import barriers
-    from esft.geometry.probe_holdout import random_range_at
     from esft.plots.tables import findings, write_table
 
-    def read(path: str | None) -> pd.DataFrame | None:
-        return pd.read_csv(path) if path else None
+    inputs = {name: pd.read_csv(getattr(args, name)) for name in FINDINGS_INPUTS if getattr(args, name)}
+    write_table(findings(args.methods, args.cfg, **inputs), args.csv, args.md)
 
-    interp, along = read(args.interpolation), read(args.probes_holdout)
-    df = findings(args.methods, args.cfg, deltas=read(args.deltas),
-                  barriers=None if interp is None else barriers(interp), drift_fits=read(args.drift_fits),
-                  probes=read(args.probes),
-                  holdout_ranges=None if along is None else random_range_at(along, args.methods[0]))
-    write_table(df, args.csv, args.md)
+
+FINDINGS_INPUTS = ("deltas", "interpolation", "drift_fits", "probes", "probes_holdout", "accuracy", "kl")
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -479,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("base-model", cmd_base_model, "build the tiny model or write a pointer to a real one")
     p.add_argument("--cfg", type=_cfg, required=True, help="the model config slice")
     p.add_argument("--held-out", nargs="*", default=[], help="test.jsonl files whose prompts the warm-start avoids")
+    p.add_argument("--prebuilt", default=None, help="a shipped build of the tiny model to copy after checking it "
+                   "matches the config and held-out prompts (default: build it)")
     p.add_argument("--out", required=True)
 
     p = add("train", cmd_train, "train one stage of one method on one task")
@@ -513,13 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild the weights after this many iterations (default: all; Table 1's earlier budgets)")
     p.add_argument("--out", required=True, help="weights.safetensors to write")
 
-    p = add("evaluate", cmd_evaluate, "accuracy of one checkpoint on every task's test split")
+    p = add("evaluate", cmd_evaluate, "accuracy of checkpoints on every task's test split")
     model_args(p)
-    p.add_argument("--weights", default=None)
+    p.add_argument("--weights", nargs="+", default=None, help="weights.safetensors of each checkpoint (default: the "
+                   "base model)")
     p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
     p.add_argument("--tasks-cfg", type=_cfg, required=True)
     p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate config slice")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="accuracy.json of each checkpoint (completions.jsonl beside)")
 
     p = add("collect-accuracy", cmd_collect_accuracy, "gather metric files into one long CSV")
     p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
@@ -543,13 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("kl", cmd_kl, "KL(reference ‖ checkpoint) per token on every task's test prompts, along "
             "completions sampled from the reference")
     model_args(p)
-    p.add_argument("--reference", default=None, help="the earlier checkpoint's weights.safetensors (default: the base)")
-    p.add_argument("--weights", required=True, help="the later checkpoint's weights.safetensors")
+    p.add_argument("--reference", nargs="+", default=None, help="the earlier checkpoint's weights.safetensors, or "
+                   "base, per checkpoint (default: the base)")
+    p.add_argument("--weights", nargs="+", required=True, help="the later checkpoint's weights.safetensors, per pair")
     p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
     p.add_argument("--tasks-cfg", type=_cfg, required=True)
     p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate.kl config slice")
-    p.add_argument("--completions", required=True, help="jsonl of the sampled completions' token ids and KL")
-    p.add_argument("--out", required=True, help="per-task KL json")
+    p.add_argument("--completions", nargs="+", required=True, help="jsonl of the sampled completions' token ids and "
+                   "KL, per pair")
+    p.add_argument("--out", nargs="+", required=True, help="per-task KL json, per pair")
 
     p = add("collect-kl", cmd_collect_kl, "gather KL files into one long CSV")
     p.add_argument("--pairs", nargs="+", required=True, help="LABEL:REFERENCE=kl.json ... (REFERENCE previous or base)")
@@ -570,9 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("nltk-data", cmd_nltk_data, "write NLTK's English punkt_tab model (for IFEval scoring) offline")
     p.add_argument("--out", required=True, help="an NLTK data root: tokenizers/punkt_tab/english is written below it")
 
-    p = add("holdout", cmd_holdout, "one holdout benchmark (mmlu, ifeval) of one checkpoint through lm-eval")
+    p = add("holdout", cmd_holdout, "one holdout benchmark (mmlu, ifeval) of checkpoints through lm-eval")
     model_args(p)
-    p.add_argument("--weights", default=None)
+    p.add_argument("--weights", nargs="+", default=None, help="weights.safetensors of each checkpoint (default: the "
+                   "base model)")
     p.add_argument("--benchmark", required=True, choices=["mmlu", "ifeval"])
     p.add_argument("--cfg", type=_cfg, required=True, help="the benchmark's config slice")
     p.add_argument("--data", default=None, help="rows of `esft holdout-data` (source synthetic), or the directory "
@@ -580,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nltk-data", default=None, help="NLTK data root holding punkt_tab (needed by ifeval)")
     p.add_argument("--tasks-dir", default=None, help="our lm-eval task YAMLs (default: resources/lm_eval of this checkout)")
     p.add_argument("--batch-size", type=int, default=16, help="lm-eval (HFLM) batch size")
-    p.add_argument("--out", required=True, help="<benchmark>.json (samples go to <benchmark>.samples.jsonl)")
+    p.add_argument("--out", nargs="+", required=True, help="<benchmark>.json of each checkpoint (samples go to "
+                   "<benchmark>.samples.jsonl beside it)")
 
     p = add("collect-holdout", cmd_collect_holdout, "gather holdout records into one tidy CSV")
     p.add_argument("--results", nargs="+", required=True, help="LABEL/BENCHMARK=record.json ...")
@@ -661,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-fits", default=None)
     p.add_argument("--probes", default=None)
     p.add_argument("--probes-holdout", default=None)
+    p.add_argument("--accuracy", default=None, help="eval/accuracy.csv: the learning claims")
+    p.add_argument("--kl", default=None, help="eval/kl.csv: the forgetting claim")
     p.add_argument("--cfg", type=_cfg, required=True, help="the thresholds (geometry.findings)")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)

@@ -138,6 +138,9 @@ def _check_references(config: dict[str, Any]) -> None:
     for method in train.get("methods", []):
         if method not in config:
             raise ConfigError(f"config error: train.methods lists {method!r} but the config has no {method}: section")
+        if "seed" in config[method]:
+            raise ConfigError(f"config error: {method}.seed is not allowed in a workflow config: each run's seed "
+                              f"comes from seeds: (here {config.get('seeds', [0])}); remove it")
     for method, processes in train.get("processes", {}).items():
         if method not in train.get("methods", []):
             raise ConfigError(f"config error: train.processes.{method}: {method!r} is not in train.methods")

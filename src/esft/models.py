@@ -9,8 +9,10 @@ checkpoints are `weights.safetensors` files with standard parameter names, loade
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import shutil
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,16 +178,19 @@ def download_model(repo_id: str, revision: str | None, out_dir: Path) -> str:
 
 def build_base_model(source: str, out_dir: str | Path, tiny: dict[str, Any] | None = None,
                      exclude_prompts: set[str] | None = None, revision: str | None = None,
-                     pad_token: str | None = None) -> dict[str, Any]:
-    """Write the base-model manifest to `out_dir`, and the model itself for `source: tiny` (built) or a
-    hub id (downloaded to `out_dir/hf`); a local path is only pointed at. `pad_token` is recorded for
-    tokenizers that have none (Llama 3.1) and set by `load_model`."""
+                     pad_token: str | None = None, prebuilt: str | Path | None = None) -> dict[str, Any]:
+    """Write the base-model manifest to `out_dir`, and the model itself for `source: tiny` (built, or copied
+    from the `prebuilt` build of the same config) or a hub id (downloaded to `out_dir/hf`); a local path is
+    only pointed at. `pad_token` is recorded for tokenizers that have none (Llama 3.1) and set by
+    `load_model`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"source": source}
     if pad_token:
         manifest["pad_token"] = pad_token
-    if source == "tiny":
+    if source == "tiny" and prebuilt:
+        manifest = copy_prebuilt(prebuilt, out_dir, TinyModelConfig(**(tiny or {})), exclude_prompts or set())
+    elif source == "tiny":
         cfg = TinyModelConfig(**(tiny or {}))
         tokenizer = build_tokenizer()
         model = build_tiny_model(cfg, tokenizer)
@@ -197,10 +202,54 @@ def build_base_model(source: str, out_dir: str | Path, tiny: dict[str, Any] | No
             config=asdict(cfg),
             parameters=sum(p.numel() for p in model.parameters()),
             warmstart_final_loss=losses[-1] if losses else None,
+            held_out_sha256=held_out_digest(exclude_prompts or set()),
+            weights_sha256=file_sha256(out_dir / WEIGHTS_FILE),
         )
     elif not Path(source).exists():
         manifest.update(path="hf", revision=download_model(source, revision, out_dir / "hf"))
     write_json(out_dir / "model.json", manifest)
+    return manifest
+
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def held_out_digest(prompts: set[str]) -> str:
+    """sha256 of the sorted held-out prompts: names the prompts a warm-start was kept away from."""
+    return hashlib.sha256("\n".join(sorted(prompts)).encode()).hexdigest()
+
+
+def copy_prebuilt(prebuilt: str | Path, out_dir: Path, cfg: TinyModelConfig, exclude_prompts: set[str]) -> dict[str, Any]:
+    """Copy a shipped build of the tiny model into `out_dir` after checking that it is the build this config
+    asks for: the same tiny config, warm-started away from the same held-out prompts, weights unchanged.
+
+    The warm-start amplifies the rounding of each machine's kernels (another CPU builds another base
+    model), so the embedded default ships its build to start every machine from the same weights."""
+    prebuilt = Path(prebuilt)
+    found = base_manifest(prebuilt)
+    if found is None or found[1].get("source") != "tiny":
+        raise EsftError(f"model.prebuilt: {prebuilt} holds no tiny base model (model.json with source tiny)")
+    manifest = dict(found[1])
+    rebuild = "set model.prebuilt: null to build the model from its config"
+    if manifest.get("config") != asdict(cfg):
+        diff = sorted(k for k in asdict(cfg) if manifest.get("config", {}).get(k) != asdict(cfg)[k])
+        raise EsftError(f"model.prebuilt: {prebuilt} was built with another model.tiny config (differs in "
+                        f"{', '.join(diff)}); {rebuild}")
+    if manifest.get("held_out_sha256") != held_out_digest(exclude_prompts):
+        raise EsftError(f"model.prebuilt: {prebuilt} was warm-started away from other held-out prompts than this "
+                        f"run's test splits (tasks changed?); {rebuild}")
+    weights = prebuilt / WEIGHTS_FILE
+    if not weights.exists() or file_sha256(weights) != manifest.get("weights_sha256"):
+        raise EsftError(f"model.prebuilt: {weights} does not match the sha256 its model.json records; {rebuild}")
+    for path in prebuilt.iterdir():
+        if path.is_file() and path.name != "model.json":
+            shutil.copyfile(path, out_dir / path.name)
+    manifest["prebuilt"] = str(prebuilt)
+    log.info("base model: the shipped build %s (weights sha256 %s)", prebuilt, manifest["weights_sha256"])
     return manifest
 
 

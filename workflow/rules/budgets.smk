@@ -5,11 +5,11 @@
 rule replay_budget:
     input:
         base=f"{R}/model/base",
-        run=f"{R}/train/{{method}}/single/1-{{task}}/run.jsonl",
+        run=f"{R}/train/seed-{{seed}}/{{method}}/single/1-{{task}}/run.jsonl",
     output:
-        f"{R}/budget/{{method}}/single/1-{{task}}/{{k}}/weights.safetensors",
+        f"{R}/budget/seed-{{seed}}/{{method}}/single/1-{{task}}/{{k}}/weights.safetensors",
     log:
-        f"{LOGS}/budget/{{method}}/{{task}}/{{k}}/replay.log",
+        f"{LOGS}/budget/seed-{{seed}}/{{method}}/{{task}}/{{k}}/replay.log",
     wildcard_constraints:
         k="[0-9]+",
     conda:
@@ -21,13 +21,13 @@ rule replay_budget:
 rule evaluate_budget:
     input:
         base=f"{R}/model/base",
-        weights=f"{R}/budget/{{method}}/single/1-{{task}}/{{k}}/weights.safetensors",
+        weights=f"{R}/budget/seed-{{seed}}/{{method}}/single/1-{{task}}/{{k}}/weights.safetensors",
         data=f"{R}/data/{{task}}/test.jsonl",
     output:
-        metrics=f"{R}/budget/{{method}}/single/1-{{task}}/{{k}}/accuracy.json",
-        completions=f"{R}/budget/{{method}}/single/1-{{task}}/{{k}}/completions.jsonl",
+        metrics=f"{R}/budget/seed-{{seed}}/{{method}}/single/1-{{task}}/{{k}}/accuracy.json",
+        completions=f"{R}/budget/seed-{{seed}}/{{method}}/single/1-{{task}}/{{k}}/completions.jsonl",
     log:
-        f"{LOGS}/budget/{{method}}/{{task}}/{{k}}/evaluate.log",
+        f"{LOGS}/budget/seed-{{seed}}/{{method}}/{{task}}/{{k}}/evaluate.log",
     wildcard_constraints:
         k="[0-9]+",
     conda:
@@ -61,7 +61,7 @@ rule collect_accuracy_curves:
         runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in lbes_runs()),
         points=" ".join(
             [f"{run_label(*run)}@final={R}/eval/{run_label(*run)}/accuracy.json" for run in lbes_runs()]
-            + [f"{m}/single/1-{t}@{k}={budget_dir(m, t, k)}/accuracy.json" for m, t, k in curve_points()]
+            + [f"{budget_key(*p)}={budget_dir(*p)}/accuracy.json" for p in curve_points()]
         ),
     shell:
         "esft accuracy-curves --base-accuracy {input.base} --runs {params.runs} --points {params.points} "

@@ -1,5 +1,7 @@
 # Paths, checkpoint bookkeeping and config slices shared by all rules.
 import json
+from collections import namedtuple
+from pathlib import Path
 
 from esft.config import method_kind
 
@@ -7,6 +9,11 @@ EXP = config["experiment"]
 R = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
 RUNTIME = config["runtime"]
+SEEDS = config["seeds"]
+# one training job; its label (and directory under train/) is seed-S/METHOD/SCHEDULE/K-TASK
+Run = namedtuple("Run", "seed method schedule stage task")
+# a checkpoint both compared methods reach (geometry), in one seed
+Pair = namedtuple("Pair", "seed schedule stage task")
 
 
 wildcard_constraints:
@@ -14,6 +21,7 @@ wildcard_constraints:
     method="[a-z0-9_]+",
     schedule="single|sequential",
     stage="[0-9]+",
+    seed="[0-9]+",
 
 
 def js(obj):
@@ -33,30 +41,32 @@ def schedule_tasks(method, schedule):
 
 
 def training_runs():
-    """(method, schedule, stage, task) of every training job."""
+    """Every training job: each seed trains every method on its sequential and single tasks."""
     runs = []
-    for method in config["train"]["methods"]:
-        runs += [(method, "sequential", k, t) for k, t in enumerate(schedule_tasks(method, "sequential"), 1)]
-        runs += [(method, "single", 1, t) for t in schedule_tasks(method, "single")]
+    for seed in SEEDS:
+        for method in config["train"]["methods"]:
+            runs += [Run(seed, method, "sequential", k, t) for k, t in enumerate(schedule_tasks(method, "sequential"), 1)]
+            runs += [Run(seed, method, "single", 1, t) for t in schedule_tasks(method, "single")]
     return runs
 
 
-def run_label(method, schedule, stage, task):
-    return f"{method}/{schedule}/{stage}-{task}"
+def run_label(seed, method, schedule, stage, task):
+    return f"seed-{seed}/{method}/{schedule}/{stage}-{task}"
 
 
-def run_dir(method, schedule, stage, task):
-    return f"{R}/train/{run_label(method, schedule, stage, task)}"
+def run_dir(seed, method, schedule, stage, task):
+    return f"{R}/train/{run_label(seed, method, schedule, stage, task)}"
 
 
 def checkpoint_labels():
     return ["base"] + [run_label(*run) for run in training_runs()]
 
 
-def method_config(method, task):
-    """The method's slice with this task's overrides applied."""
+def method_config(method, task, seed=None):
+    """The method's slice with this task's overrides applied, and the experiment's seed (seeds:) as its
+    `seed` when one is given."""
     overrides = config["train"].get("overrides", {}).get(task, {}).get(method, {})
-    return {**config[method], **overrides}
+    return {**config[method], **overrides, **({} if seed is None else {"seed": int(seed)})}
 
 
 def train_dtype(method):
@@ -96,12 +106,55 @@ def train_corpus(wildcards):
     return []
 
 
-def checkpoint_weights(wildcards):
-    return [] if wildcards.ckpt == "base" else f"{R}/train/{wildcards.ckpt}/weights.safetensors"
+def run_names():
+    """METHOD/SCHEDULE/K-TASK of every run a seed trains (the same in every seed)."""
+    return [run_label(*run).split("/", 1)[1] for run in training_runs() if run.seed == SEEDS[0]]
+
+
+def seed_weights(wildcards):
+    """Every checkpoint of one seed, in run_names() order: the batched evaluation rules score them in one
+    process, so start-up (imports, lm-eval's environment report) is paid once per seed, not per checkpoint."""
+    return [f"{R}/train/seed-{wildcards.seed}/{name}/weights.safetensors" for name in run_names()]
+
+
+def holdout_names():
+    """METHOD/SCHEDULE/K-TASK of the runs whose checkpoints get holdout benchmarks, in every seed."""
+    return [label.split("/", 1)[1] for label in holdout_checkpoints() if label != "base" and label.startswith(f"seed-{SEEDS[0]}/")]
+
+
+def kl_jobs():
+    """(run name, reference, reference weights or `base`) of each KL file a seed's KL job writes: KL to the base
+    for every run, to the previous stage for sequential stages after the first."""
+    jobs = []
+    for run in training_runs():
+        if run.seed != SEEDS[0]:
+            continue
+        name = run_label(*run).split("/", 1)[1]
+        jobs.append((name, "base", "base"))
+        if run.schedule == "sequential" and run.stage > 1:
+            previous = schedule_tasks(run.method, "sequential")[run.stage - 2]
+            jobs.append((name, "previous", f"{run.method}/sequential/{run.stage - 1}-{previous}"))
+    return jobs
+
+
+def kl_reference_args(wildcards):
+    """`--reference` of a seed's KL job: `base` or the previous stage's weights, per KL file."""
+    return " ".join(
+        ref if ref == "base" else f"{R}/train/seed-{wildcards.seed}/{ref}/weights.safetensors"
+        for _, _, ref in kl_jobs()
+    )
 
 
 def test_files():
     return [f"{R}/data/{t}/test.jsonl" for t in task_names()]
+
+
+def prebuilt_base():
+    """The shipped tiny-model files (model.prebuilt) the base_model rule copies, or none: it builds."""
+    prebuilt = config["model"].get("prebuilt")
+    if config["model"]["source"] != "tiny" or not prebuilt:
+        return []
+    return [str(p) for p in sorted(Path(workflow.basedir, prebuilt).iterdir())]
 
 
 def train_init(wildcards):
@@ -110,7 +163,7 @@ def train_init(wildcards):
     if wildcards.schedule == "single" or k == 1:
         return []
     previous = schedule_tasks(wildcards.method, "sequential")[k - 2]
-    return f"{run_dir(wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
+    return f"{run_dir(wildcards.seed, wildcards.method, 'sequential', k - 1, previous)}/weights.safetensors"
 
 
 def accuracy_config():
@@ -122,17 +175,12 @@ def kl_pairs():
     """(checkpoint label, reference, KL file) of every row of kl.csv: reference `base` is KL(π_0 ‖ π_k),
     `previous` KL(π_{k−1} ‖ π_k); where π_{k−1} is the base (single schedule, stage 1) both read one file."""
     pairs = []
-    for method, schedule, stage, task in training_runs():
-        label = run_label(method, schedule, stage, task)
+    for run in training_runs():
+        label = run_label(*run)
         base = f"{R}/eval/{label}/kl_base.json"
-        previous = base if schedule == "single" or stage == 1 else f"{R}/eval/{label}/kl_previous.json"
+        previous = base if run.schedule == "single" or run.stage == 1 else f"{R}/eval/{label}/kl_previous.json"
         pairs += [(label, "previous", previous), (label, "base", base)]
     return pairs
-
-
-def kl_reference(wildcards):
-    """The earlier model of a KL pair: nothing for the base, else the previous sequential stage."""
-    return [] if wildcards.reference == "base" else train_init(wildcards)
 
 
 def figure_cfg(name):
@@ -150,45 +198,52 @@ def geometry_methods():
 
 def geometry_runs():
     """Training runs of the compared methods (drift fits): those of either that is trained."""
-    return [run for run in training_runs() if run[0] in geometry_methods()]
+    return [run for run in training_runs() if run.method in geometry_methods()]
 
 
 def geometry_pairs():
-    """(schedule, stage, task) of each checkpoint both compared methods reach by training the same tasks
-    (sequential stages up to the first difference in their task lists); none unless both are trained."""
+    """Each checkpoint both compared methods reach by training the same tasks (sequential stages up to the
+    first difference in their task lists), in every seed; none unless both are trained."""
     a, b = geometry_methods()
     if not {a, b} <= set(config["train"]["methods"]):
         return []
     pairs = []
-    for schedule in config["geometry"]["schedules"]:
-        tasks_a, tasks_b = schedule_tasks(a, schedule), schedule_tasks(b, schedule)
-        if schedule == "sequential":
-            for k, (task_a, task_b) in enumerate(zip(tasks_a, tasks_b), 1):
-                if task_a != task_b:
-                    break
-                pairs.append((schedule, k, task_a))
-        else:
-            pairs += [(schedule, 1, t) for t in tasks_a if t in tasks_b]
+    for seed in SEEDS:
+        for schedule in config["geometry"]["schedules"]:
+            tasks_a, tasks_b = schedule_tasks(a, schedule), schedule_tasks(b, schedule)
+            if schedule == "sequential":
+                for k, (task_a, task_b) in enumerate(zip(tasks_a, tasks_b), 1):
+                    if task_a != task_b:
+                        break
+                    pairs.append(Pair(seed, schedule, k, task_a))
+            else:
+                pairs += [Pair(seed, schedule, 1, t) for t in tasks_a if t in tasks_b]
     return pairs
 
 
 def pair_weights(pairs=None):
     """Both methods' weights at `pairs` (default: every geometry pair)."""
     pairs = geometry_pairs() if pairs is None else pairs
-    return [f"{run_dir(m, *pair)}/weights.safetensors" for pair in pairs for m in geometry_methods()]
+    return [
+        f"{run_dir(p.seed, m, p.schedule, p.stage, p.task)}/weights.safetensors"
+        for p in pairs
+        for m in geometry_methods()
+    ]
 
 
 def pair_args(pairs=None):
-    """`--pairs` of the esft geometry stages: schedule/k-task=WEIGHTS_A,WEIGHTS_B (default: every pair)."""
+    """`--pairs` of the esft geometry stages: seed-S/schedule/k-task=WEIGHTS_A,WEIGHTS_B (default: every
+    pair)."""
     pairs = geometry_pairs() if pairs is None else pairs
     return " ".join(
-        f"{s}/{k}-{t}=" + ",".join(f"{run_dir(m, s, k, t)}/weights.safetensors" for m in geometry_methods())
-        for s, k, t in pairs
+        f"seed-{p.seed}/{p.schedule}/{p.stage}-{p.task}="
+        + ",".join(f"{run_dir(p.seed, m, p.schedule, p.stage, p.task)}/weights.safetensors" for m in geometry_methods())
+        for p in pairs
     )
 
 
 def pair_tasks():
-    return list(dict.fromkeys(t for _, _, t in geometry_pairs()))
+    return list(dict.fromkeys(p.task for p in geometry_pairs()))
 
 
 def geometry_cfg(stage):
@@ -200,19 +255,28 @@ def geometry_cfg(stage):
 
 
 def budget_runs():
-    """(method, task, k) of Table 1's earlier budgets: single-task runs rebuilt after k iterations."""
+    """(seed, method, task, k) of Table 1's earlier budgets: single-task runs rebuilt after k iterations."""
     budgets = config["tables"].get("single_task", {}).get("budgets", {})
     return [
-        (m, t, k) for m in config["train"]["methods"] for t in schedule_tasks(m, "single") for k in budgets.get(m, [])
+        (s, m, t, k)
+        for s in SEEDS
+        for m in config["train"]["methods"]
+        for t in schedule_tasks(m, "single")
+        for k in budgets.get(m, [])
     ]
 
 
-def budget_dir(method, task, k):
-    return f"{R}/budget/{method}/single/1-{task}/{k}"
+def budget_dir(seed, method, task, k):
+    return f"{R}/budget/seed-{seed}/{method}/single/1-{task}/{k}"
+
+
+def budget_key(seed, method, task, k):
+    """A budget's `LABEL@K` key for the stages that read it."""
+    return f"{run_label(seed, method, 'single', 1, task)}@{k}"
 
 
 def single_runs():
-    return [run for run in training_runs() if run[1] == "single"]
+    return [run for run in training_runs() if run.schedule == "single"]
 
 
 def findings_inputs(wildcards):
@@ -228,6 +292,8 @@ def findings_inputs(wildcards):
         inputs["drift_fits"] = f"{R}/geometry/drift_fits.csv"
     if probe_holdout_pairs():
         inputs["probes_holdout"] = f"{R}/geometry/probes_holdout.csv"
+    if training_runs():
+        inputs.update(accuracy=f"{R}/eval/accuracy.csv", kl=f"{R}/eval/kl.csv")
     return inputs
 
 
@@ -239,7 +305,7 @@ def holdout_checkpoints():
     """Checkpoints that get holdout benchmarks: the base and every sequential stage, or every checkpoint."""
     if HOLDOUT["checkpoints"] == "all":
         return checkpoint_labels()
-    return ["base"] + [run_label(*run) for run in training_runs() if run[1] == "sequential"]
+    return ["base"] + [run_label(*run) for run in training_runs() if run.schedule == "sequential"]
 
 
 def holdout_records():
@@ -283,11 +349,11 @@ def benchmark_inputs(benchmark):
 def pretraining_runs():
     """Single-task runs of the pretraining-loss figure: es-kind runs with fitness loglik and adamw runs, on
     the tasks that both kinds train (none unless both do)."""
-    runs = [run for run in single_runs() if scores_corpus(run[0], run[3])]
+    runs = [run for run in single_runs() if scores_corpus(run.method, run.task)]
     kinds = {}
-    for method, _, _, task in runs:
-        kinds.setdefault(task, set()).add(method_kind(method))
-    return [run for run in runs if kinds[run[3]] == {"es", "adamw"}]
+    for run in runs:
+        kinds.setdefault(run.task, set()).add(method_kind(run.method))
+    return [run for run in runs if kinds[run.task] == {"es", "adamw"}]
 
 
 def holdout_inputs(wildcards):
@@ -303,8 +369,8 @@ def probe_holdout_pairs():
     pairs = geometry_pairs()
     if config["geometry"]["probe_holdout"]["stages"] == "all":
         return pairs
-    sequential = [pair for pair in pairs if pair[0] == "sequential"]
-    return [pair for pair in pairs if pair[0] != "sequential" or pair == sequential[-1]]
+    last = max((p.stage for p in pairs if p.schedule == "sequential"), default=None)
+    return [p for p in pairs if p.schedule != "sequential" or p.stage == last]
 
 
 def probe_holdout_cfg():
@@ -404,7 +470,7 @@ def lora_checkpoints():
 
 
 def lora_runs():
-    return [(m, "single", 1, t) for t, methods in lora_study().items() for m in methods]
+    return [Run(s, m, "single", 1, t) for s in SEEDS for t, methods in lora_study().items() for m in methods]
 
 
 def lbes_study():
@@ -419,17 +485,21 @@ def lbes_study():
 
 
 def lbes_runs():
-    return [(m, "single", 1, t) for t, methods in lbes_study().items() for m in methods]
+    return [Run(s, m, "single", 1, t) for s in SEEDS for t, methods in lbes_study().items() for m in methods]
 
 
 def curve_points():
-    """(method, task, k) of every intermediate model on the accuracy-vs-cost curves: each study run rebuilt
-    after k of tables.time_to_accuracy.iterations (k below the method's configured iterations), through
-    Table 1's replay and evaluation rules (a k listed in both is built once)."""
+    """(seed, method, task, k) of every intermediate model on the accuracy-vs-cost curves: each study run
+    rebuilt after k of tables.time_to_accuracy.iterations (k below the method's configured iterations),
+    through Table 1's replay and evaluation rules (a k listed in both is built once)."""
     points = []
-    for m, _, _, t in lbes_runs():
-        total = method_config(m, t).get("iterations")
-        points += [(m, t, k) for k in config["tables"]["time_to_accuracy"]["iterations"] if total is None or k < total]
+    for run in lbes_runs():
+        total = method_config(run.method, run.task).get("iterations")
+        points += [
+            (run.seed, run.method, run.task, k)
+            for k in config["tables"]["time_to_accuracy"]["iterations"]
+            if total is None or k < total
+        ]
     return points
 
 

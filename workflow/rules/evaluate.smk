@@ -1,15 +1,12 @@
-rule evaluate:
+rule evaluate_base:
     input:
         base=f"{R}/model/base",
-        weights=checkpoint_weights,
         data=test_files(),
     output:
-        metrics=f"{R}/eval/{{ckpt}}/accuracy.json",
-        completions=f"{R}/eval/{{ckpt}}/completions.jsonl",
+        metrics=f"{R}/eval/base/accuracy.json",
+        completions=f"{R}/eval/base/completions.jsonl",
     log:
-        f"{LOGS}/evaluate/{{ckpt}}.log",
-    wildcard_constraints:
-        ckpt="base|[a-z0-9_]+/(single|sequential)/[0-9]+-[a-z0-9_]+",
+        f"{LOGS}/evaluate/base.log",
     conda:
         "../../envs/esft.yaml"
     threads: RUNTIME["threads"]
@@ -18,11 +15,36 @@ rule evaluate:
         tasks_cfg=js(config["tasks"]),
         data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
         runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
-        weights=lambda w, input: f"--weights {input.weights}" if input.weights else "",
     shell:
-        "esft --threads {threads} evaluate --base {input.base} {params.weights} {params.runtime} "
+        "esft --threads {threads} evaluate --base {input.base} {params.runtime} "
         "--data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
         "--out {output.metrics} > {log} 2>&1"
+
+
+if run_names():
+    # every trained checkpoint of one seed in one job (start-up paid once per seed)
+    rule evaluate:
+        input:
+            base=f"{R}/model/base",
+            weights=seed_weights,
+            data=test_files(),
+        output:
+            metrics=[f"{R}/eval/seed-{{seed}}/{name}/accuracy.json" for name in run_names()],
+            completions=[f"{R}/eval/seed-{{seed}}/{name}/completions.jsonl" for name in run_names()],
+        log:
+            f"{LOGS}/evaluate/seed-{{seed}}.log",
+        conda:
+            "../../envs/esft.yaml"
+        threads: RUNTIME["threads"]
+        params:
+            cfg=js(accuracy_config()),
+            tasks_cfg=js(config["tasks"]),
+            data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
+            runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+        shell:
+            "esft --threads {threads} evaluate --base {input.base} --weights {input.weights} {params.runtime} "
+            "--data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
+            "--out {output.metrics} > {log} 2>&1"
 
 
 rule collect_accuracy:
@@ -40,32 +62,34 @@ rule collect_accuracy:
         "esft collect-accuracy --metrics {params.metrics} --out {output} > {log} 2>&1"
 
 
-rule kl:
-    input:
-        base=f"{R}/model/base",
-        reference=kl_reference,
-        weights=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/weights.safetensors",
-        data=test_files(),
-    output:
-        metrics=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}.json",
-        completions=f"{R}/eval/{{method}}/{{schedule}}/{{stage}}-{{task}}/kl_{{reference}}_completions.jsonl",
-    log:
-        f"{LOGS}/kl/{{method}}/{{schedule}}/{{stage}}-{{task}}-{{reference}}.log",
-    wildcard_constraints:
-        reference="base|previous",
-    conda:
-        "../../envs/esft.yaml"
-    threads: RUNTIME["threads"]
-    params:
-        cfg=js(config["evaluate"]["kl"]),
-        tasks_cfg=js(config["tasks"]),
-        data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
-        runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
-        reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
-    shell:
-        "esft --threads {threads} kl --base {input.base} {params.reference} --weights {input.weights} "
-        "{params.runtime} --data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
-        "--completions {output.completions} --out {output.metrics} > {log} 2>&1"
+if run_names():
+    # KL after every stage of one seed, to the base and to the previous stage, in one job
+    rule kl:
+        input:
+            base=f"{R}/model/base",
+            weights=seed_weights,
+            data=test_files(),
+        output:
+            metrics=[f"{R}/eval/seed-{{seed}}/{name}/kl_{reference}.json" for name, reference, _ in kl_jobs()],
+            completions=[
+                f"{R}/eval/seed-{{seed}}/{name}/kl_{reference}_completions.jsonl" for name, reference, _ in kl_jobs()
+            ],
+        log:
+            f"{LOGS}/kl/seed-{{seed}}.log",
+        conda:
+            "../../envs/esft.yaml"
+        threads: RUNTIME["threads"]
+        params:
+            cfg=js(config["evaluate"]["kl"]),
+            tasks_cfg=js(config["tasks"]),
+            data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
+            runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+            reference=kl_reference_args,
+            weights=lambda w: " ".join(f"{R}/train/seed-{w.seed}/{name}/weights.safetensors" for name, _, _ in kl_jobs()),
+        shell:
+            "esft --threads {threads} kl --base {input.base} --reference {params.reference} --weights {params.weights} "
+            "{params.runtime} --data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
+            "--completions {output.completions} --out {output.metrics} > {log} 2>&1"
 
 
 rule collect_kl:
@@ -110,18 +134,16 @@ rule nltk_data:
         "esft nltk-data --out {output} > {log} 2>&1"
 
 
-rule holdout:
+rule holdout_base:
     input:
         unpack(holdout_inputs),
         base=f"{R}/model/base",
-        weights=checkpoint_weights,
     output:
-        record=f"{R}/holdout/{{ckpt}}/{{benchmark}}.json",
-        samples=f"{R}/holdout/{{ckpt}}/{{benchmark}}.samples.jsonl",
+        record=f"{R}/holdout/base/{{benchmark}}.json",
+        samples=f"{R}/holdout/base/{{benchmark}}.samples.jsonl",
     log:
-        f"{LOGS}/holdout/{{ckpt}}/{{benchmark}}.log",
+        f"{LOGS}/holdout/base/{{benchmark}}.log",
     wildcard_constraints:
-        ckpt="base|[a-z0-9_]+/(single|sequential)/[0-9]+-[a-z0-9_]+",
         benchmark="mmlu|ifeval",
     conda:
         "../../envs/esft.yaml"
@@ -129,14 +151,42 @@ rule holdout:
     params:
         cfg=lambda w: js(HOLDOUT["benchmarks"][w.benchmark]),
         runtime=lambda w: f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']} --batch-size {HOLDOUT['batch_size']}",
-        weights=lambda w, input: f"--weights {input.weights}" if input.weights else "",
         data=lambda w, input: f"--data {input.data}" if "data" in input.keys() else "",
         nltk=lambda w, input: f"--nltk-data {input.nltk_data}" if "nltk_data" in input.keys() else "",
         tasks_dir=LM_EVAL_TASKS,
     shell:
-        "esft --threads {threads} holdout --base {input.base} {params.weights} {params.runtime} "
+        "esft --threads {threads} holdout --base {input.base} {params.runtime} "
         "--benchmark {wildcards.benchmark} --cfg {params.cfg:q} {params.data} {params.nltk} "
         "--tasks-dir {params.tasks_dir} --out {output.record} > {log} 2>&1"
+
+
+if HOLDOUT and holdout_names():
+    # the holdout checkpoints of one seed in one job per benchmark
+    rule holdout:
+        input:
+            unpack(holdout_inputs),
+            base=f"{R}/model/base",
+            weights=lambda w: [f"{R}/train/seed-{w.seed}/{name}/weights.safetensors" for name in holdout_names()],
+        output:
+            record=[f"{R}/holdout/seed-{{seed}}/{name}/{{benchmark}}.json" for name in holdout_names()],
+            samples=[f"{R}/holdout/seed-{{seed}}/{name}/{{benchmark}}.samples.jsonl" for name in holdout_names()],
+        log:
+            f"{LOGS}/holdout/seed-{{seed}}/{{benchmark}}.log",
+        wildcard_constraints:
+            benchmark="mmlu|ifeval",
+        conda:
+            "../../envs/esft.yaml"
+        threads: RUNTIME["threads"]
+        params:
+            cfg=lambda w: js(HOLDOUT["benchmarks"][w.benchmark]),
+            runtime=lambda w: f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']} --batch-size {HOLDOUT['batch_size']}",
+            data=lambda w, input: f"--data {input.data}" if "data" in input.keys() else "",
+            nltk=lambda w, input: f"--nltk-data {input.nltk_data}" if "nltk_data" in input.keys() else "",
+            tasks_dir=LM_EVAL_TASKS,
+        shell:
+            "esft --threads {threads} holdout --base {input.base} --weights {input.weights} {params.runtime} "
+            "--benchmark {wildcards.benchmark} --cfg {params.cfg:q} {params.data} {params.nltk} "
+            "--tasks-dir {params.tasks_dir} --out {output.record} > {log} 2>&1"
 
 
 rule collect_holdout:

@@ -202,7 +202,7 @@ rule table_single_task:
     params:
         cfg=table_cfg("single_task"),
         runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in single_runs()),
-        budgets=" ".join(f"{m}/single/1-{t}@{k}={budget_dir(m, t, k)}/accuracy.json" for m, t, k in budget_runs()),
+        budgets=" ".join(f"{budget_key(*b)}={budget_dir(*b)}/accuracy.json" for b in budget_runs()),
     shell:
         "esft table single-task --input {input.accuracy} --runs {params.runs} --budgets {params.budgets} "
         "--cfg {params.cfg:q} --csv {output.csv} --md {output.md} --tex {output.tex} > {log} 2>&1"

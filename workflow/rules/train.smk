@@ -5,11 +5,11 @@ rule train:
         init=train_init,
         corpus=train_corpus,
     output:
-        weights=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/weights.safetensors",
-        run=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/run.jsonl",
-        drift=f"{R}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}/drift.parquet",
+        weights=f"{R}/train/seed-{{seed}}/{{method}}/{{schedule}}/{{stage}}-{{task}}/weights.safetensors",
+        run=f"{R}/train/seed-{{seed}}/{{method}}/{{schedule}}/{{stage}}-{{task}}/run.jsonl",
+        drift=f"{R}/train/seed-{{seed}}/{{method}}/{{schedule}}/{{stage}}-{{task}}/drift.parquet",
     log:
-        f"{LOGS}/train/{{method}}/{{schedule}}/{{stage}}-{{task}}.log",
+        f"{LOGS}/train/seed-{{seed}}/{{method}}/{{schedule}}/{{stage}}-{{task}}.log",
     conda:
         "../../envs/esft.yaml"
     threads: RUNTIME["threads"]
@@ -17,7 +17,7 @@ rule train:
         # one GPU per process on CUDA runtimes (the slurm profile leaves train's gpu to this)
         gpu=train_gpus,
     params:
-        cfg=lambda w: js(method_config(w.method, w.task)),
+        cfg=lambda w: js(method_config(w.method, w.task, w.seed)),
         task_cfg=lambda w: js(config["tasks"][w.task]),
         runtime=lambda w: f"--device {RUNTIME['device']} --dtype {train_dtype(w.method)}",
         init=lambda w, input: f"--init {input.init}" if input.init else "",
@@ -26,7 +26,7 @@ rule train:
         save=f"--save-dtype {RUNTIME.get('checkpoint_dtype', 'float32')}",
         launch=lambda w, threads: train_launcher(w, threads),
         # resume state lives outside the outputs, which Snakemake deletes before a job starts
-        state=lambda w: f"{R}/state/train/{w.method}/{w.schedule}/{w.stage}-{w.task}",
+        state=lambda w: f"{R}/state/train/seed-{w.seed}/{w.method}/{w.schedule}/{w.stage}-{w.task}",
     shell:
         "{params.launch} train --method {params.kind} --task {wildcards.task} "
         "--run-id {wildcards.method}/{wildcards.schedule}/{wildcards.stage}-{wildcards.task} "

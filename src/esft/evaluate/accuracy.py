@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from esft.io import read_json, read_jsonl, write_json, write_jsonl
+from esft.labels import checkpoint_fields
 from esft.rollout import encode_prompts, generate
 from esft.rollout.vllm_backend import VllmEngine, VllmOptions, open_engine
 from esft.tasks import get_task
@@ -28,6 +29,16 @@ def load_evaluated(base: str | Path, weights: str | Path | None, dtype: str, dev
     if weights is not None:
         engine.load_weights(weights)
     return engine, engine.tokenizer
+
+
+def reload_weights(model, weights: str | Path) -> None:
+    """Put a checkpoint's weights into a model that `load_evaluated` returned (HF model or vLLM engine)."""
+    if isinstance(model, VllmEngine):
+        model.load_weights(weights)
+    else:
+        from esft.models import load_weights
+
+        load_weights(model, weights)
 
 
 def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]],
@@ -72,15 +83,6 @@ def write_evaluation(out: str | Path, metrics: dict[str, Any], completions: list
     write_jsonl(out.with_name("completions.jsonl"), completions)
 
 
-def checkpoint_fields(label: str) -> dict[str, Any]:
-    """method, schedule, stage, trained_task of a checkpoint label: `base` or `method/schedule/k-task`."""
-    if label == "base":
-        return {"method": "base", "schedule": "-", "stage": 0, "trained_task": "-"}
-    method, schedule, run = label.split("/")
-    k, trained = run.split("-", 1)
-    return {"method": method, "schedule": schedule, "stage": int(k), "trained_task": trained}
-
-
 def collect_accuracy(files: dict[str, str | Path]) -> pd.DataFrame:
     """Long table (checkpoint, method, schedule, stage, trained_task, eval_task, accuracy, n, n_tokens)
     from metric files; n_tokens counts the generated tokens. Keys of `files` are checkpoint labels."""
@@ -89,4 +91,4 @@ def collect_accuracy(files: dict[str, str | Path]) -> pd.DataFrame:
         for task, m in read_json(path).items():
             rows.append({"checkpoint": label, **checkpoint_fields(label), "eval_task": task,
                          "accuracy": m["accuracy"], "n": m["n"], "n_tokens": m["tokens"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seed": "Int64"})

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from esft.errors import EsftError
-from esft.evaluate.accuracy import checkpoint_fields
+from esft.labels import checkpoint_fields
 
-COLUMNS = ["method", "task", "iteration", "seconds", "tokens", "rollouts", "accuracy", "point"]
+COLUMNS = ["seed", "method", "task", "iteration", "seconds", "tokens", "rollouts", "accuracy", "point"]
 
 
 def accuracy_curve(label: str, records: Sequence[Mapping[str, Any]], base_accuracy: float,
@@ -34,7 +34,7 @@ def accuracy_curve(label: str, records: Sequence[Mapping[str, Any]], base_accura
     for k in sorted(points):
         accuracy, point = points[k]
         done = records[:k]
-        rows.append({"method": fields["method"], "task": fields["trained_task"], "iteration": k,
+        rows.append({"seed": fields["seed"], "method": fields["method"], "task": fields["trained_task"], "iteration": k,
                      "seconds": float(sum(r["seconds"] for r in done)), "tokens": int(sum(r["tokens"] for r in done)),
                      "rollouts": int(sum(r["rollouts"] for r in done)), "accuracy": float(accuracy), "point": point})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"seed": "Int64"})

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from esft.errors import EsftError
-from esft.evaluate.accuracy import checkpoint_fields
+from esft.labels import checkpoint_fields, seeded_pivot
 from esft.io import read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -261,17 +261,16 @@ def collect_holdout(files: dict[str, str | Path]) -> pd.DataFrame:
             if not metric.endswith("_stderr"):
                 rows.append({"checkpoint": label, **checkpoint_fields(label), "benchmark": record["benchmark"],
                              "metric": metric, "value": value, "n": record["n"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seed": "Int64"})
 
 
 def holdout_matrix(tidy: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 2: one row per checkpoint (base first), one column per benchmark metric, the
     headline metric of each benchmark first."""
-    keys = ["checkpoint", "method", "schedule", "stage", "trained_task"]
+    keys = ["method", "schedule", "stage", "trained_task"]
     tidy = tidy.assign(column=tidy["benchmark"] + " " + tidy["metric"])
-    wide = tidy.pivot_table(index=keys, columns="column", values="value").reset_index()
-    wide.columns.name = None
+    wide = seeded_pivot(tidy, keys, "column", "value")
     headline = [f"{b} {m}" for b, m in HEADLINE.items() if f"{b} {m}" in wide]
-    rest = sorted(c for c in wide.columns if c not in keys and c not in headline)
-    wide = wide.assign(_o=wide["checkpoint"].ne("base")).sort_values(["_o", "method", "schedule", "stage"])
-    return wide[keys[1:] + headline + rest]
+    rest = sorted(c for c in wide.columns if c not in keys and c != "seed" and c not in headline)
+    wide = wide.assign(_o=wide["method"].ne("base")).sort_values(["_o", "method", "schedule", "stage", "seed"])
+    return wide[keys + ["seed"] + headline + rest].reset_index(drop=True)

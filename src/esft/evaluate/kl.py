@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from esft.errors import EsftError
-from esft.evaluate.accuracy import checkpoint_fields
+from esft.labels import checkpoint_fields
 from esft.io import read_json, read_jsonl
 from esft.rollout import encode_prompts, pad_batch, stop_ids
 from esft.rollout.scoring import check_plain_head

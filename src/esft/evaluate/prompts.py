@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from esft.errors import EsftError
-from esft.evaluate.accuracy import checkpoint_fields
+from esft.labels import checkpoint_fields
 from esft.io import read_jsonl
 from esft.tasks import get_task
 

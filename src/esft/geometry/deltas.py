@@ -14,11 +14,13 @@ import torch
 from safetensors import safe_open
 
 from esft.errors import EsftError
+from esft.labels import split_seed
 
 
 def split_label(label: str) -> tuple[str, int, str]:
-    """(schedule, stage, task) of a method-free run label `schedule/k-task`."""
-    schedule, run = label.split("/")
+    """(schedule, stage, task) of a method-free run label `[seed-S/]schedule/k-task` (its seed:
+    `esft.labels.split_seed`)."""
+    schedule, run = split_seed(label)[1].split("/")
     stage, task = run.split("-", 1)
     return schedule, int(stage), task
 
@@ -46,9 +48,9 @@ def compare_deltas(theta0: Mapping[str, torch.Tensor], pairs: Mapping[str, tuple
         norm_a, norm_b = math.sqrt(sq_a), math.sqrt(sq_b)
         schedule, stage, task = split_label(label)
         rows.append({
-            "schedule": schedule, "stage": stage, "task": task,
+            "seed": split_seed(label)[0], "schedule": schedule, "stage": stage, "task": task,
             f"norm_{a}": norm_a, f"norm_{b}": norm_b,
             "ratio": norm_a / norm_b if norm_b > 0 else math.nan,
             "cosine": dot / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else math.nan,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seed": "Int64"})

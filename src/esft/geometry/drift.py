@@ -1,10 +1,12 @@
 """Random-walk drift: ||θ_t − θ₀||² against step, fitted and set against Proposition 1 (Figure 6).
 
 On a flat landscape z-scored ES (population std, denominator N, so Σzᵢ² = N) is a pure random walk:
-E||θ_T − θ₀||² = Σ_t α_t²·D/N, i.e. T·α²·D/N at constant α. Each series is fitted through the origin
-against the effective step x_t = Σ_{s≤t} α_s²/α₀² (the step count itself at constant α, and for
-methods without an α in their log), so slope·N/(α₀²·D) is the effective dimension ratio D_eff/D:
-1 where the parameter's updates are isotropic random-walk steps, lower where updates cancel.
+E||θ_T − θ₀||² = Σ_t α_t²·D/N, i.e. T·α²·D/N at constant α. More exactly, an iteration with shaped
+weights wᵢ adds α_t²·D·(Σwᵢ²/N)/N in expectation: Σwᵢ²/N is 1 for z-scores, but 0 when every member ties
+(a task the population cannot yet solve: no step at all). Each series is fitted through the origin
+against the effective step x_t = Σ_{s≤t} (α_s²/α₀²)·(Σᵢwᵢ²/N) (the step count itself at constant α
+without ties, and for methods without an α in their log), so slope·N/(α₀²·D) is the effective dimension
+ratio D_eff/D: 1 where the parameter's updates are isotropic random-walk steps, lower where they cancel.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from esft.labels import split_seed
 from esft.params import param_group
 
 KINDS = ("embedding", "q/k/v/o", "gate/up/down", "layer norms", "q_norm/k_norm", "final norm", "lm_head",
@@ -51,6 +54,12 @@ def fit_through_origin(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, r2
 
 
+def shaping_mass(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Σᵢwᵢ²/N of each iteration's shaped weights (1 for z-scores; 0 when the members tie), or 1 where the
+    log has none."""
+    return np.array([float(np.mean(np.square(r["shaped"]))) if r.get("shaped") else 1.0 for r in records])
+
+
 def theory_applies(records: Sequence[Mapping[str, Any]]) -> str:
     """'yes', or why Proposition 1 does not give this run's expected drift."""
     if not records or "alpha" not in records[0] or "population" not in records[0]:
@@ -73,10 +82,11 @@ def fit_run(label: str, drift: pd.DataFrame, records: Sequence[Mapping[str, Any]
     (parameters of the drift table missing from it get no D_eff).
     """
     theory = theory_applies(records)
+    seed = split_seed(label)[0]
     steps = np.arange(1, len(records) + 1, dtype=float)
     if theory == "yes":
         alphas = np.array([r["alpha"] for r in records], dtype=float)
-        x = np.cumsum(alphas ** 2) / alphas[0] ** 2
+        x = np.cumsum(alphas ** 2 * shaping_mass(records)) / alphas[0] ** 2
         alpha0, n = float(alphas[0]), int(records[0]["population"])
         group_alpha = records[0].get("config", {}).get("group_alpha") or {}
     else:
@@ -93,14 +103,14 @@ def fit_run(label: str, drift: pd.DataFrame, records: Sequence[Mapping[str, Any]
         mult = group_alpha.get(param_group(name), 1.0) if group_alpha else 1.0
         unit = alpha0 ** 2 * mult ** 2 * size / n if theory == "yes" and size else math.nan
         theory_slope += unit
-        params.append({"run": label, "parameter": name, "kind": param_kind(name), "numel": size,
+        params.append({"run": label, "seed": seed, "parameter": name, "kind": param_kind(name), "numel": size,
                        "slope": slope, "r2": r2, "deff_ratio": slope / unit if unit else math.nan})
     slope, r2 = fit_through_origin(x, total)
     if theory != "yes" or not theory_slope or math.isnan(theory_slope):
         theory_slope = math.nan
-    series = pd.DataFrame({"run": label, "iteration": range(len(records)), "step": steps, "effective_step": x,
+    series = pd.DataFrame({"run": label, "seed": seed, "iteration": range(len(records)), "step": steps, "effective_step": x,
                            "drift_sq": total, "theory_sq": theory_slope * x})
-    summary = {"run": label, "theory": theory, "parameters": int(sum(sizes.get(p, 0) for p in wide.columns)),
+    summary = {"run": label, "seed": seed, "theory": theory, "parameters": int(sum(sizes.get(p, 0) for p in wide.columns)),
                "population": n, "alpha": alpha0, "steps": len(records), "slope": slope,
                "theory_slope": theory_slope, "slope_ratio": slope / theory_slope, "r2": r2}
     return series, summary, pd.DataFrame(params)

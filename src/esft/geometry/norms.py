@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from esft.params import GROUPS, param_group
 from esft.errors import EsftError
+from esft.labels import split_seed
 
 
 def update_norms(theta0: dict, checkpoints: dict[str, str | Path]) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def update_norms(theta0: dict, checkpoints: dict[str, str | Path]) -> pd.DataFra
             diff = theta.double() - theta0[name].double()
             per_group[param_group(name)] += float(diff.pow(2).sum())
         total = math.sqrt(sum(per_group.values()))
-        row = {"checkpoint": label, "update_norm": total, "relative_norm": total / math.sqrt(base_sq)}
+        row = {"checkpoint": label, "seed": split_seed(label)[0], "update_norm": total, "relative_norm": total / math.sqrt(base_sq)}
         row.update({f"update_norm_{g}": math.sqrt(v) for g, v in per_group.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seed": "Int64"})

@@ -11,6 +11,7 @@ import pandas as pd
 
 from esft.geometry.drift import KINDS
 from esft.io import read_jsonl
+from esft.labels import checkpoint_fields, split_seed
 from esft.plots import style
 from esft.plots.style import plt
 
@@ -20,17 +21,34 @@ Outs = Sequence[str | Path] | str | Path
 
 
 def _method(label: str) -> str:
-    return label.split("/", 1)[0]
+    return split_seed(label)[1].split("/", 1)[0]
 
 
-def _runs_by_training(runs: Mapping[str, str | Path]) -> dict[str, dict[str, list[dict]]]:
-    """run.jsonl records of METHOD/SCHEDULE/K-TASK labels, grouped by what was trained (SCHEDULE/K-TASK),
-    then by method: the runs drawn side by side in one panel."""
-    grouped: dict[str, dict[str, list[dict]]] = {}
+def _runs_by_training(runs: Mapping[str, str | Path]) -> dict[str, dict[str, list[list[dict]]]]:
+    """run.jsonl records of [seed-S/]METHOD/SCHEDULE/K-TASK labels, grouped by what was trained
+    (SCHEDULE/K-TASK), then by method (one record list per seed): the runs drawn side by side in one panel."""
+    grouped: dict[str, dict[str, list[list[dict]]]] = {}
     for label, path in runs.items():
-        method, trained = label.split("/", 1)
-        grouped.setdefault(trained, {})[method] = read_jsonl(path)
+        method, trained = split_seed(label)[1].split("/", 1)
+        grouped.setdefault(trained, {}).setdefault(method, []).append(read_jsonl(path))
     return grouped
+
+
+def _spread(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Mean, min and max of `y` at each `x` over the seeds (rows) of `df`, sorted by `x`."""
+    return df.groupby(x)[y].agg(["mean", "min", "max"]).reset_index().sort_values(x)
+
+
+def _band(ax, spread: pd.DataFrame, x: str, color=None, label: str | None = None, **line) -> None:
+    """The seeds' mean as a line and their min-max range as a shaded band around it (none for one seed)."""
+    lines = ax.plot(spread[x], spread["mean"], color=color, label=label, **line)
+    if (spread["max"] > spread["min"]).any():
+        ax.fill_between(spread[x], spread["min"], spread["max"], color=lines[0].get_color(), alpha=0.2, lw=0)
+
+
+def _seeds_note(df: pd.DataFrame) -> str:
+    n = df["seed"].nunique() if "seed" in df else 0
+    return f" (mean of {n} seeds, band: min-max)" if n > 1 else ""
 
 
 def _smoothed(records: Sequence[Mapping], key: str, window: int) -> pd.Series:
@@ -39,7 +57,8 @@ def _smoothed(records: Sequence[Mapping], key: str, window: int) -> pd.Series:
 
 
 def accuracy_sequential(acc: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
-    """Figure 1: accuracy on every task (lines) after each sequential stage (x), one panel per method."""
+    """Figure 1: accuracy on every task (lines) after each sequential stage (x), one panel per method; the
+    mean over seeds, their min-max range shaded."""
     seq = acc[acc["schedule"] == "sequential"]
     methods = sorted(seq["method"].dropna().unique())
     if not methods:
@@ -51,20 +70,20 @@ def accuracy_sequential(acc: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
         stages = rows.drop_duplicates("stage").sort_values("stage")
         labels = ["base" if s == 0 else f"{s}: {t}" for s, t in zip(stages["stage"], stages["trained_task"])]
         for task, group in rows.groupby("eval_task"):
-            group = group.sort_values("stage")
-            ax.plot(group["stage"], group["accuracy"], marker="o", label=task)
+            _band(ax, _spread(group, "stage", "accuracy"), "stage", marker="o", label=task)
         ax.set_xticks(list(stages["stage"]), labels, rotation=25, ha="right")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("after training stage")
         ax.set_title(f"{method}: sequential training", color=style.method_color(method))
-    axes[0][0].set_ylabel("test accuracy (fraction correct)")
+    axes[0][0].set_ylabel("test accuracy (fraction correct)" + _seeds_note(seq).replace(" (", "\n("))
     axes[0][-1].legend(title="evaluated on", loc="center left", bbox_to_anchor=(1.0, 0.5))
     style.save(fig, out, dpi)
 
 
 def kl_sequential(kl: pd.DataFrame, outs: Outs, dpi: int = 120) -> None:
     """Figure 2: KL heatmaps of sequential training, one column of panels per method: KL(π_{k−1} ‖ π_k)
-    (top) and KL(π_0 ‖ π_k) (bottom), rows = training stage k, columns = evaluated task."""
+    (top) and KL(π_0 ‖ π_k) (bottom), rows = training stage k, columns = evaluated task; each cell the
+    mean over seeds, with their min-max range beneath it when there are several."""
     seq = kl[kl["schedule"] == "sequential"]
     methods = sorted(seq["method"].unique())
     if not methods:
@@ -78,17 +97,20 @@ def kl_sequential(kl: pd.DataFrame, outs: Outs, dpi: int = 120) -> None:
         ref = seq[seq["reference"] == reference]
         vmax = max(float(ref["kl"].max()), 1e-12)  # one scale per reference, shared by the methods
         for ax, method in zip(axes[row], methods):
-            table = ref[ref["method"] == method].pivot_table(index=["stage", "trained_task"], columns="eval_task",
-                                                             values="kl")
+            cells = ref[ref["method"] == method]
+            table, lo, hi = (cells.pivot_table(index=["stage", "trained_task"], columns="eval_task", values="kl",
+                                               aggfunc=agg) for agg in ("mean", "min", "max"))
             image = ax.imshow(table.to_numpy(), cmap="magma_r", vmin=0, vmax=vmax, aspect="auto")
             for (i, j), value in pd.DataFrame(table.to_numpy()).stack().items():
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8,
+                spread = f"\n[{lo.iat[i, j]:.2g}, {hi.iat[i, j]:.2g}]" if hi.iat[i, j] > lo.iat[i, j] else ""
+                ax.text(j, i, f"{value:.3g}{spread}", ha="center", va="center", fontsize=7 if spread else 8,
                         color="white" if value > 0.6 * vmax else "black")
             ax.set_xticks(range(table.shape[1]), list(table.columns), rotation=20)
             ax.set_yticks(range(table.shape[0]), [f"{k}: {t}" for k, t in table.index])
             ax.set_xlabel("evaluated on (held-out prompts)")
             ax.set_ylabel("after training stage")
-            ax.set_title(f"{method}: {title}", fontsize=10)
+            n = cells["seed"].nunique() if "seed" in cells else 0
+            ax.set_title(f"{method}: {title}" + (f" (mean of {n} seeds)" if n > 1 else ""), fontsize=10)
             fig.colorbar(image, ax=ax, label="nats / token")
     fig.tight_layout()
     style.save(fig, outs, dpi)
@@ -96,19 +118,23 @@ def kl_sequential(kl: pd.DataFrame, outs: Outs, dpi: int = 120) -> None:
 
 def training_fitness(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120) -> None:
     """Mean training reward per step (the common run.jsonl field of every method), and the best ES
-    member where the run logs one; one panel per training run, in its method's colour."""
-    n = len(runs)
+    member where the run logs one; one panel per training run (its seeds' mean, min-max shaded), in its
+    method's colour."""
+    by_run: dict[str, list[pd.DataFrame]] = {}
+    for label, path in runs.items():
+        by_run.setdefault(split_seed(label)[1], []).append(pd.DataFrame(read_jsonl(path)))
+    n = len(by_run)
     cols = min(n, 3)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, squeeze=False,
                              figsize=style.figsize(cols * 2 / 3, 2.0 * math.ceil(n / cols)))
-    for ax, (label, path) in zip(axes.flat, runs.items()):
-        records = read_jsonl(path)
-        it = [r["iteration"] + 1 for r in records]
+    for ax, (label, seeds) in zip(axes.flat, by_run.items()):
+        records = pd.concat(seeds).assign(step=lambda d: d["iteration"] + 1)
         color = style.method_color(_method(label))
-        ax.plot(it, [r["reward_mean"] for r in records], color=color, label="mean reward")
-        if records and "fitness_max" in records[0]:
-            ax.plot(it, [r["fitness_max"] for r in records], color=color, ls="--", alpha=0.6, label="best ES member")
-        ax.set_title(label)
+        _band(ax, _spread(records, "step", "reward_mean"), "step", color=color, label="mean reward")
+        if "fitness_max" in records:
+            _band(ax, _spread(records, "step", "fitness_max"), "step", color=color, ls="--", alpha=0.6,
+                  label="best ES member")
+        ax.set_title(label + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""))
         ax.set_xlabel("step (iteration or optimizer step)")
         ax.set_ylabel("training reward")
         ax.legend()
@@ -120,19 +146,21 @@ def training_fitness(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120) 
 
 def training_curves(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smooth: int = 1) -> None:
     """Training reward of every method on each trained run (columns), against step (top) and against
-    cumulative generated tokens (bottom), so methods compare at equal generation cost.
+    cumulative generated tokens (bottom), so methods compare at equal generation cost; one line per seed.
 
     `smooth`: trailing moving-average window in steps (1 = raw)."""
     by_run = _runs_by_training(runs)
     cols = len(by_run)
     fig, axes = plt.subplots(2, cols, squeeze=False, figsize=style.figsize(max(1.0, cols * 0.6), 4.0))
     for col, (rest, methods) in enumerate(by_run.items()):
-        for method, records in methods.items():
-            reward = _smoothed(records, "reward_mean", smooth)
-            steps = [r["iteration"] + 1 for r in records]
-            tokens = np.cumsum([r["tokens"] for r in records])
-            for row, x in enumerate((steps, tokens)):
-                axes[row][col].plot(x, reward, color=style.method_color(method), label=method)
+        for method, seeds in methods.items():
+            for i, records in enumerate(seeds):
+                reward = _smoothed(records, "reward_mean", smooth)
+                steps = [r["iteration"] + 1 for r in records]
+                tokens = np.cumsum([r["tokens"] for r in records])
+                for row, x in enumerate((steps, tokens)):
+                    axes[row][col].plot(x, reward, color=style.method_color(method), lw=1 if len(seeds) > 1 else 1.5,
+                                        label=method if i == 0 else None)
         axes[0][col].set_title(rest)
         axes[0][col].set_xlabel("step")
         axes[1][col].set_xlabel("generated tokens (cumulative)")
@@ -153,18 +181,19 @@ def pretraining_loss(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, 
     `smooth`: trailing moving-average window in steps (1 = raw)."""
     by_run = _runs_by_training(runs)
     for rest, methods in by_run.items():
-        for method, records in methods.items():
+        for method, records in ((m, r) for m, seeds in methods.items() for r in seeds):
             if any("loss" not in r for r in records):
                 raise ValueError(f"{method}/{rest}: run.jsonl has no `loss` (an ES run logs it only with fitness "
                                  "loglik)")
     fig, axes = plt.subplots(len(by_run), 2, squeeze=False, figsize=style.figsize(2.0, 2.4 * len(by_run)))
     for row, (rest, methods) in enumerate(by_run.items()):
-        for method, records in methods.items():
-            loss = _smoothed(records, "loss", smooth)
-            steps = [r["iteration"] + 1 for r in records]
-            tokens = np.cumsum([r["prompt_tokens"] for r in records])
-            for col, x in enumerate((steps, tokens)):
-                axes[row][col].plot(x, loss, color=style.method_color(method), label=method)
+        for method, seeds in methods.items():
+            for i, records in enumerate(seeds):
+                loss = _smoothed(records, "loss", smooth)
+                steps = [r["iteration"] + 1 for r in records]
+                tokens = np.cumsum([r["prompt_tokens"] for r in records])
+                for col, x in enumerate((steps, tokens)):
+                    axes[row][col].plot(x, loss, color=style.method_color(method), label=method if i == 0 else None)
         axes[row][0].set_title(f"{rest}: loss against step")
         axes[row][1].set_title(f"{rest}: loss against tokens scored")
         axes[row][0].set_xlabel("step (iteration or optimizer step)")
@@ -181,11 +210,12 @@ def pretraining_loss(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, 
 def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int = 120,
                   per_task: bool = True) -> None:
     """Figure 3: accuracy along θ(λ) = (1−λ)θ_a + λθ_b, one panel per checkpoint pair; the mean over
-    tasks bold, each task thin (`per_task`), the straight line between the endpoints dotted."""
+    tasks bold, each task thin (`per_task`), the straight line between the endpoints dotted; lines are the
+    mean over seeds, their min-max range shaded."""
     from esft.geometry.interpolation import with_mean
 
     keys = ["schedule", "stage", "trained_task"]
-    df = with_mean(df, keys + ["lambda"])
+    df = with_mean(df, keys + (["seed"] if "seed" in df else []) + ["lambda"])
     groups = list(df.groupby(keys, sort=True))
     cols = min(len(groups), 4)
     rows = math.ceil(len(groups) / cols)
@@ -193,16 +223,15 @@ def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int 
                              figsize=style.figsize(max(1.0, cols * 0.55), 2.2 * rows))
     a, b = methods
     for ax, ((schedule, stage, trained), g) in zip(axes.flat, groups):
-        mean = g[g["task"] == "mean"].sort_values("lambda")
+        mean = _spread(g[g["task"] == "mean"], "lambda", "accuracy")
         if per_task:
             for task, t in g[g["task"] != "mean"].groupby("task"):
-                t = t.sort_values("lambda")
-                ax.plot(t["lambda"], t["accuracy"], lw=0.8, alpha=0.7, label=task)
-        ax.plot(mean["lambda"], mean["accuracy"], color="black", lw=2, marker="o", label="mean")
+                _band(ax, _spread(t, "lambda", "accuracy"), "lambda", lw=0.8, alpha=0.7, label=task)
+        _band(ax, mean, "lambda", color="black", lw=2, marker="o", label="mean")
         ends = mean[mean["lambda"].isin([0.0, 1.0])]
-        ax.plot(ends["lambda"], ends["accuracy"], color="black", ls=":", lw=1)
-        ax.scatter([0], ends["accuracy"].iloc[:1], color=style.method_color(a), zorder=3, s=25)
-        ax.scatter([1], ends["accuracy"].iloc[-1:], color=style.method_color(b), zorder=3, s=25)
+        ax.plot(ends["lambda"], ends["mean"], color="black", ls=":", lw=1)
+        ax.scatter([0], ends["mean"].iloc[:1], color=style.method_color(a), zorder=3, s=25)
+        ax.scatter([1], ends["mean"].iloc[-1:], color=style.method_color(b), zorder=3, s=25)
         ax.set_title(f"{schedule} {stage}: {trained}")
         ax.set_xlabel(f"λ (0 = {a}, 1 = {b})")
         ax.set_ylim(-0.02, 1.02)
@@ -255,7 +284,7 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
         for c, ref in enumerate(refs):
             ax = axes[r][c]
             g = sub[sub["reference"] == ref]
-            own = g[g["direction"] == ref].sort_values("scale")
+            own = g[g["direction"] == ref]
             rand = g[g["direction"] != ref]
             if random_band and not rand.empty:
                 band = rand.groupby("scale")[value].agg(["min", "max"]).reset_index()
@@ -263,13 +292,14 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
                                 alpha=0.4, label="random (min-max)")
             else:
                 for i, (d, t) in enumerate(rand.groupby("direction")):
-                    t = t.sort_values("scale")
-                    ax.plot(t["scale"], t[value], color=style.method_color("random"), lw=0.9,
-                            label="random" if i == 0 else None)
-            ax.plot(own["scale"], own[value], color=style.method_color(ref), marker="o", label=f"{ref} direction")
+                    ax.plot(*_spread(t, "scale", value)[["scale", "mean"]].to_numpy().T,
+                            color=style.method_color("random"), lw=0.9, label="random" if i == 0 else None)
+            _band(ax, _spread(own, "scale", value), "scale", color=style.method_color(ref), marker="o",
+                  label=f"{ref} direction")
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
-            norm = own["distance"].max() / own["scale"].max() if own["scale"].max() > 0 else float("nan")
-            ax.set_title(f"{title}: {ref} (‖Δ‖ = {norm:.3g})")
+            norm = (own["distance"] / own["scale"]).replace([np.inf], np.nan).mean()
+            seeds = own["seed"].nunique() if "seed" in own else 1
+            ax.set_title(f"{title}: {ref} (‖Δ‖ = {norm:.3g}" + (f", mean of {seeds} seeds)" if seeds > 1 else ")"))
             ax.set_xlabel(f"s: distance / ‖Δ_{ref}‖")
             if r == 0:
                 ax.legend(loc="best")
@@ -279,11 +309,15 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
 
 def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False) -> None:
     """Figure 6: (a) ||θ_t − θ₀||² against step per run, ES with Proposition 1's line α²·D·t/N dashed;
-    (b) D_eff/D = slope·N/(α²·D_param) per parameter kind (median, min-max bar) of runs with a theory."""
+    (b) D_eff/D = slope·N/(α²·D_param) per parameter kind and method (median over its runs' parameters,
+    min-max bar) of runs with a theory. Every seed's run is drawn; the legend names each run once."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=style.figsize(2.0, 2.6))
+    named = set()
     for run, g in series.groupby("run", sort=False):
         color = style.method_color(_method(run))
-        ax.plot(g["step"], g["drift_sq"], color=color, alpha=0.85, label=run)
+        name = split_seed(run)[1]
+        ax.plot(g["step"], g["drift_sq"], color=color, alpha=0.85, label=None if name in named else name)
+        named.add(name)
         if g["theory_sq"].notna().all():
             ax.plot(g["step"], g["theory_sq"], color=color, ls="--", lw=0.8, alpha=0.7)
     ax.plot([], [], color="black", ls="--", lw=0.8, label="α²·D·t/N (Prop. 1)")
@@ -295,13 +329,16 @@ def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, 
     ax.legend(fontsize=6)
     ax.set_title("(a) drift from the run's start")
     k = kinds.dropna(subset=["deff_ratio_median"])
+    k = k.assign(method=k["run"].map(_method)).groupby(["method", "kind"], sort=False).agg(
+        deff_ratio_median=("deff_ratio_median", "median"), deff_ratio_min=("deff_ratio_min", "min"),
+        deff_ratio_max=("deff_ratio_max", "max"), runs=("run", "nunique")).reset_index()
     order = [kind for kind in KINDS if kind in set(k["kind"])]
-    n_runs = max(1, k["run"].nunique())
-    for i, (run, g) in enumerate(k.groupby("run", sort=False)):
-        x = np.array([order.index(kind) for kind in g["kind"]]) + 0.6 * ((i + 0.5) / n_runs - 0.5)
+    n_methods = max(1, k["method"].nunique())
+    for i, (method, g) in enumerate(k.groupby("method", sort=False)):
+        x = np.array([order.index(kind) for kind in g["kind"]]) + 0.6 * ((i + 0.5) / n_methods - 0.5)
         med = g["deff_ratio_median"].to_numpy()
         bx.errorbar(x, med, yerr=[med - g["deff_ratio_min"].to_numpy(), g["deff_ratio_max"].to_numpy() - med],
-                    fmt="o", color=style.method_color(_method(run)), capsize=2, label=run)
+                    fmt="o", color=style.method_color(method), capsize=2, label=f"{method} ({g['runs'].max()} runs)")
     bx.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
     bx.axhline(1.0, color="black", ls="--", lw=0.8)
     bx.set_ylabel("D_eff / D (1 = isotropic random walk)")
@@ -380,9 +417,11 @@ def lora_training(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smo
     fig, axes = plt.subplots(1, len(by_task), squeeze=False,
                              figsize=style.figsize(max(1.0, 0.8 * len(by_task)), 2.4))
     for ax, (task, methods) in zip(axes[0], by_task.items()):
-        for method, records in methods.items():
-            reward = _smoothed(records, "reward_mean", smooth)
-            ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method), label=method)
+        for method, seeds in methods.items():
+            for i, records in enumerate(seeds):
+                reward = _smoothed(records, "reward_mean", smooth)
+                ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method),
+                        label=method if i == 0 else None)
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"training {_reward_label(task)}\n(population mean)")
         ax.set_title(task)
@@ -401,11 +440,15 @@ def accuracy_vs_cost(curves: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
                              figsize=style.figsize(max(1.0, 0.8 * len(tasks)), 4.2))
     for col, task in enumerate(tasks):
         on_task = curves[curves["task"] == task]
-        for method, points in on_task.groupby("method", sort=False):
+        by_run = on_task.groupby(["method", on_task["seed"].fillna(-1)] if "seed" in on_task else "method", sort=False)
+        named = set()
+        for key, points in by_run:
+            method = key[0] if isinstance(key, tuple) else key
             points = points.sort_values("iteration")
             for row, x in enumerate(("seconds", "tokens")):
                 axes[row][col].plot(points[x], points["accuracy"], color=style.method_color(method), marker="o",
-                                    label=method)
+                                    label=None if method in named else method)
+            named.add(method)
         axes[0][col].set_title(task)
         axes[0][col].set_xlabel("training wall time (s, cumulative)")
         axes[1][col].set_xlabel("generated tokens (cumulative)")

@@ -10,12 +10,15 @@ from typing import Any
 import pandas as pd
 
 from esft.io import atomic_open, read_json
+from esft.labels import checkpoint_fields, seeded_pivot, with_seed_column
 
 
 def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, float_format: str = ".3f",
-                tex_path: str | Path | None = None) -> None:
+                tex_path: str | Path | None = None, display: pd.DataFrame | None = None) -> None:
+    """`df` as CSV; `display` (default `df`) as Markdown and LaTeX."""
     with atomic_open(csv_path) as fh:
         df.to_csv(fh, index=False)
+    df = df if display is None else display
     with atomic_open(md_path) as fh:
         # missing cells (a cost never reached, a column a method lacks) print as -- rather than nan or <NA>
         fh.write(df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=float_format,
@@ -33,13 +36,55 @@ def _float_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
 
 
+SUMMARIES = ("mean", "min", "max")
+
+
+def over_seeds(df: pd.DataFrame, keys: Sequence[str], float_format: str = ".3f") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(csv, display) of a table with one row per seed of each key (column `seed`, missing for rows that no
+    seed trains, such as the base model).
+
+    The csv keeps every seed's row and, for keys with several seeds, adds their `mean`, `min` and `max` in the
+    seed column; the display has one row per key with `mean [min, max]` numeric cells (a plain value where a
+    key has one seed) and `seeds`, the number of seeds, so a reader sees the spread beside every number."""
+    df = with_seed_column(df)
+    values = [c for c in df.columns if c not in (*keys, "seed") and pd.api.types.is_numeric_dtype(df[c])
+              and not pd.api.types.is_bool_dtype(df[c])]
+    seed = df["seed"].astype("Int64").astype(object).where(df["seed"].notna(), "-").astype(str)
+    rows = df.assign(seed=seed)
+    csv_parts, display_rows = [rows], []
+    for key, g in rows.groupby(list(keys), sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key), seeds=len(g))
+        stats = {name: g[values].agg(name, numeric_only=True) for name in SUMMARIES}
+        if len(g) > 1:
+            csv_parts.append(pd.DataFrame([{**dict(zip(keys, key)), "seed": name, **stats[name].to_dict()}
+                                           for name in SUMMARIES]))
+        for col in values:
+            mean, lo, hi = (stats[name][col] for name in SUMMARIES)
+            if pd.isna(mean):
+                row[col] = None
+            elif len(g) == 1:
+                row[col] = format(mean, float_format)
+            else:
+                row[col] = f"{mean:{float_format}} [{lo:{float_format}}, {hi:{float_format}}]"
+        display_rows.append(row)
+    csv = pd.concat(csv_parts, ignore_index=True)
+    return csv[[*keys, "seed", *values]], pd.DataFrame(display_rows)[[*keys, "seeds", *values]]
+
+
+CHECKPOINT_KEYS = ["method", "schedule", "stage", "trained_task"]
+
+
+def by_checkpoint(wide: pd.DataFrame) -> pd.DataFrame:
+    """Rows in reading order: the base first, then by method, schedule, stage and seed."""
+    wide = with_seed_column(wide).assign(_o=wide["method"].ne("base"))
+    wide = wide.sort_values(["_o", "method", "schedule", "stage", "seed"])
+    return wide.drop(columns="_o").reset_index(drop=True)
+
+
 def accuracy_matrix(acc: pd.DataFrame) -> pd.DataFrame:
-    """One row per checkpoint (base first, then by method, schedule, stage), one column per task."""
-    keys = ["checkpoint", "method", "schedule", "stage", "trained_task"]
-    wide = acc.pivot_table(index=keys, columns="eval_task", values="accuracy").reset_index()
-    wide.columns.name = None
-    wide = wide.assign(_o=wide["checkpoint"].ne("base")).sort_values(["_o", "method", "schedule", "stage"])
-    return wide.drop(columns=["_o", "checkpoint"])
+    """One row per checkpoint and seed (base first, then by method, schedule, stage), one column per task."""
+    return by_checkpoint(seeded_pivot(acc, CHECKPOINT_KEYS, "eval_task", "accuracy"))
 
 
 def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[str, str | Path]) -> pd.DataFrame:
@@ -47,48 +92,129 @@ def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[st
     checkpoint (column `method (T steps)`), plus checkpoints rebuilt at earlier budgets.
 
     `steps`: run label -> steps it trained; `budgets`: `label@K` -> accuracy.json of the run after K steps.
+    One row per task and seed (column `seed`).
     """
+    acc = with_seed_column(acc)
     base = acc[acc["checkpoint"] == "base"].set_index("eval_task")["accuracy"]
     single = acc[(acc["schedule"] == "single") & (acc["eval_task"] == acc["trained_task"])]
-    cells = [(r["trained_task"], r["method"], steps[r["checkpoint"]], r["accuracy"]) for _, r in single.iterrows()]
+    cells = [(r["trained_task"], r["seed"], r["method"], steps[r["checkpoint"]], r["accuracy"])
+             for _, r in single.iterrows()]
     for key, path in budgets.items():
         label, k = key.rsplit("@", 1)
-        method, _, run = label.split("/")
-        task = run.split("-", 1)[1]
-        cells.append((task, method, int(k), read_json(path)[task]["accuracy"]))
-    long = pd.DataFrame(cells, columns=["task", "method", "steps", "accuracy"])
+        fields = checkpoint_fields(label)
+        task = fields["trained_task"]
+        cells.append((task, fields["seed"], fields["method"], int(k), read_json(path)[task]["accuracy"]))
+    long = pd.DataFrame(cells, columns=["task", "seed", "method", "steps", "accuracy"])
     methods = list(dict.fromkeys(single["method"]))
     long["column"] = long["method"] + " (" + long["steps"].astype(str) + " steps)"
     long["_order"] = long["method"].map(methods.index) * 10**9 + long["steps"]
     order = long.sort_values("_order")["column"].unique()
-    wide = long.pivot_table(index="task", columns="column", values="accuracy")[list(order)]
-    wide.insert(0, "base", base.reindex(wide.index))
-    wide.columns.name = None
-    return wide.reset_index()
+    wide = seeded_pivot(long, ["task"], "column", "accuracy")
+    wide.insert(2, "base", wide["task"].map(base))
+    return wide[["task", "seed", "base", *order]].sort_values(["task", "seed"]).reset_index(drop=True)
 
 
 def norm_ratio(deltas: pd.DataFrame, schedule: str = "sequential") -> pd.DataFrame:
-    """Table 3: both update norms, their ratio and the cosine of the deltas at each stage of `schedule`."""
-    return deltas[deltas["schedule"] == schedule].drop(columns="schedule").sort_values("stage")
+    """Table 3: both update norms, their ratio and the cosine of the deltas at each stage of `schedule`
+    and seed."""
+    deltas = with_seed_column(deltas)
+    return deltas[deltas["schedule"] == schedule].drop(columns="schedule").sort_values(["stage", "seed"])
+
+
+VERDICTS = {True: "holds", False: "does not hold", None: "not measured"}
 
 
 def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFrame | None = None,
-             barriers: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
-             probes: pd.DataFrame | None = None, holdout_ranges: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Whether each qualitative finding of the paper holds on this run, with the number behind the verdict.
+             interpolation: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
+             probes: pd.DataFrame | None = None, probes_holdout: pd.DataFrame | None = None,
+             accuracy: pd.DataFrame | None = None, kl: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Whether each claim of the paper holds, on every seed, with the numbers behind each verdict.
 
-    A finding whose measurement is absent (its stage did not run) is `not measured`. `holdout_ranges`:
-    a's holdout change at s = 1 against the random directions' range
-    (`esft.geometry.probe_holdout.random_range_at`); a's direction is "~ random" on holdouts when every
-    change lies within the range, widened by `holdout_random_tolerance` on both sides.
+    Each input (the stages' csv files, each with a `seed` column) is split by seed and judged by
+    `seed_findings`; rows without a seed (the base model) go with every seed. A finding `holds` when it
+    holds on every seed where it is measured, `does not hold` when on none, and is `mixed` otherwise; its
+    `measured` cell gives each seed's numbers and `seeds` how many seeds it held on.
     """
-    a, b = methods
+    inputs = {"deltas": deltas, "interpolation": interpolation, "drift_fits": drift_fits, "probes": probes,
+              "probes_holdout": probes_holdout, "accuracy": accuracy, "kl": kl}
+    present = {name: with_seed_column(df) for name, df in inputs.items() if df is not None and not df.empty}
+    seeds = sorted({int(x) for df in present.values() for x in df["seed"].dropna()}) or [None]
+    per_seed = {}
+    for seed in seeds:
+        part = {name: df[df["seed"].isna() | (df["seed"] == seed)] if seed is not None else df
+                for name, df in present.items()}
+        per_seed[seed] = seed_findings(methods, cfg, **part)
     rows = []
+    for i, first in enumerate(per_seed[seeds[0]]):
+        judged = [(seed, found[i]) for seed, found in per_seed.items() if found[i]["holds"] is not None]
+        held = [found["holds"] for _, found in judged]
+        verdict = "not measured" if not held else (
+            "holds" if all(held) else "does not hold" if not any(held) else "mixed")
+        measured = "; ".join(found["measured"] if seed is None else f"seed {seed}: {found['measured']}"
+                             for seed, found in judged)
+        rows.append({"finding": first["finding"], "measured": measured, "threshold": first["threshold"],
+                     "seeds": f"{sum(held)}/{len(held)}" if held else "", "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def seed_findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFrame | None = None,
+                  interpolation: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
+                  probes: pd.DataFrame | None = None, probes_holdout: pd.DataFrame | None = None,
+                  accuracy: pd.DataFrame | None = None, kl: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """The findings of one seed: dicts of finding, measured, threshold and holds (None: not measured).
+
+    Learning (from accuracy.csv): each compared method gains at least `gain_min` on its trained task over the
+    checkpoint it started from, on at least `gain_tasks_min` sequential tasks (all of them, where it has fewer);
+    the two end each sequential stage within `accuracy_gap_max` of each other on as many; every other
+    method (LBES) gains `gain_min` on each task it trains. Forgetting (kl.csv): a's mean incremental
+    KL(π_{k−1} ‖ π_k) over the tasks not trained at stage k exceeds b's at every sequential stage. Geometry:
+    the norm ratio, near-orthogonal deltas, no barrier, a's direction beats random on the trained task and
+    stays within the random range on holdouts (`holdout_random_tolerance`); drift: a's is linear with
+    Proposition 1's slope, b's is not linear (R² of the through-origin fit below `drift_r2_min`).
+    """
+    from esft.geometry.interpolation import barriers
+    from esft.geometry.probe_holdout import random_range_at
+
+    a, b = methods
+    rows: list[dict[str, Any]] = []
 
     def add(finding: str, measured: str, threshold: str, holds: bool | None) -> None:
-        verdict = "not measured" if holds is None else ("holds" if holds else "does not hold")
-        rows.append({"finding": finding, "measured": measured, "threshold": threshold, "verdict": verdict})
+        rows.append({"finding": finding, "measured": measured if holds is not None else "",
+                     "threshold": threshold, "holds": holds})
 
+    gain_min, tasks_min, gap_max = cfg["gain_min"], cfg["gain_tasks_min"], cfg["accuracy_gap_max"]
+    gains = stage_gains(accuracy) if accuracy is not None else pd.DataFrame()
+    for m in (a, b):
+        g = gains[(gains["method"] == m) & (gains["schedule"] == "sequential")] if not gains.empty else gains
+        need = min(tasks_min, len(g))
+        add(f"{m} gains >= {gain_min:g} on its trained task (Figure 1)",
+            ", ".join(f"{r.task} {r.gain:+.3f}" for r in g.itertuples()),
+            f">= {tasks_min} sequential tasks (all, if fewer)", None if g.empty else bool((g["gain"] >= gain_min).sum() >= need))
+    if not gains.empty:
+        seq = gains[gains["schedule"] == "sequential"].pivot_table(index=["stage", "task"], columns="method",
+                                                                  values="after")
+        if {a, b} <= set(seq.columns):
+            seq = seq.dropna(subset=[a, b])
+            gap = (seq[a] - seq[b]).abs()
+            add(f"{a} and {b} reach comparable accuracy on each trained task (Table 1, Figure 1)",
+                ", ".join(f"{task} {a} {r[a]:.3f} vs {b} {r[b]:.3f}" for (_, task), r in seq.iterrows()),
+                f"|gap| <= {gap_max:g} on >= {tasks_min} stages (all, if fewer)",
+                bool((gap <= gap_max).sum() >= min(tasks_min, len(gap))))
+        for m in sorted(set(gains["method"]) - {a, b}):
+            g = gains[gains["method"] == m]
+            add(f"{m} gains >= {gain_min:g} on its trained task", ", ".join(f"{r.task} {r.gain:+.3f}" for r in g.itertuples()),
+                "every task it trains", bool((g["gain"] >= gain_min).all()))
+    else:
+        add(f"{a} and {b} reach comparable accuracy on each trained task (Table 1, Figure 1)", "",
+            f"|gap| <= {gap_max:g}", None)
+    off = off_task_kl(kl) if kl is not None else pd.DataFrame()
+    off = off[off["method"].isin([a, b])] if not off.empty else off
+    wide = off.pivot_table(index="stage", columns="method", values="kl") if not off.empty else off
+    measured_kl = not off.empty and {a, b} <= set(wide.columns)
+    add(f"{a}'s off-task drift broader than {b}'s (Figure 2)",
+        ", ".join(f"stage {k}: {r[a]:.3g} vs {r[b]:.3g}" for k, r in wide.iterrows()) if measured_kl else "",
+        "mean KL(pi_k-1 || pi_k) over the tasks not trained at stage k larger at every stage",
+        bool((wide[a] > wide[b]).all()) if measured_kl else None)
     if deltas is not None and not deltas.empty:
         ratio, cosine = deltas["ratio"], deltas["cosine"].abs()
         add(f"{a} update norm >> {b} norm (Table 3)", f"ratio min {ratio.min():.3g}, max {ratio.max():.3g}",
@@ -98,24 +224,10 @@ def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFram
     else:
         add(f"{a} update norm >> {b} norm (Table 3)", "", f"min ratio >= {cfg['norm_ratio_min']}", None)
         add(f"{a} and {b} deltas near-orthogonal", "", f"|cos| <= {cfg['cosine_max']}", None)
-    if barriers is not None and not barriers.empty:
-        worst = barriers["barrier"].max()
-        add(f"no barrier on the linear path {a} -> {b} (Figure 3)",
-            f"max barrier {worst:.3g} (mean accuracy below the endpoints' line)", f"<= {cfg['barrier_max']}",
-            bool(worst <= cfg["barrier_max"]))
-    else:
-        add(f"no barrier on the linear path {a} -> {b} (Figure 3)", "", f"<= {cfg['barrier_max']}", None)
-    fits = None if drift_fits is None else drift_fits[
-        drift_fits["run"].str.startswith(f"{a}/") & (drift_fits["theory"] == "yes")]
-    tol, r2_min = cfg["drift_slope_tolerance"], cfg["drift_r2_min"]
-    if fits is not None and not fits.empty:
-        ok = bool((fits["r2"] >= r2_min).all() and ((fits["slope_ratio"] - 1).abs() <= tol).all())
-        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)",
-            f"R^2 min {fits['r2'].min():.3g}; slope/theory {fits['slope_ratio'].min():.3g}-"
-            f"{fits['slope_ratio'].max():.3g} over {len(fits)} runs",
-            f"R^2 >= {r2_min}, |slope/theory - 1| <= {tol}", ok)
-    else:
-        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)", "", f"R^2 >= {r2_min}", None)
+    path = barriers(interpolation) if interpolation is not None else None
+    add(f"no barrier on the linear path {a} -> {b} (Figure 3)",
+        f"max barrier {path['barrier'].max():.3g} (mean accuracy below the endpoints' line)" if path is not None else "",
+        f"<= {cfg['barrier_max']}", None if path is None else bool(path["barrier"].max() <= cfg["barrier_max"]))
     if probes is not None and not probes.empty:
         at1 = probes[(probes["reference"] == a) & (probes["scale"] == 1.0)]
         own = at1[at1["direction"] == a]["accuracy"].mean()
@@ -125,15 +237,58 @@ def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFram
             None if math.isnan(own) or math.isnan(rand) else bool(own > rand))
     tol = cfg["holdout_random_tolerance"]
     threshold = f"{a} change from theta_0 at s = 1 within the random directions' range +- {tol}"
-    if holdout_ranges is not None and not holdout_ranges.empty:
+    ranges = random_range_at(probes_holdout, a) if probes_holdout is not None else None
+    if ranges is not None and not ranges.empty:
         cells = [f"{r.stage}-{r.trained_task} {r.benchmark} {r.metric}: {a} {r.own:+.3f} vs random "
-                 f"[{r.random_min:+.3f}, {r.random_max:+.3f}]" for r in holdout_ranges.itertuples()]
-        worst = holdout_ranges["outside"].max()
+                 f"[{r.random_min:+.3f}, {r.random_max:+.3f}]" for r in ranges.itertuples()]
+        worst = ranges["outside"].max()
         add(f"{a} direction ~ random on holdouts (Figure 5)", "; ".join(cells) + f"; max outside {worst:.3g}",
             threshold, bool(worst <= tol))
     else:
         add(f"{a} direction ~ random on holdouts (Figure 5)", "", threshold, None)
-    return pd.DataFrame(rows)
+    tol, r2_min = cfg["drift_slope_tolerance"], cfg["drift_r2_min"]
+    fits = None if drift_fits is None else drift_fits[
+        drift_fits["run"].map(lambda r: checkpoint_fields(r)["method"]) == a]
+    fits = None if fits is None else fits[fits["theory"] == "yes"]
+    if fits is not None and not fits.empty:
+        ok = bool((fits["r2"] >= r2_min).all() and ((fits["slope_ratio"] - 1).abs() <= tol).all())
+        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)",
+            f"R^2 min {fits['r2'].min():.3g}; slope/theory {fits['slope_ratio'].min():.3g}-"
+            f"{fits['slope_ratio'].max():.3g} over {len(fits)} runs",
+            f"R^2 >= {r2_min}, |slope/theory - 1| <= {tol}", ok)
+    else:
+        add(f"{a} drift linear in steps, slope ~ a^2 D/N (Figure 6)", "", f"R^2 >= {r2_min}", None)
+    other = None if drift_fits is None else drift_fits[
+        drift_fits["run"].map(lambda r: checkpoint_fields(r)["method"]) == b]
+    add(f"{b} drift not linear in steps (Figure 6)",
+        f"R^2 max {other['r2'].max():.3g} over {len(other)} runs" if other is not None and not other.empty else "",
+        f"R^2 < {r2_min} on every run", None if other is None or other.empty else bool((other["r2"] < r2_min).all()))
+    return rows
+
+
+def stage_gains(acc: pd.DataFrame) -> pd.DataFrame:
+    """Per training run: accuracy on its trained task before (the checkpoint it started from: the base, or
+    stage k−1 of the same method and seed) and after, and the gain."""
+    on_task = acc[(acc["method"] != "base") & (acc["eval_task"] == acc["trained_task"])]
+    base = acc[acc["method"] == "base"].set_index("eval_task")["accuracy"]
+    lookup = {(r.method, r.schedule, int(r.stage), r.eval_task): r.accuracy for r in acc.itertuples()
+              if r.method != "base"}
+    rows = []
+    for r in on_task.sort_values(["method", "schedule", "stage"]).itertuples():
+        stage = int(r.stage)
+        before = base.get(r.eval_task) if r.schedule == "single" or stage == 1 else lookup.get(
+            (r.method, "sequential", stage - 1, r.eval_task))
+        rows.append({"method": r.method, "schedule": r.schedule, "stage": stage, "task": r.eval_task,
+                     "before": before, "after": r.accuracy, "gain": r.accuracy - before})
+    return pd.DataFrame(rows, columns=["method", "schedule", "stage", "task", "before", "after", "gain"])
+
+
+def off_task_kl(kl: pd.DataFrame) -> pd.DataFrame:
+    """Per method and sequential stage k: the mean incremental KL(π_{k−1} ‖ π_k) over the evaluated tasks
+    other than the one stage k trains (Figure 2's off-task cells)."""
+    inc = kl[(kl["schedule"] == "sequential") & (kl["reference"] == "previous")
+             & (kl["eval_task"] != kl["trained_task"])]
+    return inc.groupby(["method", "stage"], as_index=False)["kl"].mean()
 
 
 def time_to_accuracy(curves: pd.DataFrame, fraction: float, targets: Mapping[str, float] | None = None) -> pd.DataFrame:
@@ -147,12 +302,13 @@ def time_to_accuracy(curves: pd.DataFrame, fraction: float, targets: Mapping[str
     """
     targets = targets or {}
     rows = []
-    for task, on_task in curves.groupby("task", sort=False):
+    seed = curves["seed"].astype("Int64").fillna(-1) if "seed" in curves else pd.Series(-1, index=curves.index)
+    for (seed_value, task), on_task in curves.groupby([seed, "task"], sort=False):
         best = float(on_task["accuracy"].max())
         target = float(targets[task]) if task in targets else fraction * best
         for method, points in on_task.groupby("method", sort=False):
             points = points.sort_values("iteration")
-            row = {"task": task, "method": method, "target": target, "best": float(points["accuracy"].max()),
+            row = {"seed": pd.NA if seed_value < 0 else int(seed_value), "task": task, "method": method, "target": target, "best": float(points["accuracy"].max()),
                    "iteration": pd.NA, "seconds": float("nan"), "tokens": pd.NA, "status": "not reached"}
             # 1e-12: a fraction of the best accuracy may round just above the very accuracy it came from
             hit = points[points["accuracy"] >= target - 1e-12]
@@ -164,4 +320,4 @@ def time_to_accuracy(curves: pd.DataFrame, fraction: float, targets: Mapping[str
                            tokens=int(first["tokens"]), status="reached")
             rows.append(row)
     df = pd.DataFrame(rows)
-    return df.astype({"iteration": "Int64", "tokens": "Int64"})
+    return df.astype({"seed": "Int64", "iteration": "Int64", "tokens": "Int64"})
