@@ -46,14 +46,20 @@ METHODS = ("es", "grpo")
 
 
 def parse_point(text: str) -> dict[str, dict[str, Any]]:
-    """`es.alpha=0.01,grpo.max_steps=80` -> {"es": {"alpha": 0.01}, "grpo": {"max_steps": 80}}."""
+    """`es.alpha=0.01,grpo.max_steps=80,es@math.iterations=90` -> {"es": {"alpha": 0.01, "@math": {"iterations":
+    90}}, "grpo": {"max_steps": 80}}: METHOD@TASK.KEY overrides the key on one task (as train.overrides)."""
     point: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
+        method, at, task = method.partition("@")
         if not sep or not dot or method not in METHODS:
-            raise SystemExit(f"--point: expected METHOD.KEY=VALUE with METHOD in {METHODS}, got {item!r}")
-        point[method][name] = yaml.safe_load(value)
+            raise SystemExit(f"--point: expected METHOD[@TASK].KEY=VALUE with METHOD in {METHODS}, got {item!r}")
+        target = point[method].setdefault(f"@{task}", {}) if at else point[method]
+        try:  # JSON reads 1e-4 as a number, YAML 1.1 as a string
+            target[name] = json.loads(value)
+        except json.JSONDecodeError:
+            target[name] = yaml.safe_load(value)
     return point
 
 
@@ -62,9 +68,11 @@ def chain(method: str, overrides: dict[str, Any], seed: int, config: dict[str, A
     """The method's sequential checkpoints with `overrides` in `seed`, trained once and cached."""
     key = hashlib.sha256(json.dumps([method, overrides, seed], sort_keys=True).encode()).hexdigest()[:12]
     tasks = config["train"]["sequential"]
-    cfg = {**config[method], **overrides, "seed": seed}
     outs, init = [], None
     for k, task in enumerate(tasks, 1):
+        own = config["train"].get("overrides", {}).get(task, {}).get(method, {})
+        cfg = {**config[method], **own, **{k: v for k, v in overrides.items() if not k.startswith("@")},
+               **overrides.get(f"@{task}", {}), "seed": seed}
         out = work / f"{method}-{key}" / f"{k}-{task}"
         if not (out / "weights.safetensors").exists():
             train(TrainJob(method=method, task=task, base=str(results / "model" / "base"),

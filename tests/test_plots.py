@@ -78,7 +78,8 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
 
 
 CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
-       "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 3, "accuracy_gap_max": 0.1}
+       "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 3, "accuracy_gap_max": 0.1,
+       "drift_rate_ratio_max": 0.85}
 
 
 def test_findings_verdicts_and_numbers():
@@ -88,7 +89,7 @@ def test_findings_verdicts_and_numbers():
     interpolation = pd.DataFrame({"schedule": "sequential", "stage": 1, "trained_task": "a", "task": "a",
                                   "lambda": [0.0, 0.5, 1.0], "accuracy": [0.4, 0.38, 0.4]})
     fits = pd.DataFrame({"run": ["es/single/1-a", "grpo/single/1-a"], "theory": ["yes", "no ES step size in the run log"],
-                         "r2": [0.99, 0.5], "slope_ratio": [1.1, float("nan")]})
+                         "r2": [0.99, 0.5], "slope_ratio": [1.1, float("nan")], "rate_ratio": [1.0, 0.6]})
     df = tables.findings(["es", "grpo"], CFG, deltas=deltas, interpolation=interpolation, drift_fits=fits,
                          probes=_probes()).set_index("finding")
     measured = df[df["verdict"] != "not measured"]
@@ -97,7 +98,7 @@ def test_findings_verdicts_and_numbers():
         "no barrier on the linear path es -> grpo (Figure 3)": "holds",
         "es direction beats random directions on the trained task at its norm (Figure 4)": "holds",
         "es drift linear in steps, slope ~ a^2 D/N (Figure 6)": "holds",
-        "grpo drift not linear in steps (Figure 6)": "holds"}
+        "grpo drift not linear in steps: it slows down (Figure 6)": "holds"}
     assert "0.2" in measured["measured"].iloc[1] and "12" in measured["measured"].iloc[0]
     assert "0.02" in df.loc["no barrier on the linear path es -> grpo (Figure 3)", "measured"]
     empty = tables.findings(["es", "grpo"], CFG)

@@ -68,21 +68,22 @@ def test_run_produces_figures_tables_and_logs(workdir):
     for row in rows:
         assert 0.0 <= float(row["chemistry"]) <= 1.0
     assert "| method" in (out / "tables" / "accuracy.md").read_text()
-    with open(out / "tables" / "update_norms.csv") as fh:
-        norms = {r["checkpoint"]: float(r["update_norm"]) for r in csv.DictReader(fh)}
+    with open(out / "geometry" / "update_norms.csv") as fh:
+        norms = {r["checkpoint"].removeprefix("seed-0/"): float(r["update_norm"]) for r in csv.DictReader(fh)}
     # a checkpoint moved exactly when some iteration of its chain had a non-zero update weight
     chains = {"es/sequential/1-chemistry": ["sequential/1-chemistry"],
               "es/sequential/2-boolq": ["sequential/1-chemistry", "sequential/2-boolq"],
               "es/single/1-conciseness": ["single/1-conciseness"]}
     for label, runs in chains.items():
-        moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train/es" / run / "run.jsonl"))
+        moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train/seed-0/es" / run / "run.jsonl"))
         assert (norms[label] > 0) == moved, label
     assert norms["es/single/1-conciseness"] > 0  # length rewards always separate members
     # KL to the base is zero exactly where the weights did not move; stage 1's previous model is the base
     with open(out / "eval" / "kl.csv") as fh:
         kl = list(csv.DictReader(fh))
-    assert list(kl[0]) == ["method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl", "n_prompts",
-                           "n_tokens"]
+    assert list(kl[0]) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
+                           "n_prompts", "n_tokens"]
+    assert {r["seed"] for r in kl} == {"0"}
     assert len(kl) == 7 * 2 * 3  # checkpoints × references × evaluated tasks
     by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
           for r in kl}
@@ -97,10 +98,10 @@ def test_run_produces_figures_tables_and_logs(workdir):
         assert (out / "figures" / f"kl_sequential.{ext}").stat().st_size > 1000
     completion = json.loads((out / "eval/base/completions.jsonl").read_text().splitlines()[0])
     assert completion["prompt_ids"] and completion["completion_ids"]
-    run = read_run(out / "train/es/sequential/1-chemistry/run.jsonl")
+    run = read_run(out / "train/seed-0/es/sequential/1-chemistry/run.jsonl")
     assert [r["iteration"] for r in run] == [0, 1]
     assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
-    log = (workdir / "logs/small/train/es/sequential/1-chemistry.log").read_text()
+    log = (workdir / "logs/small/train/seed-0/es/sequential/1-chemistry.log").read_text()
     assert "iter 2/2" in log and "tok/s" in log
     # holdouts (Table 2) of the base and every sequential stage, through lm-eval
     with open(out / "tables" / "holdout.csv") as fh:
@@ -109,12 +110,12 @@ def test_run_produces_figures_tables_and_logs(workdir):
     for row in holdout:
         assert 0.0 <= float(row["mmlu acc"]) <= 1.0 and 0.0 <= float(row["ifeval prompt_level_strict_acc"]) <= 1.0
     assert "ifeval inst_level_loose_acc" in holdout[0]
-    for label in ("base", "es/sequential/2-boolq"):
+    for label in ("base", "seed-0/es/sequential/2-boolq"):
         record = json.loads((out / "holdout" / label / "ifeval.json").read_text())
         assert record["n"] == 8 and record["task_versions"] == {"ifeval": 4.0} and record["lm_eval_version"]
     with open(out / "eval" / "holdout.csv") as fh:
         assert {(r["benchmark"], r["metric"]) for r in csv.DictReader(fh)} >= {("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")}
-    assert not (out / "holdout" / "es" / "single").exists()
+    assert not (out / "holdout" / "seed-0" / "es" / "single").exists()
     # resume state is cleaned up once the outputs exist
     assert not list((out / "state").rglob("state.safetensors"))
 
@@ -130,8 +131,8 @@ def test_every_method_writes_the_same_run_files(workdir):
     from esft.runs import COMMON_FIELDS
 
     out = workdir / "results" / "small"
-    runs = sorted(p.parent for p in (out / "train").glob("*/*/*/run.jsonl"))
-    assert {r.relative_to(out / "train").parts[0] for r in runs} == {"es", "grpo", "lbes"} and len(runs) == 7
+    runs = sorted(p.parent for p in (out / "train").glob("seed-0/*/*/*/run.jsonl"))
+    assert {r.relative_to(out / "train").parts[1] for r in runs} == {"es", "grpo", "lbes"} and len(runs) == 7
     for run in runs:
         records = read_run(run / "run.jsonl")
         assert records and all(set(COMMON_FIELDS) <= set(r) for r in records), run
@@ -143,9 +144,9 @@ def test_every_method_writes_the_same_run_files(workdir):
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, run  # tied to the embedding
         assert all(t.dtype == torch.float32 for t in state.values())
-    grpo = read_run(out / "train/grpo/sequential/1-chemistry/run.jsonl")
+    grpo = read_run(out / "train/seed-0/grpo/sequential/1-chemistry/run.jsonl")
     assert all(r["rollouts"] == 8 and "loss" in r for r in grpo)  # 8 completions per step (4 per prompt)
-    lbes = read_run(out / "train/lbes/single/1-boolq/run.jsonl")
+    lbes = read_run(out / "train/seed-0/lbes/single/1-boolq/run.jsonl")
     assert all(r["rollouts"] == 8 * 4 for r in lbes)  # B prompts × n samples
 
 
@@ -162,15 +163,16 @@ def _override(workdir: Path, name: str, data: dict) -> Path:
 def test_es_change_reruns_only_training_and_dependents(workdir):
     extra = _override(workdir, "sigma.yaml", {"es": {"sigma": 0.02}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs["train"] == 3 and jobs["evaluate"] == 3 and jobs["kl"] == 4
-    assert jobs["holdout"] == 4  # 2 sequential stages × 2 benchmarks
+    # the seed's checkpoints are evaluated together: one evaluation, KL and holdout (per benchmark) job
+    assert jobs["train"] == 3 and jobs["evaluate"] == 1 and jobs["kl"] == 1
+    assert jobs["holdout"] == 2 and "evaluate_base" not in jobs and "holdout_base" not in jobs
     assert "prepare_task" not in jobs and "base_model" not in jobs and "holdout_data" not in jobs
 
 
 def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
-    extra = _override(workdir, "lr.yaml", {"grpo": {"learning_rate": 0.001}})
+    extra = _override(workdir, "lr.yaml", {"grpo": {"learning_rate": 0.002}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs["train"] == 3 and jobs["evaluate"] == 3
+    assert jobs["train"] == 3 and jobs["evaluate"] == 1
 
 
 def test_figure_change_reruns_only_figures(workdir):
@@ -184,7 +186,7 @@ def test_figure_change_reruns_only_figures(workdir):
 def test_kl_change_reruns_only_kl(workdir):
     extra = _override(workdir, "kl.yaml", {"evaluate": {"generation_batch_size": 64, "kl": {"temperature": 0.7}}})
     jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs == {"kl": 9, "collect_kl": 1, "figure_kl_sequential": 1, "all": 1}
+    assert jobs == {"kl": 1, "collect_kl": 1, "figure_kl_sequential": 1, "table_findings": 1, "all": 1}
 
 
 def test_geometry_and_table1_outputs(workdir):
@@ -195,7 +197,9 @@ def test_geometry_and_table1_outputs(workdir):
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
     with open(out / "tables" / "single_task.csv") as fh:
         rows = {r["task"]: r for r in csv.DictReader(fh)}
-    assert list(rows["conciseness"]) == ["task", "base", "es (1 steps)", "es (2 steps)", "grpo (2 steps)", "lbes (2 steps)"]
+    assert list(rows["conciseness"]) == ["task", "seed", "base", "es (1 steps)", "es (2 steps)", "grpo (2 steps)",
+                                         "lbes (2 steps)"]
+    assert rows["conciseness"]["seed"] == "0"
     assert rows["conciseness"]["lbes (2 steps)"] == "" and rows["boolq"]["es (2 steps)"] == ""  # lbes trains boolq
     with open(out / "tables" / "findings.csv") as fh:
         verdicts = {r["finding"]: r["verdict"] for r in csv.DictReader(fh)}
@@ -215,9 +219,10 @@ def test_holdout_change_reruns_only_that_benchmark_and_the_holdouts_along_direct
     small = yaml.safe_load(SMALL.read_text())
     small["holdout"]["benchmarks"]["ifeval"]["n"] = 6
     jobs = planned_jobs(snakemake(workdir, "-n", extra=_override(workdir, "ifeval.yaml", {"holdout": small["holdout"]})))
-    assert set(jobs) == {"holdout_data", "holdout", "collect_holdout", "table_holdout", "geometry_probe_holdout",
-                         "figure_probes_holdout", "table_findings", "all"}
-    assert jobs["holdout"] == 5 and jobs["holdout_data"] == 1  # base and 2 sequential stages of es and grpo
+    assert set(jobs) == {"holdout_data", "holdout_base", "holdout", "collect_holdout", "table_holdout",
+                         "geometry_probe_holdout", "figure_probes_holdout", "table_findings", "all"}
+    # the base, and the 2 sequential stages of es and grpo in the seed's one job
+    assert jobs["holdout_base"] == jobs["holdout"] == jobs["holdout_data"] == 1
 
 
 REPORT_CATEGORIES = {
@@ -282,14 +287,14 @@ def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
                "train": {"methods": ["es"], "sequential": [], "single": ["chemistry"],
                          "per_method": {"lbes": {"sequential": [], "single": []}}},
                "es": {"iterations": 30, "checkpoint_every": 5}}
-    target = "results/small/train/es/single/1-chemistry/weights.safetensors"
+    target = "results/small/train/seed-0/es/single/1-chemistry/weights.safetensors"
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
     for wd in (crashed, clean):
         wd.mkdir()
         _override(wd, "one_run.yaml", overlay)
     snakemake(clean, "--cores", "1", target, extra=clean / "one_run.yaml")
 
-    state = crashed / "results/small/state/train/es/single/1-chemistry/state.safetensors"
+    state = crashed / "results/small/state/train/seed-0/es/single/1-chemistry/state.safetensors"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(crashed), "--configfile",
            str(SMALL), str(crashed / "one_run.yaml"), "--cores", "1", target]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -309,6 +314,6 @@ def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
     assert snakemake(crashed, "--cores", "1", target, extra=crashed / "one_run.yaml", check=False).returncode != 0
     snakemake(crashed, "--unlock", target, extra=crashed / "one_run.yaml")
     snakemake(crashed, "--cores", "1", target, extra=crashed / "one_run.yaml")
-    log = (crashed / "logs/small/train/es/single/1-chemistry.log").read_text()
+    log = (crashed / "logs/small/train/seed-0/es/single/1-chemistry.log").read_text()
     assert "resumed from" in log
     assert (crashed / target).read_bytes() == (clean / target).read_bytes()

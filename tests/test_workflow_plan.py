@@ -19,26 +19,34 @@ from test_workflow import planned_jobs, snakemake
 def test_evaluation_and_kl_jobs_follow_the_training_runs(tmp_path):
     # es trains three tasks in sequence under its own per_method lists, and no single-task run
     extra = tmp_path / "per_method.yaml"
-    extra.write_text(yaml.safe_dump({"train": {"methods": ["es"], "sequential": ["chemistry"], "single": [],
+    extra.write_text(yaml.safe_dump({"seeds": [0, 5], "train": {"methods": ["es"], "sequential": ["chemistry"], "single": [],
                                                "per_method": {"es": {"sequential": ["chemistry", "boolq", "conciseness"],
                                                                      "single": []}}}}))
     proc = snakemake(tmp_path, "-n", "-p", "--forceall", extra=extra)
     jobs = planned_jobs(proc)
-    assert jobs["train"] == 3
-    assert jobs["evaluate"] == 4  # base + 3 stages
-    assert jobs["kl"] == 5  # KL to the base after each stage, to the previous stage after stages 2 and 3
-    assert jobs["collect_kl"] == jobs["figure_kl_sequential"] == 1
+    assert jobs["train"] == 6  # 3 stages in each of 2 seeds
+    assert jobs["evaluate_base"] == 1 and jobs["evaluate"] == 2  # every stage of a seed in one job
+    assert jobs["kl"] == 2 and jobs["collect_kl"] == jobs["figure_kl_sequential"] == 1
     text = proc.stdout + proc.stderr
     kl = [line for line in text.splitlines() if re.search(r"esft .*\bkl --base", line)]
-    previous = [line for line in kl if "kl_previous.json" in line]
-    assert len(kl) == 5 and len(previous) == 2
-    for line in previous:
-        stage = int(re.search(r"--weights results/small/train/es/sequential/(\d)-", line).group(1))
-        assert f"--reference results/small/train/es/sequential/{stage - 1}-" in line
-    assert all("--reference" not in line for line in kl if "kl_base.json" in line)
+    assert len(kl) == 2
+    for seed, line in zip((0, 5), sorted(kl)):
+        run = f"results/small/train/seed-{seed}/es/sequential"
+        # KL to the base after each stage, to the previous stage after stages 2 and 3, pair by pair
+        references = re.search(r"--reference (.*?) --weights", line).group(1).split()
+        weights = re.search(r"--weights (.*?) --device", line).group(1).split()
+        outs = re.search(r"--out (.*?) >", line).group(1).split()
+        assert references == ["base", "base", f"{run}/1-chemistry/weights.safetensors", "base",
+                              f"{run}/2-boolq/weights.safetensors"]
+        assert weights == [f"{run}/{k}/weights.safetensors" for k in ("1-chemistry", "2-boolq", "2-boolq",
+                                                                        "3-conciseness", "3-conciseness")]
+        assert [Path(o).name for o in outs] == ["kl_base.json", "kl_base.json", "kl_previous.json", "kl_base.json",
+                                                "kl_previous.json"]
+        assert all(f"results/small/eval/seed-{seed}/es/sequential/" in o for o in outs)
     collect = next(line for line in text.splitlines() if "esft collect-kl" in line)
     # stage 1's previous model is the base: its `previous` row reads the base pair
-    assert "es/sequential/1-chemistry:previous=results/small/eval/es/sequential/1-chemistry/kl_base.json" in collect
+    assert ("seed-5/es/sequential/1-chemistry:previous=results/small/eval/seed-5/es/sequential/1-chemistry/kl_base.json"
+            in collect)
 
 
 def _pretraining(tmp_path, fitness):
@@ -70,7 +78,7 @@ def test_lora_figures_need_lora_and_full_parameter_es_on_one_single_task(tmp_pat
                                                      "figure_lora_cumulative_reward", "figure_lora_training"}
     collect = next(line for line in text.splitlines() if "esft prompt-rewards" in line)
     labels = re.findall(r"(\S+)=results/small/eval/\S+/completions.jsonl", collect)
-    assert labels == ["base", "es/single/1-conciseness", "es_lora/single/1-conciseness"]
+    assert labels == ["base", "seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
     assert "--data conciseness=results/small/data/conciseness " in collect
     # LoRA alone (no full-parameter es-kind run on that task) compares nothing
     alone = {**overlay, "train": {**overlay["train"], "per_method": {"lbes": {"sequential": [], "single": ["boolq"]},
@@ -90,8 +98,8 @@ def test_lbes_vs_es_needs_both_kinds_on_one_single_task_and_replays_listed_itera
     assert jobs["replay_budget"] == jobs["evaluate_budget"] == 2  # es@1 (also Table 1's) and lbes@1
     collect = next(line for line in text.splitlines() if "esft accuracy-curves" in line)
     points = sorted(re.findall(r"(\S+@\w+)=", collect))
-    assert points == ["es/single/1-conciseness@1", "es/single/1-conciseness@final", "lbes/single/1-conciseness@1",
-                      "lbes/single/1-conciseness@final"]
+    assert points == ["seed-0/es/single/1-conciseness@1", "seed-0/es/single/1-conciseness@final",
+                      "seed-0/lbes/single/1-conciseness@1", "seed-0/lbes/single/1-conciseness@final"]
     assert "--base-accuracy results/small/eval/base/accuracy.json" in collect
 
 
@@ -102,7 +110,8 @@ def test_pretraining_loss_figure_needs_es_loglik_and_adamw_on_one_task(tmp_path)
     assert "--run-id adamw/single/1-conciseness" in adamw and "--dtype float32" in adamw
     figure = next(line for line in text.splitlines() if "esft figure pretraining" in line)
     for method in ("es", "adamw"):
-        assert f"{method}/single/1-conciseness=results/small/train/{method}/single/1-conciseness/run.jsonl" in figure
+        assert (f"seed-0/{method}/single/1-conciseness=results/small/train/seed-0/{method}/single/1-conciseness/"
+                "run.jsonl") in figure
     jobs, _ = _pretraining(tmp_path, "task")  # ES fine-tuning on rewards: no loss to compare
     assert jobs["train"] == 2 and "figure_pretraining_loss" not in jobs
 
@@ -125,7 +134,8 @@ def test_default_plans_holdouts_along_directions_at_the_last_stage_only(tmp_path
     assert jobs["geometry_probe_holdout"] == jobs["figure_probes_holdout"] == jobs["table_findings"] == 1
     text = proc.stdout + proc.stderr
     command = next(line for line in text.splitlines() if "esft --threads 1 probe-holdout" in line)
-    assert "--pairs sequential/4-boolq=" in command and "sequential/3-" not in command
+    pairs = re.findall(r"(seed-\d+/sequential/\d-\w+)=", command)
+    assert pairs == [f"seed-{s}/sequential/4-boolq" for s in (0, 1, 2)]  # the last stage of every seed
     assert '--cfg \'{"random_directions": 3, "scales": [0, 1, 2], "seed": 0}\'' in command
     assert "--data mmlu=results/default/holdout/data/mmlu.jsonl ifeval=results/default/holdout/data/ifeval.jsonl" in command
     assert "--nltk-data results/default/holdout/nltk_data" in command

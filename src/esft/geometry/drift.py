@@ -54,6 +54,15 @@ def fit_through_origin(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, r2
 
 
+def late_early_rate(x: np.ndarray, y: np.ndarray) -> float:
+    """Drift rate over the second half of a run over that of the first half (Δy/Δx): about 1 for a random walk
+    at a constant rate (ES), below 1 for drift that slows down (GRPO under a decaying learning rate)."""
+    half = len(x) // 2
+    if half < 1 or x[half - 1] <= 0 or y[half - 1] <= 0 or x[-1] <= x[half - 1]:
+        return math.nan
+    return float(((y[-1] - y[half - 1]) / (x[-1] - x[half - 1])) / (y[half - 1] / x[half - 1]))
+
+
 def shaping_mass(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """Σᵢwᵢ²/N of each iteration's shaped weights (1 for z-scores; 0 when the members tie), or 1 where the
     log has none."""
@@ -106,13 +115,15 @@ def fit_run(label: str, drift: pd.DataFrame, records: Sequence[Mapping[str, Any]
         params.append({"run": label, "seed": seed, "parameter": name, "kind": param_kind(name), "numel": size,
                        "slope": slope, "r2": r2, "deff_ratio": slope / unit if unit else math.nan})
     slope, r2 = fit_through_origin(x, total)
+    rate_ratio = late_early_rate(x, total)
     if theory != "yes" or not theory_slope or math.isnan(theory_slope):
         theory_slope = math.nan
     series = pd.DataFrame({"run": label, "seed": seed, "iteration": range(len(records)), "step": steps, "effective_step": x,
                            "drift_sq": total, "theory_sq": theory_slope * x})
     summary = {"run": label, "seed": seed, "theory": theory, "parameters": int(sum(sizes.get(p, 0) for p in wide.columns)),
                "population": n, "alpha": alpha0, "steps": len(records), "slope": slope,
-               "theory_slope": theory_slope, "slope_ratio": slope / theory_slope, "r2": r2}
+               "theory_slope": theory_slope, "slope_ratio": slope / theory_slope, "r2": r2,
+               "rate_ratio": rate_ratio}
     return series, summary, pd.DataFrame(params)
 
 
