@@ -290,6 +290,39 @@ def test_backend_vllm_without_vllm_is_one_line_naming_the_extra(monkeypatch, bas
                                         r"pip install 'esft\[gpu\]'$"):
         train(job)
     with pytest.raises(EsftError, match=r"pip install 'esft\[gpu\]'"):
-        load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4, "backend": "vllm"})
-    model, _ = load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4})  # hf by default
+        load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4, "backend": "vllm"}, [])
+    model, _ = load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4}, [])  # hf by default
     assert isinstance(model, torch.nn.Module)
+
+
+def test_a_prefix_cache_that_cannot_reset_stops_the_run():
+    """vLLM's reset_prefix_cache returns False while blocks are held: generating then would reuse KV computed
+    with the previous weights, so the write raises instead of going on."""
+    llm = SimpleNamespace(collective_rpc=lambda method, args: [None], reset_prefix_cache=lambda: False)
+    engine = VllmEngine(llm, SimpleNamespace, None, [], [])
+    with pytest.raises(EsftError, match=r"could not reset its prefix cache after esft_load_weights"):
+        engine.load_weights("weights.safetensors")
+    llm.reset_prefix_cache = lambda: True
+    engine.load_weights("weights.safetensors")
+
+
+def test_max_model_len_is_the_longest_request_unless_set(monkeypatch, base, tokenizer):
+    """`vllm.max_model_len: null` must not hand vLLM the model's own maximum (Qwen3-4B: 262,144 tokens, whose
+    KV cache does not fit): the engine gets the longest prompt of the tasks it serves plus that task's
+    max_new_tokens; a set length shorter than that is refused."""
+    from esft.rollout import encode_prompts
+    from esft.rollout.vllm_backend import VllmOptions, open_engine
+
+    built = []
+    fake = SimpleNamespace(LLM=lambda **kw: built.append(kw) or SimpleNamespace(), SamplingParams=SimpleNamespace)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    short = [[{"role": "user", "content": "hi"}]]
+    long = [[{"role": "user", "content": "a much longer question than the other one"}], short[0]]
+    n_long = len(encode_prompts(tokenizer, long[:1])[0])
+    assert n_long > len(encode_prompts(tokenizer, short)[0]) + 20
+    open_engine(base / "base", "float32", VllmOptions(), [(short, 50), (long, 7)])
+    assert built[-1]["max_model_len"] == max(n_long + 7, len(encode_prompts(tokenizer, short)[0]) + 50)
+    open_engine(base / "base", "float32", VllmOptions(max_model_len=4096), [(long, 7)])
+    assert built[-1]["max_model_len"] == 4096
+    with pytest.raises(EsftError, match=rf"vllm.max_model_len 8 is shorter than .* \({n_long + 7}\)"):
+        open_engine(base / "base", "float32", VllmOptions(max_model_len=8), [(long, 7)])

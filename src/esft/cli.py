@@ -113,12 +113,12 @@ def cmd_replay(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, write_evaluation
+    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, task_requests, write_evaluation
 
-    model, tokenizer = load_evaluated(args.base, args.weights, args.dtype, args.device, args.cfg)
-    data = _pairs(args.data)
-    metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
-                                          args.tasks_cfg, args.cfg["generation_batch_size"])
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    model, tokenizer = load_evaluated(args.base, args.weights, args.dtype, args.device, args.cfg,
+                                      task_requests(data, args.tasks_cfg))
+    metrics, completions = evaluate_tasks(model, tokenizer, data, args.tasks_cfg, args.cfg["generation_batch_size"])
     write_evaluation(args.out, metrics, completions)
 
 

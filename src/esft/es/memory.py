@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
+from esft.errors import EsftError
 from esft.memory import GIB, MemoryPlan, Term, device_capacity, log_and_check
 from esft.rollout.scoring import LOGITS_BUDGET
 
@@ -99,3 +100,22 @@ def check_run(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], sec
     log_and_check(plan, section)
     return plan
 
+
+
+def generation_rows(model: torch.nn.Module, prompt_tokens: int, new_tokens: int, wanted: int,
+                    capacity: int | None) -> int:
+    """The most rows, at most `wanted`, whose generation pass (weights, KV cache, prefill activations,
+    logits: the plan of a run that evolves nothing) fits `capacity`: evaluation sizes its batches so,
+    since a fixed batch that fits short prompts overflows on long ones (BoolQ passages at 4B: 256 rows
+    need 57-71 GiB of KV). None (CPU) checks nothing."""
+    if capacity is None:
+        return wanted
+    empty, one = (plan_memory(model, {}, rows=rows, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                              capacity=capacity) for rows in (0, 1))
+    per_row = one.device_bytes - empty.device_bytes
+    rows = (empty.usable - empty.device_bytes) // per_row
+    if rows < 1:
+        raise EsftError(f"memory plan: one row of {prompt_tokens} prompt + {new_tokens} new tokens needs "
+                        f"{one.device_bytes / GIB:.1f} GiB of the usable {one.usable / GIB:.1f} GiB; set a "
+                        f"smaller max_new_tokens or a smaller model")
+    return min(wanted, rows)
