@@ -300,3 +300,21 @@ def test_schema_mirrors_the_lbes_config():
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
     assert json.loads(json.dumps(LBESConfig().es_config().to_dict()))["step"] == "nes"
+
+
+def test_torchrun_ranks_score_rank_0s_samples(tmp_path):
+    """Under torchrun only rank 0's samples are logged, so every rank must score its members on those:
+    rank 1, whose own sampling would draw other completions, logs exactly rank 0's records."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "records"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(Path(__file__).with_name("lbes_distributed_worker.py")), str(out)], check=True, env=env,
+                   timeout=240, cwd=tmp_path)
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 2
+    assert all(r["status"] == "scored" and len(set(r["fitness"])) > 1 for r in ranks[0])
