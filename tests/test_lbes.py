@@ -147,13 +147,21 @@ def test_update_is_the_nes_step_on_z_scored_correlations(tiny_model, tokenizer):
     scored sequences are the sampled token ids themselves."""
     trainer = _trainer(tiny_model, tokenizer, Digits())
     theta0 = {n: t.clone() for n, t in trainer.population.master.items()}
-    gens, rewards = trainer.sample(0, [0, 1])  # seeded: the step samples the same completions
+    gens, _ = trainer.sample(0, [0, 1])  # seeded: the step samples the same completions
     record = trainer.step(0)
     assert record["status"] == "scored" and len(record["kept"]) == 8
     n = LBES["n_samples"]
     prompts = trainer.prompt_ids
     assert trainer.scorer.sequences == [prompts[p] + gens.ids[p * n + j] for p, j in record["kept"]]
-    assert record["sample_rewards"] == rewards
+    # the logged rewards, recomputed from the decoded sampled tokens by the reward's own definition
+    # (character codes mod 5), not by the trainer's reward call
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gens.ids]
+    by_hand = [[float(sum(ord(c) for c in texts[p * n + j]) % 5) for j in range(n)] for p in range(2)]
+    assert record["sample_rewards"] == by_hand and len({r for rs in by_hand for r in rs}) > 1
+    # the kept completions: per prompt, the k best and k worst of the hand rewards (ties: lower index is better)
+    for p in range(2):
+        ranked = sorted(range(n), key=lambda j: (-by_hand[p][j], j))
+        assert sorted(j for q, j in record["kept"] if q == p) == sorted(ranked[:2] + ranked[-2:])
     assert (record["rollouts"], record["tokens"]) == (2 * n, gens.total_tokens)
     prefilled = 4 * sum(map(len, trainer.scorer.sequences))  # every member prefills every kept sequence
     assert record["prompt_tokens"] == n * (len(prompts[0]) + len(prompts[1])) + prefilled
