@@ -1,4 +1,5 @@
-"""The vLLM ES engine on CPU: a stand-in engine (vLLM's fused names and padding, built by our mapping)
+"""The vLLM ES engine on CPU: a stand-in engine (vLLM's fused names and padding, built by our mapping and
+checked against a hand-written oracle of vLLM's layout)
 against esft's own Hugging Face path, bit for bit. vLLM itself is never imported here."""
 
 from __future__ import annotations
@@ -326,3 +327,35 @@ def test_max_model_len_is_the_longest_request_unless_set(monkeypatch, base, toke
     assert built[-1]["max_model_len"] == 4096
     with pytest.raises(EsftError, match=rf"vllm.max_model_len 8 is shorter than .* \({n_long + 7}\)"):
         open_engine(base / "base", "float32", VllmOptions(max_model_len=8), [(long, 7)])
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "qwen2", "llama"])
+def test_stand_in_engine_tensors_are_vllms_layout_written_by_hand(kind):
+    """The stand-in engine is built with esft's own `fuse`; this oracle is not: vLLM's tensors of these models,
+    written out from the HF ones by hand: q, k, v stacked in that order into qkv_proj (weights and biases),
+    gate then up into gate_up_proj, the vocabulary padded with zero rows to a multiple of 64 (100 -> 128),
+    and no lm_head when it is tied to the embedding."""
+    hf = {n: p.detach() for n, p in _model(kind, torch.float32).named_parameters()}
+
+    def padded(t):
+        return torch.cat([t, torch.zeros(128 - t.shape[0], *t.shape[1:])])
+
+    expected = {"model.embed_tokens.weight": padded(hf["model.embed_tokens.weight"]), "model.norm.weight":
+                hf["model.norm.weight"]}
+    if kind == "llama":
+        expected["lm_head.weight"] = padded(hf["lm_head.weight"])
+    for i in range(2):
+        a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        expected[f"{a}.qkv_proj.weight"] = torch.cat([hf[f"{a}.{x}_proj.weight"] for x in "qkv"])
+        if kind != "qwen3":  # Qwen2 and this Llama have q/k/v biases
+            expected[f"{a}.qkv_proj.bias"] = torch.cat([hf[f"{a}.{x}_proj.bias"] for x in "qkv"])
+        if kind == "qwen3":
+            expected.update({f"{a}.{x}_norm.weight": hf[f"{a}.{x}_norm.weight"] for x in "qk"})
+        expected[f"{m}.gate_up_proj.weight"] = torch.cat([hf[f"{m}.gate_proj.weight"], hf[f"{m}.up_proj.weight"]])
+        names = [f"{a}.o_proj.weight", f"{m}.down_proj.weight", f"model.layers.{i}.input_layernorm.weight",
+                 f"model.layers.{i}.post_attention_layernorm.weight"] + ([f"{a}.o_proj.bias"] if kind == "llama" else [])
+        expected.update({n: hf[n] for n in names})
+    engine = StandInLLM(_model(kind, torch.float32), None).engine
+    assert sorted(engine) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(engine[name], tensor), name
