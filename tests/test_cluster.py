@@ -96,7 +96,7 @@ def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(tmp
     assert len(calls) == 2  # the first attempt and one retry
     for attempt, call in enumerate(calls, 1):
         assert call["--gpus"] == "1" and call["-p"] == "gpu" and call["--cpus-per-gpu"] == "8"
-        assert call["-t"] == str(1440 * attempt) and call["--mem"] == "128000"
+        assert call["-t"] == str(1440 * attempt) and call["--mem"] == "128000" and call["--nodes"] == "1"
         assert "--gres" not in call and "--cpus-per-task" not in call and "--requeue" in call
         assert call["--comment"] == "rule_train_wildcards_es_sequential_1_countdown"
 
@@ -153,3 +153,20 @@ def test_train_rule_launches_torchrun_per_method_processes(tmp_path):
             assert command.startswith("esft --threads 4 train --method es ")
     jobs = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", proc.stdout)
     assert sorted(re.search(r"gpu=(\d+)", r).group(1) for r in jobs) == ["1", "1", "2", "2"]
+    assert all(re.search(r"\bnodes=1\b", r) for r in jobs)  # torchrun --standalone sees one node's GPUs
+
+
+def test_every_retry_runtime_stays_under_its_cap():
+    """A runtime of `1440 * attempt` with 2 retries asked for 72 h on the third attempt, past GPU partitions'
+    limits (and a job that asks for more than its partition allows never starts): each rule's runtime grows
+    with the attempt up to a cap, 48 h at most, and every attempt the profile's retries allow stays under it."""
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text(encoding="utf-8"))
+    rules = {"default": profile["default-resources"], **profile["set-resources"]}
+    attempts = range(1, profile["retries"] + 2)
+    for rule, resources in rules.items():
+        minutes = [eval(resources["runtime"], {"attempt": a}) for a in attempts]  # as Snakemake evaluates it
+        assert minutes[0] < minutes[1] <= minutes[-1] <= 48 * 60, (rule, minutes)
+    train = [eval(rules["train"]["runtime"], {"attempt": a}) for a in attempts]
+    assert train == [1440, 2880, 2880]

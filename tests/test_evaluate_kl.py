@@ -206,3 +206,28 @@ def test_sampled_tokens_follow_the_tempered_distribution(tiny_model, tokenizer):
         # total variation against the value expected from sampling noise alone, E|f − p| ≈ √(2p(1−p)/πn)
         noise = 0.5 * float((2 * probs * (1 - probs) / (math.pi * len(firsts))).sqrt().sum())
         assert 0.5 * float((freq - probs).abs().sum()) < 1.3 * noise
+
+
+def test_completions_are_sampled_from_the_earlier_model(tiny_model, tokenizer, tmp_path):
+    """KL(π_{k−1} ‖ π_k) samples from the earlier model: kl_on_tasks(earlier, later) draws the completions
+    that the earlier model draws alone, not the later model's, and swapping the two changes the KL."""
+    from esft.tasks.prepare import prepare_task
+
+    prepare_task("math", {"source": "synthetic", "seed": 3, "n_train": 2, "n_test": 12, "max_new_tokens": 6},
+                 tmp_path / "math")
+    cfg = {"prompts_per_task": 5, "samples_per_prompt": 2, "temperature": 1.0, "max_new_tokens": None, "seed": 0,
+           "batch_size": 4, "chunk_tokens": 16}
+    later = _perturbed(tiny_model)
+
+    def run(p, q):
+        return kl_on_tasks(p, q, tokenizer, {"math": tmp_path / "math"}, {"math": {"max_new_tokens": 6}}, cfg)
+
+    def ids(records):
+        return [r["completion_ids"] for r in records]
+
+    forward, records = run(tiny_model, later)
+    (_, alone_earlier), (_, alone_later) = run(tiny_model, tiny_model), run(later, later)
+    assert ids(alone_earlier) != ids(alone_later)  # the two models sample different completions
+    assert ids(records) == ids(alone_earlier)
+    backward, _ = run(later, tiny_model)
+    assert forward["math"]["kl"] > 0 and backward["math"]["kl"] != forward["math"]["kl"]

@@ -101,6 +101,47 @@ def test_8bit_adamw_without_bitsandbytes_stops_at_start(monkeypatch):
             check_optimizer(optim)
 
 
+FAKE_PYTHON3 = """#!/bin/sh
+# python3 -m venv DIR: a venv whose python logs its arguments (pip install lines) to $SETUP_LOG
+mkdir -p "$3/bin"
+printf 'PATH="%s/bin:$PATH"\\n' "$PWD/$3" > "$3/bin/activate"
+printf '#!/bin/sh\\necho "$*" >> "%s"\\n' "$SETUP_LOG" > "$3/bin/python"
+chmod +x "$3/bin/python"
+"""
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, gpu):
+    """config/paper.yaml's GRPO runs grpo.optim adamw_8bit, which needs bitsandbytes (the gpu extra): setup.sh
+    installs it where nvidia-smi lists a GPU, and the CPU set-up stays `.[test]`."""
+    import os
+    import shutil
+    import subprocess
+    import tomllib
+
+    from esft.grpo import BITSANDBYTES
+
+    gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert any(req.startswith("bitsandbytes") for req in gpu_extra)
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
+    assert paper["grpo"]["optim"] in BITSANDBYTES
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    shutil.copy(REPO / "setup.sh", work / "setup.sh")
+    (bin_dir / "python3").write_text(FAKE_PYTHON3)
+    if gpu:
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    log = tmp_path / "setup.log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SETUP_LOG": str(log), "HOME": str(tmp_path)}
+    subprocess.run(["bash", str(work / "setup.sh")], check=True, env=env, timeout=60, capture_output=True)
+    installs = [line for line in log.read_text().splitlines() if line.startswith("-m pip install -q -e")]
+    assert installs == ["-m pip install -q -e .[test,gpu]" if gpu else "-m pip install -q -e .[test]"]
+    assert os.path.islink(work / "slurm")
+
+
 def test_memory_plan_is_logged_at_start(tiny_model, caplog):
     from esft.grpo import check_memory
 

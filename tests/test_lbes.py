@@ -147,13 +147,21 @@ def test_update_is_the_nes_step_on_z_scored_correlations(tiny_model, tokenizer):
     scored sequences are the sampled token ids themselves."""
     trainer = _trainer(tiny_model, tokenizer, Digits())
     theta0 = {n: t.clone() for n, t in trainer.population.master.items()}
-    gens, rewards = trainer.sample(0, [0, 1])  # seeded: the step samples the same completions
+    gens, _ = trainer.sample(0, [0, 1])  # seeded: the step samples the same completions
     record = trainer.step(0)
     assert record["status"] == "scored" and len(record["kept"]) == 8
     n = LBES["n_samples"]
     prompts = trainer.prompt_ids
     assert trainer.scorer.sequences == [prompts[p] + gens.ids[p * n + j] for p, j in record["kept"]]
-    assert record["sample_rewards"] == rewards
+    # the logged rewards, recomputed from the decoded sampled tokens by the reward's own definition
+    # (character codes mod 5), not by the trainer's reward call
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gens.ids]
+    by_hand = [[float(sum(ord(c) for c in texts[p * n + j]) % 5) for j in range(n)] for p in range(2)]
+    assert record["sample_rewards"] == by_hand and len({r for rs in by_hand for r in rs}) > 1
+    # the kept completions: per prompt, the k best and k worst of the hand rewards (ties: lower index is better)
+    for p in range(2):
+        ranked = sorted(range(n), key=lambda j: (-by_hand[p][j], j))
+        assert sorted(j for q, j in record["kept"] if q == p) == sorted(ranked[:2] + ranked[-2:])
     assert (record["rollouts"], record["tokens"]) == (2 * n, gens.total_tokens)
     prefilled = 4 * sum(map(len, trainer.scorer.sequences))  # every member prefills every kept sequence
     assert record["prompt_tokens"] == n * (len(prompts[0]) + len(prompts[1])) + prefilled
@@ -300,3 +308,21 @@ def test_schema_mirrors_the_lbes_config():
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
     assert json.loads(json.dumps(LBESConfig().es_config().to_dict()))["step"] == "nes"
+
+
+def test_torchrun_ranks_score_rank_0s_samples(tmp_path):
+    """Under torchrun only rank 0's samples are logged, so every rank must score its members on those:
+    rank 1, whose own sampling would draw other completions, logs exactly rank 0's records."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "records"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(Path(__file__).with_name("lbes_distributed_worker.py")), str(out)], check=True, env=env,
+                   timeout=240, cwd=tmp_path)
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 2
+    assert all(r["status"] == "scored" and len(set(r["fitness"])) > 1 for r in ranks[0])

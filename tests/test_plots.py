@@ -53,8 +53,19 @@ def test_every_figure_writes_png_and_pdf(tmp_path):
 
 
 def test_method_colours_are_fixed_and_distinct():
+    """An unnamed method's colour comes from its name, not from Python's per-process salted hash (figures drawn
+    by different jobs must agree), and never takes a named method's colour."""
+    import os
+    import subprocess
+    import sys
+
     assert style.method_color("es") != style.method_color("grpo")
-    assert style.method_color("newmethod") == style.method_color("newmethod")
+    code = "from esft.plots.style import method_color; print([method_color(m) for m in ('newmethod', 'sgd', 'pso')])"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
+    assert seen == {str([style.method_color(m) for m in ("newmethod", "sgd", "pso")])}
+    named = set(style.METHOD_COLORS.values())
+    assert not {style.method_color(m) for m in ("newmethod", "sgd", "pso", "cmaes", "x")} & named
 
 
 def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):

@@ -1,4 +1,5 @@
-"""The vLLM ES engine on CPU: a stand-in engine (vLLM's fused names and padding, built by our mapping)
+"""The vLLM ES engine on CPU: a stand-in engine (vLLM's fused names and padding, built by our mapping and
+checked against a hand-written oracle of vLLM's layout)
 against esft's own Hugging Face path, bit for bit. vLLM itself is never imported here."""
 
 from __future__ import annotations
@@ -290,6 +291,71 @@ def test_backend_vllm_without_vllm_is_one_line_naming_the_extra(monkeypatch, bas
                                         r"pip install 'esft\[gpu\]'$"):
         train(job)
     with pytest.raises(EsftError, match=r"pip install 'esft\[gpu\]'"):
-        load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4, "backend": "vllm"})
-    model, _ = load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4})  # hf by default
+        load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4, "backend": "vllm"}, [])
+    model, _ = load_evaluated(base / "base", None, "float32", "cpu", {"generation_batch_size": 4}, [])  # hf by default
     assert isinstance(model, torch.nn.Module)
+
+
+def test_a_prefix_cache_that_cannot_reset_stops_the_run():
+    """vLLM's reset_prefix_cache returns False while blocks are held: generating then would reuse KV computed
+    with the previous weights, so the write raises instead of going on."""
+    llm = SimpleNamespace(collective_rpc=lambda method, args: [None], reset_prefix_cache=lambda: False)
+    engine = VllmEngine(llm, SimpleNamespace, None, [], [])
+    with pytest.raises(EsftError, match=r"could not reset its prefix cache after esft_load_weights"):
+        engine.load_weights("weights.safetensors")
+    llm.reset_prefix_cache = lambda: True
+    engine.load_weights("weights.safetensors")
+
+
+def test_max_model_len_is_the_longest_request_unless_set(monkeypatch, base, tokenizer):
+    """`vllm.max_model_len: null` must not hand vLLM the model's own maximum (Qwen3-4B: 262,144 tokens, whose
+    KV cache does not fit): the engine gets the longest prompt of the tasks it serves plus that task's
+    max_new_tokens; a set length shorter than that is refused."""
+    from esft.rollout import encode_prompts
+    from esft.rollout.vllm_backend import VllmOptions, open_engine
+
+    built = []
+    fake = SimpleNamespace(LLM=lambda **kw: built.append(kw) or SimpleNamespace(), SamplingParams=SimpleNamespace)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    short = [[{"role": "user", "content": "hi"}]]
+    long = [[{"role": "user", "content": "a much longer question than the other one"}], short[0]]
+    n_long = len(encode_prompts(tokenizer, long[:1])[0])
+    assert n_long > len(encode_prompts(tokenizer, short)[0]) + 20
+    open_engine(base / "base", "float32", VllmOptions(), [(short, 50), (long, 7)])
+    assert built[-1]["max_model_len"] == max(n_long + 7, len(encode_prompts(tokenizer, short)[0]) + 50)
+    open_engine(base / "base", "float32", VllmOptions(max_model_len=4096), [(long, 7)])
+    assert built[-1]["max_model_len"] == 4096
+    with pytest.raises(EsftError, match=rf"vllm.max_model_len 8 is shorter than .* \({n_long + 7}\)"):
+        open_engine(base / "base", "float32", VllmOptions(max_model_len=8), [(long, 7)])
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "qwen2", "llama"])
+def test_stand_in_engine_tensors_are_vllms_layout_written_by_hand(kind):
+    """The stand-in engine is built with esft's own `fuse`; this oracle is not: vLLM's tensors of these models,
+    written out from the HF ones by hand: q, k, v stacked in that order into qkv_proj (weights and biases),
+    gate then up into gate_up_proj, the vocabulary padded with zero rows to a multiple of 64 (100 -> 128),
+    and no lm_head when it is tied to the embedding."""
+    hf = {n: p.detach() for n, p in _model(kind, torch.float32).named_parameters()}
+
+    def padded(t):
+        return torch.cat([t, torch.zeros(128 - t.shape[0], *t.shape[1:])])
+
+    expected = {"model.embed_tokens.weight": padded(hf["model.embed_tokens.weight"]), "model.norm.weight":
+                hf["model.norm.weight"]}
+    if kind == "llama":
+        expected["lm_head.weight"] = padded(hf["lm_head.weight"])
+    for i in range(2):
+        a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        expected[f"{a}.qkv_proj.weight"] = torch.cat([hf[f"{a}.{x}_proj.weight"] for x in "qkv"])
+        if kind != "qwen3":  # Qwen2 and this Llama have q/k/v biases
+            expected[f"{a}.qkv_proj.bias"] = torch.cat([hf[f"{a}.{x}_proj.bias"] for x in "qkv"])
+        if kind == "qwen3":
+            expected.update({f"{a}.{x}_norm.weight": hf[f"{a}.{x}_norm.weight"] for x in "qk"})
+        expected[f"{m}.gate_up_proj.weight"] = torch.cat([hf[f"{m}.gate_proj.weight"], hf[f"{m}.up_proj.weight"]])
+        names = [f"{a}.o_proj.weight", f"{m}.down_proj.weight", f"model.layers.{i}.input_layernorm.weight",
+                 f"model.layers.{i}.post_attention_layernorm.weight"] + ([f"{a}.o_proj.bias"] if kind == "llama" else [])
+        expected.update({n: hf[n] for n in names})
+    engine = StandInLLM(_model(kind, torch.float32), None).engine
+    assert sorted(engine) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(engine[name], tensor), name

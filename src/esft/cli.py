@@ -123,17 +123,18 @@ def _checkpoints(args) -> list[tuple[str | None, str]]:
 
 
 def cmd_evaluate(args) -> None:
-    from esft.evaluate.accuracy import evaluate_tasks, load_evaluated, reload_weights, write_evaluation
+    from esft.evaluate.accuracy import (evaluate_tasks, load_evaluated, reload_weights, task_requests,
+                                        write_evaluation)
 
-    data = _pairs(args.data)
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
     model = tokenizer = None
     for weights, out in _checkpoints(args):
         if model is None or weights is None:
-            model, tokenizer = load_evaluated(args.base, weights, args.dtype, args.device, args.cfg)
+            model, tokenizer = load_evaluated(args.base, weights, args.dtype, args.device, args.cfg,
+                                              task_requests(data, args.tasks_cfg))
         else:  # the next checkpoint into the loaded model (or engine): every trainable tensor is replaced
             reload_weights(model, weights)
-        metrics, completions = evaluate_tasks(model, tokenizer, {k: Path(v) for k, v in data.items()},
-                                              args.tasks_cfg, args.cfg["generation_batch_size"])
+        metrics, completions = evaluate_tasks(model, tokenizer, data, args.tasks_cfg, args.cfg["generation_batch_size"])
         write_evaluation(out, metrics, completions)
 
 

@@ -16,6 +16,8 @@ rule train:
     resources:
         # one GPU per process on CUDA runtimes (the slurm profile leaves train's gpu to this)
         gpu=train_gpus,
+        # torchrun --standalone sees only the local GPUs: every process on one node
+        nodes=1,
     params:
         cfg=lambda w: js(method_config(w.method, w.task, w.seed)),
         task_cfg=lambda w: js(config["tasks"][w.task]),

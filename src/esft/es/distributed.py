@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from esft.es.modes import Evaluator
+
+T = TypeVar("T")
 
 
 def init_distributed(device: str) -> bool:
@@ -31,6 +34,17 @@ def init_distributed(device: str) -> bool:
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that writes outputs."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def from_main(obj: T | None) -> T:
+    """Rank 0's `obj` on every rank (`obj` itself in one process). What one rank draws and all must share
+    goes through here: LBES's sampled completions, which the ranks would otherwise draw and filter each on
+    their own (sampling kernels are not bitwise across GPUs), while only rank 0's are logged."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard(members: Sequence[int], rank: int, world: int) -> list[int]:

@@ -28,6 +28,7 @@ import torch
 
 from esft.errors import EsftError
 from esft.es.config import Antithetic, ESConfig, _reject_unknown
+from esft.es.distributed import from_main, is_main_process
 from esft.es.fitness import FitnessError, checked_reward
 from esft.es.noise import noise_key
 from esft.es.trainer import ESTrainer
@@ -228,7 +229,8 @@ class LBESTrainer(ESTrainer):
 
     def evaluate(self, iteration: int, sigma: float, indices: Sequence[int]) -> list[tuple[float, int]]:
         n = self.lbes.n_samples
-        gens, rewards = self.sample(iteration, indices)
+        # under torchrun rank 0 samples and every rank scores its members on those same completions
+        gens, rewards = from_main(self.sample(iteration, indices) if is_main_process() else None)
         # a completion with no tokens (its first token was padding) has no likelihood to score
         scorable = [{j: r for j, r in enumerate(rs) if gens.n_tokens[p * n + j] > 0} for p, rs in enumerate(rewards)]
         kept = select(scorable, self.lbes.k_var, self.lbes.k)

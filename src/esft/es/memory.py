@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
+from esft.errors import EsftError
 from esft.memory import GIB, MemoryPlan, Term, device_capacity, log_and_check
 from esft.rollout.scoring import LOGITS_BUDGET
 
@@ -34,6 +35,13 @@ def _numel_bytes(tensors: Mapping[str, torch.Tensor], element_size: int | None =
     return sum(t.numel() * (element_size or t.element_size()) for t in tensors.values())
 
 
+def _host_bytes(tensors: Mapping[str, torch.Tensor], element_size: int, pinned: bool) -> int:
+    """Host memory of one copy per tensor (`esft.runs.offload`). PyTorch's pinned-memory allocator rounds
+    each allocation up to a power of two: Qwen3-4B's 15 GiB fp32 master takes about 21 GiB pinned."""
+    sizes = (t.numel() * element_size for t in tensors.values())
+    return sum(1 << (n - 1).bit_length() if pinned and n else n for n in sizes)
+
+
 def _member_weights(trainable: Mapping[str, torch.Tensor], mode: str, members: int, rank: int,
                     dtype_bytes: int) -> int:
     """Bytes of the per-member weights a population pass of `members` builds (0 for inplace)."""
@@ -49,12 +57,13 @@ def _member_weights(trainable: Mapping[str, torch.Tensor], mode: str, members: i
 def plan_memory(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], *, rows: int, prompt_tokens: int,
                 new_tokens: int, master_device: str = "model", theta0_device: str = "model",
                 capacity: int | None = None, mode: str = "inplace", members: int = 1,
-                rank: int = 1) -> ESMemoryPlan:
+                rank: int = 1, pinned: bool = False) -> ESMemoryPlan:
     """The plan of a run evolving `trainable` (θ_0 and the master cover these) of `model`.
 
     rows: sequences per forward pass (a population pass: members × prompts); prompt_tokens: the longest
     prompt (or scored text); new_tokens: generated tokens per row (0 for prefill-only scoring); members:
-    members per population pass (`batched`, `lowrank`). Works on a model built on the meta device.
+    members per population pass (`batched`, `lowrank`); pinned: host copies are pinned (a CUDA model),
+    so each is counted at its allocator's power-of-two size. Works on a model built on the meta device.
     """
     cfg = model.config
     dtype_bytes = next(model.parameters()).element_size()
@@ -75,8 +84,12 @@ def plan_memory(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], *
     rows_note = f"{members} members × {rows // members} prompts" if population else f"{rows} rows"
     terms = (
         Term("weights", weights, True, f"{sum(p.numel() for p in model.parameters()):,} parameters"),
-        Term("master", _numel_bytes(trainable, 4), master_on_device, "fp32 θ of the evolved tensors"),
-        Term("theta0", _numel_bytes(trainable, dtype_bytes), theta0_device == "model", "θ_0 for the drift log"),
+        Term("master", _numel_bytes(trainable, 4) if master_on_device else _host_bytes(trainable, 4, pinned),
+             master_on_device, "fp32 θ of the evolved tensors" + (", pinned" if pinned and not master_on_device
+                                                                  else "")),
+        Term("theta0", _numel_bytes(trainable, dtype_bytes) if theta0_device == "model"
+             else _host_bytes(trainable, dtype_bytes, pinned), theta0_device == "model",
+             "θ_0 for the drift log" + (", pinned" if pinned and theta0_device != "model" else "")),
         Term("workspace", (draws + 1 + (not master_on_device)) * 4 * largest, True,
              f"fp32 noise ({draws} draw{'s' * (draws > 1)}) + sum of the largest tensor ({largest / 1e6:.0f} M)"
              + ("" if master_on_device else " + θ's device copy")),
@@ -93,9 +106,29 @@ def check_run(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], sec
               prompt_tokens: int, new_tokens: int, master_device: str, theta0_device: str, mode: str = "inplace",
               members: int = 1, rank: int = 1) -> ESMemoryPlan:
     """Plan a run of `model` on its own device, log the plan and raise if it cannot fit."""
+    device = next(model.parameters()).device
     plan = plan_memory(model, trainable, rows=rows, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                        master_device=master_device, theta0_device=theta0_device, mode=mode, members=members,
-                       rank=rank, capacity=device_capacity(next(model.parameters()).device))
+                       rank=rank, capacity=device_capacity(device), pinned=device.type == "cuda")
     log_and_check(plan, section)
     return plan
 
+
+
+def generation_rows(model: torch.nn.Module, prompt_tokens: int, new_tokens: int, wanted: int,
+                    capacity: int | None) -> int:
+    """The most rows, at most `wanted`, whose generation pass (weights, KV cache, prefill activations,
+    logits: the plan of a run that evolves nothing) fits `capacity`: evaluation sizes its batches so,
+    since a fixed batch that fits short prompts overflows on long ones (BoolQ passages at 4B: 256 rows
+    need 57-71 GiB of KV). None (CPU) checks nothing."""
+    if capacity is None:
+        return wanted
+    empty, one = (plan_memory(model, {}, rows=rows, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                              capacity=capacity) for rows in (0, 1))
+    per_row = one.device_bytes - empty.device_bytes
+    rows = (empty.usable - empty.device_bytes) // per_row
+    if rows < 1:
+        raise EsftError(f"memory plan: one row of {prompt_tokens} prompt + {new_tokens} new tokens needs "
+                        f"{one.device_bytes / GIB:.1f} GiB of the usable {one.usable / GIB:.1f} GiB; set a "
+                        f"smaller max_new_tokens or a smaller model")
+    return min(wanted, rows)

@@ -8,6 +8,7 @@ from typing import Any
 
 from esft.es.config import ESConfig
 from esft.es.fitness import CorpusFitness, TaskFitness
+from esft.es.memory import ESMemoryPlan
 from esft.es.modes import Fitness
 from esft.io import read_jsonl
 from esft.tasks import Task, get_task
@@ -29,9 +30,9 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
 
 
 def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max_new_tokens: int,
-                 name: str) -> None:
-    """Log the run's memory plan and stop early if it cannot fit (esft.es.memory). Under LoRA the master
-    and θ_0 hold only the (small) adapters and are left out."""
+                 name: str) -> ESMemoryPlan:
+    """Log the run's memory plan, stop early if it cannot fit (esft.es.memory) and return it. Under LoRA
+    the master and θ_0 hold only the (small) adapters and are left out."""
     from esft.es.batched import pass_shape
     from esft.es.memory import check_run
 
@@ -46,7 +47,7 @@ def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max
     else:  # random fitness never runs the model
         rows, longest, new = 0, 0, 0
     trainable = {} if cfg.lora is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
-    check_run(model, trainable, name, rows=rows, prompt_tokens=longest, new_tokens=new,
+    return check_run(model, trainable, name, rows=rows, prompt_tokens=longest, new_tokens=new,
               master_device=cfg.master_device, theta0_device=cfg.theta0_device, mode=cfg.mode, members=members,
               rank=cfg.rank)
 

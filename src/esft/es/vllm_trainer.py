@@ -142,13 +142,14 @@ def train(job: TrainJob, cfg: ESConfig) -> None:
 
     if job.corpus:
         raise EsftError("es.backend vllm trains on task rewards: it takes no --corpus")
-    engine = open_engine(job.base, job.dtype, cfg.vllm, seed=cfg.seed)
+    task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
+    rows = read_jsonl(job.data / "train.jsonl")
+    engine = open_engine(job.base, job.dtype, cfg.vllm, [([task.messages(r) for r in rows],
+                                                          job.task_cfg["max_new_tokens"])], seed=cfg.seed)
     if job.init:
         engine.load_weights(job.init)
     capacity = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
     log.info("memory plan: %s", engine_memory(engine.layout, job.dtype, cfg, capacity, job.section))
-    task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
-    rows = read_jsonl(job.data / "train.jsonl")
     fitness = TaskFitness(task, rows, engine.tokenizer, job.task_cfg["max_new_tokens"], cfg.generation_batch_size,
                           cfg.temperature)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init])])

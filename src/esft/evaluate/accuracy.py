@@ -13,19 +13,29 @@ from tqdm import tqdm
 from esft.io import read_json, read_jsonl, write_json, write_jsonl
 from esft.labels import checkpoint_fields
 from esft.rollout import encode_prompts, generate
+from esft.es.memory import generation_rows
+from esft.memory import device_capacity
 from esft.rollout.vllm_backend import VllmEngine, VllmOptions, open_engine
 from esft.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 
-def load_evaluated(base: str | Path, weights: str | Path | None, dtype: str, device: str, cfg: dict[str, Any]):
-    """(model, tokenizer) of a checkpoint for `evaluate.backend`: an HF model, or a `VllmEngine` holding it."""
+def task_requests(data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]]) -> list[tuple[list, int]]:
+    """(conversations of the test split, max_new_tokens) of each task: what an evaluation engine serves."""
+    return [([get_task(name).messages(r) for r in read_jsonl(Path(d) / "test.jsonl")],
+             task_cfgs[name]["max_new_tokens"]) for name, d in data_dirs.items()]
+
+
+def load_evaluated(base: str | Path, weights: str | Path | None, dtype: str, device: str, cfg: dict[str, Any],
+                   requests: list[tuple[list, int]]):
+    """(model, tokenizer) of a checkpoint for `evaluate.backend`: an HF model, or a `VllmEngine` holding it
+    and sized for `requests` (`task_requests`)."""
     if cfg.get("backend", "hf") == "hf":
         from esft.models import load_model
 
         return load_model(base, weights, dtype=dtype, device=device)
-    engine = open_engine(base, dtype, VllmOptions.from_dict(cfg.get("vllm", {})))
+    engine = open_engine(base, dtype, VllmOptions.from_dict(cfg.get("vllm", {})), requests)
     if weights is not None:
         engine.load_weights(weights)
     return engine, engine.tokenizer
@@ -47,8 +57,11 @@ def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict
 
     model: an HF causal LM or a `VllmEngine` (greedy either way). Prompts are batched in order of length,
     so long prompts (BoolQ passages) share batches instead of padding short ones; results come back in
-    file order.
+    file order. On a GPU an HF batch holds at most the rows whose KV cache fits (`generation_rows`, for
+    the batch's longest prompt); vLLM schedules its own batches.
     """
+    engine = isinstance(model, VllmEngine)
+    capacity = None if engine else device_capacity(next(model.parameters()).device)
     metrics: dict[str, Any] = {}
     completions: list[dict[str, Any]] = []
     for name, data_dir in data_dirs.items():
@@ -59,13 +72,19 @@ def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict
         order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
         ids: list[list[int]] = [[] for _ in rows]
         texts: list[str] = [""] * len(rows)
-        for first in tqdm(range(0, len(order), batch_size), desc=name, unit="batch"):
-            batch = order[first:first + batch_size]
-            batch_prompts, max_new = [prompts[i] for i in batch], task_cfgs[name]["max_new_tokens"]
-            gens = model.generate(batch_prompts, max_new) if isinstance(model, VllmEngine) \
-                else generate(model, tokenizer, batch_prompts, max_new, len(batch))
-            for i, text, row_ids in zip(batch, gens.texts, gens.ids):
-                texts[i], ids[i] = text, row_ids
+        max_new, first = task_cfgs[name]["max_new_tokens"], 0
+        with tqdm(total=len(order), desc=name, unit="row") as bar:
+            while first < len(order):
+                longest = len(prompts[order[min(first + batch_size, len(order)) - 1]])
+                batch = order[first:first + (batch_size if engine else
+                                             generation_rows(model, longest, max_new, batch_size, capacity))]
+                first += len(batch)
+                batch_prompts = [prompts[i] for i in batch]
+                gens = model.generate(batch_prompts, max_new) if engine \
+                    else generate(model, tokenizer, batch_prompts, max_new, len(batch))
+                for i, text, row_ids in zip(batch, gens.texts, gens.ids):
+                    texts[i], ids[i] = text, row_ids
+                bar.update(len(batch))
         scores = [task.score(text, row) for text, row in zip(texts, rows)]
         metrics[name] = {"accuracy": sum(scores) / len(scores), "n": len(rows), "tokens": sum(map(len, ids))}
         completions.extend(

@@ -34,7 +34,8 @@ class VllmOptions:
     """Fraction of the GPU vLLM takes for weights, activations and KV cache. ES keeps its fp32 master, θ_0
     and a workspace on the GPU beside it (unless es.master_device / theta0_device are cpu): leave room."""
     max_model_len: int | None = None
-    """Longest prompt + completion; None uses the model's maximum (whose KV cache may not fit)."""
+    """Longest prompt + completion; None derives it from the requests the engine is opened for (the
+    model's own maximum, 262,144 tokens for Qwen3-4B, needs a KV cache that does not fit beside ES)."""
     enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
@@ -50,8 +51,13 @@ class VllmOptions:
             raise EsftError(f"unknown vllm option(s) {unknown}; allowed: {sorted(f.name for f in fields(cls))}")
         return cls(**cfg)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def engine_args(self, needed: int) -> dict[str, Any]:
+        """Keyword arguments of `vllm.LLM`: `needed` (longest prompt + max new tokens) when max_model_len is
+        None; a set max_model_len shorter than `needed` would truncate requests, so it is refused."""
+        if self.max_model_len is not None and self.max_model_len < needed:
+            raise EsftError(f"vllm.max_model_len {self.max_model_len} is shorter than the longest prompt plus "
+                            f"max_new_tokens ({needed}): raise it or set null to derive it")
+        return {**asdict(self), "max_model_len": self.max_model_len or needed}
 
 
 def import_vllm():
@@ -104,9 +110,13 @@ class VllmEngine:
         return self.llm.collective_rpc(method, args=args)[0]
 
     def write(self, method: str, *args: Any) -> Any:
-        """`call` a method that changes the weights, then drop the KV the old weights computed."""
+        """`call` a method that changes the weights, then drop the KV the old weights computed. vLLM's
+        reset_prefix_cache returns False (and only logs a warning) while blocks are still held: the next
+        generation would reuse KV of the old weights, so that stops the run."""
         result = self.call(method, *args)
-        self.llm.reset_prefix_cache()
+        if self.llm.reset_prefix_cache() is False:
+            raise EsftError(f"vLLM could not reset its prefix cache after {method} (blocks still in use): its "
+                            f"cached KV would be that of the previous weights")
         return result
 
     def shards(self) -> list[dict[str, Any]]:
@@ -131,15 +141,23 @@ class VllmEngine:
         return decode_completions(self.tokenizer, [list(o.outputs[0].token_ids) for o in outputs], self.stops)
 
 
-def open_engine(base: str | Path, dtype: str, options: VllmOptions, seed: int = 0) -> VllmEngine:
-    """A vLLM engine on a base-model directory (hub snapshot, local path or the tiny model's files)."""
+def open_engine(base: str | Path, dtype: str, options: VllmOptions,
+                requests: Sequence[tuple[Sequence[list[dict[str, str]]], int]], seed: int = 0) -> VllmEngine:
+    """A vLLM engine on a base-model directory (hub snapshot, local path or the tiny model's files).
+
+    requests: (conversations, max_new_tokens) of each task the engine will serve; their longest prompt
+    plus its task's max_new_tokens is the engine's max_model_len unless options set one.
+    """
     vllm = import_vllm()
     from esft.models import load_tokenizer, resolve_source
+    from esft.rollout.hf import encode_prompts
 
     source = resolve_source(base)
     tokenizer = load_tokenizer(base)
+    needed = max(max(map(len, encode_prompts(tokenizer, conversations)), default=0) + new
+                 for conversations, new in requests)
     model = shape_model(source)
     layout = fused_layout(model.config, {n: p.shape for n, p in model.named_parameters()})
     llm = vllm.LLM(model=source, dtype=dtype, seed=seed, tensor_parallel_size=1,
-                   worker_extension_cls=WORKER_EXTENSION, **options.to_dict())
+                   worker_extension_cls=WORKER_EXTENSION, **options.engine_args(needed))
     return VllmEngine(llm, vllm.SamplingParams, tokenizer, stop_ids(model, tokenizer), layout)
