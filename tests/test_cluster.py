@@ -88,7 +88,7 @@ def parse(line: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(tmp_path):
-    run = "results/paper/train/es/sequential/1-countdown"
+    run = "results/paper/train/seed-42/es/sequential/1-countdown"
     calls = sbatch_lines(tmp_path, f"{run}/weights.safetensors", {
         "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
         "results/paper/data/countdown/train.jsonl": "{}\n",
@@ -98,7 +98,7 @@ def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(tmp
         assert call["--gpus"] == "1" and call["-p"] == "gpu" and call["--cpus-per-gpu"] == "8"
         assert call["-t"] == str(1440 * attempt) and call["--mem"] == "128000" and call["--nodes"] == "1"
         assert "--gres" not in call and "--cpus-per-task" not in call and "--requeue" in call
-        assert call["--comment"] == "rule_train_wildcards_es_sequential_1_countdown"
+        assert call["--comment"] == "rule_train_wildcards_42_es_sequential_1_countdown"
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_holdout_snapshot_runs_where_snakemake_runs_and_the_gpu_job_reads_it(tmp
     calls = sbatch_lines(tmp_path, "results/paper/holdout/base/mmlu.json", {
         "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
     }, ["config/paper.yaml", str(extra)])
-    assert [call["--comment"] for call in calls] == ["rule_holdout_wildcards_base_mmlu"] * 2
+    assert [call["--comment"] for call in calls] == ["rule_holdout_base_wildcards_mmlu"] * 2
     manifest = json.loads((tmp_path / "work/results/paper/holdout/data/mmlu/manifest.json").read_text())
     assert (manifest["dataset"], manifest["split"], manifest["rows"]) == (str(hub), "test", 3)
 

@@ -90,7 +90,7 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
 
 CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
        "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 3, "accuracy_gap_max": 0.1,
-       "drift_rate_ratio_max": 0.85}
+       "drift_rate_ratio_max": 0.85, "other_gain_min": 0.05}
 
 
 def test_findings_verdicts_and_numbers():

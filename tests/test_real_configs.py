@@ -92,14 +92,16 @@ def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
     at the configured revision); every holdout job takes the snapshot as input and reads it with --data."""
     out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1], re.M))
-    assert jobs["holdout_snapshot"] == "2" and jobs["holdout"] == "18"  # (base + 4 stages of es and of grpo) × 2
+    # per benchmark: the base, and the 4 stages of es and of grpo of the one seed in one job
+    assert jobs["holdout_snapshot"] == jobs["holdout_base"] == jobs["holdout"] == "2"
     for bench, dataset in (("mmlu", "cais/mmlu"), ("ifeval", "google/IFEval")):
         snapshot = f"results/paper/holdout/data/{bench}"
         command = next(line for line in out.splitlines() if f"holdout-snapshot --benchmark {bench}" in line)
         assert f'"dataset": "{dataset}"' in command and f"--out {snapshot} " in command
-        blocks = re.findall(r"^rule holdout:\n((?:    .*\n)+)Shell command: (.*)", out, re.M)
+        blocks = re.findall(r"^rule holdout(?:_base)?:\n((?:    .*\n)+)Shell command: (.*)", out, re.M)
         mine = [(block, cmd) for block, cmd in blocks if f"--benchmark {bench} " in cmd]
-        assert len(mine) == 9
+        assert len(mine) == 2
+        assert sum(cmd.count("/weights.safetensors") for _, cmd in mine) == 8  # 4 stages of es and of grpo
         for block, cmd in mine:
             assert re.search(rf"^    input: .*\b{snapshot}\b", block, re.M) and f"--data {snapshot} " in cmd
             assert re.search(rf"^    reason: .*Input files updated by another job: .*\b{snapshot}\b", block, re.M)
@@ -129,11 +131,11 @@ def test_twin_runs_end_to_end(tmp_path, name):
     print(f"{name} twin: {time.perf_counter() - start:.0f} s")
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
-    runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/run.jsonl"))
+    runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/*/run.jsonl"))
     assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
     if name == "es_lora":
-        assert runs == ["es/single/1-conciseness", "es_lora/single/1-conciseness"]
-        logs = tmp_path / "logs/es_lora_twin/train"
+        assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
+        logs = tmp_path / "logs/es_lora_twin/train/seed-0"
         # each process logs its memory plan: two for the torchrun job, one for the other
         assert (logs / "es/single/1-conciseness.log").read_text().count("memory plan: on device") == 2
         assert (logs / "es_lora/single/1-conciseness.log").read_text().count("memory plan: on device") == 1
@@ -155,7 +157,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
         assert len(table) == 4 and set(table["status"]) <= {"reached", "not reached", "best is 0"}
         assert (table.loc[table["task"] == "gsm8k", "target"] == 0.8).all()
     if name == "ea4llm":
-        es, adamw = ([json.loads(line) for line in (out / f"train/{m}/single/1-conciseness/run.jsonl").read_text()
+        es, adamw = ([json.loads(line) for line in (out / f"train/seed-0/{m}/single/1-conciseness/run.jsonl").read_text()
                       .splitlines()] for m in ("es", "adamw"))
         assert es[0]["config"]["fitness"] == "loglik" and len(es[0]["prompts"]) == 2
         assert [r["prompts"] for r in es] == [r["prompts"] for r in adamw]
