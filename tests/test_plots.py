@@ -24,6 +24,18 @@ def _probes() -> pd.DataFrame:
                          for s in (0.0, 1.0, 2.0) for acc in [0.6 if d == ref and s == 1.0 else 0.4]])
 
 
+def _probes_absolute() -> pd.DataFrame:
+    """Figure 4 on the paper's absolute axis: c shared by both methods, each checkpoint's c = ‖Δ‖ added."""
+    rows = []
+    for ref, norm in (("es", 10.0), ("grpo", 0.1)):
+        for d in (ref, "random1"):
+            for c in sorted({0.0, 0.01, 0.1, 1.0, 10.0, 100.0, norm}):
+                rows.append({"schedule": "sequential", "stage": 1, "trained_task": "math", "reference": ref,
+                             "direction": d, "scale": c / norm, "distance": c, "axis": "absolute",
+                             "accuracy": 0.6 if d == ref and c <= norm else 0.3})
+    return pd.DataFrame(rows)
+
+
 def test_every_figure_writes_png_and_pdf(tmp_path):
     runs = {}
     for method in ("es", "grpo"):
@@ -44,6 +56,7 @@ def test_every_figure_writes_png_and_pdf(tmp_path):
         "training": lambda out: figures.training_curves(runs, out, 50, smooth=2),
         "interpolation": lambda out: figures.interpolation(_interpolation(), ["es", "grpo"], out, 50, per_task=False),
         "probes": lambda out: figures.probes(_probes(), out, 50, random_band=True),
+        "probes_absolute": lambda out: figures.probes(_probes_absolute(), out, 50),
         "drift": lambda out: figures.drift(series, kinds, out, 50, log_scale=True),
     }
     for name, draw in draws.items():

@@ -307,7 +307,8 @@ def cmd_probe(args) -> None:
     for label, paths in pairs.items():
         schedule, stage, trained = split_label(label)
         directions = {m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}
-        variants = probe_variants({**directions, **randoms}, args.methods, list(randoms), args.cfg["scales"])
+        variants = probe_variants({**directions, **randoms}, args.methods, list(randoms), args.cfg["scales"],
+                                  args.cfg.get("axis", "relative"))
         results = evaluate_variants(model, tokenizer, theta0, {**directions, **randoms}, variants,
                                     {trained: data[trained]}, args.tasks_cfg, args.cfg["generation_batch_size"],
                                     args.cfg["variants_per_pass"])
@@ -339,7 +340,7 @@ def cmd_probe_holdout(args) -> None:
     for label, paths in pairs.items():
         schedule, stage, trained = split_label(label)
         directions = {**{m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}, **randoms}
-        variants = probe_variants(directions, args.methods, list(randoms), scales)
+        variants = probe_variants(directions, args.methods, list(randoms), scales, args.cfg.get("axis", "relative"))
         rows += [{"schedule": schedule, "stage": stage, "trained_task": trained, **row}
                  for row in holdout_rows(model, tokenizer, theta0, directions, variants,
                                          args.holdout_cfg["benchmarks"], data=data,

@@ -308,13 +308,14 @@ def probe_holdout_pairs():
 
 
 def probe_holdout_cfg():
-    """The probe directions of the probe-holdout stage: its scales (null: the probes') and the probes'
+    """The probe directions of the probe-holdout stage: its scales (null: the probes'), the probes' axis and
     random directions, so that a change of any of them reruns it."""
     g = config["geometry"]
     scales = g["probe_holdout"]["scales"]
     return js(
         {
             "scales": g["probes"]["scales"] if scales is None else scales,
+            "axis": g["probes"]["axis"],
             "random_directions": g["probes"]["random_directions"],
             "seed": g["probes"]["seed"],
         }

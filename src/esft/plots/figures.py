@@ -216,9 +216,10 @@ def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int 
 
 
 def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
-    """Figure 4: accuracy on the trained task along θ₀ + s·‖Δ_m‖·d/‖d‖, rows = checkpoints, columns =
-    reference method m (s in units of m's own norm); m's direction in its colour, random directions grey
-    (separate lines, or their min-max band with `random_band`)."""
+    """Figure 4: accuracy on the trained task along θ₀ + c·d/‖d‖, rows = checkpoints; m's direction in its
+    colour, random directions grey (separate lines, or their min-max band with `random_band`). Relative
+    axis: one column per reference method m, x = s = c/‖Δ_m‖; absolute axis (the paper's): one panel per
+    checkpoint, x = c shared by every method and the random directions."""
     keys = ["schedule", "stage", "trained_task"]
     rows = [(f"{stage}-{task}", f"accuracy on {task}", g) for (_, stage, task), g in df.groupby(keys, sort=True)]
     fig, axes = _direction_panels(rows, "accuracy", random_band, sharey=True)
@@ -230,8 +231,8 @@ def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = Fals
 
 def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
     """Figure 5: change of each holdout benchmark's headline metric from θ₀ along the probe directions of
-    Figure 4, rows = (checkpoint, benchmark), columns = reference method m; a direction that leaves the
-    holdouts as a random one does stays inside the grey lines (or band, `random_band`)."""
+    Figure 4 (its axis), rows = (checkpoint, benchmark); a direction that leaves the holdouts as a random
+    one does stays inside the grey lines (or band, `random_band`)."""
     from esft.geometry.probe_holdout import KEYS, headline_changes
 
     changes = headline_changes(df)
@@ -244,28 +245,58 @@ def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: boo
     style.save(fig, out, dpi)
 
 
+def _random_lines(ax, rand: pd.DataFrame, x: str, value: str, random_band: bool) -> None:
+    """The random directions of one panel: a grey line each, or their min-max band."""
+    if rand.empty:
+        return
+    if random_band:
+        band = rand.groupby(x)[value].agg(["min", "max"]).reset_index()
+        ax.fill_between(band[x], band["min"], band["max"], color=style.method_color("random"), alpha=0.4,
+                        label="random (min-max)")
+        return
+    for i, (_, t) in enumerate(rand.groupby("direction")):
+        t = t.sort_values(x)
+        ax.plot(t[x], t[value], color=style.method_color("random"), lw=0.9, label="random" if i == 0 else None)
+
+
 def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str, random_band: bool,
                       sharey: bool | str):
-    """(fig, axes) of the probe grid that Figures 4 and 5 share: one row per (title, y label, table), one
-    column per reference method m, x = s in units of ‖Δ_m‖ (s = 1, dotted, is m's checkpoint)."""
-    refs = list(dict.fromkeys(pd.concat([g for _, _, g in rows])["reference"]))
-    fig, axes = plt.subplots(len(rows), len(refs), squeeze=False, sharey=sharey,
-                             figsize=style.figsize(max(1.0, 0.6 * len(refs)), 1.9 * len(rows)))
+    """(fig, axes) of the probe grid that Figures 4 and 5 share: one row per (title, y label, table).
+    Relative axis: one column per reference method m, x = s in units of ‖Δ_m‖ (s = 1, dotted, is m's
+    checkpoint). Absolute axis: one column, x = the distance c from θ₀ (symmetric-log), every method's
+    direction and the random ones on it, each checkpoint's ‖Δ_m‖ dotted."""
+    table = pd.concat([g for _, _, g in rows])
+    refs = list(dict.fromkeys(table["reference"]))
+    absolute = "axis" in table and (table["axis"] == "absolute").all()
+    cols = 1 if absolute else len(refs)
+    fig, axes = plt.subplots(len(rows), cols, squeeze=False, sharey=sharey,
+                             figsize=style.figsize(max(1.0, 0.6 * cols), 1.9 * len(rows)))
     for r, (title, ylabel, sub) in enumerate(rows):
-        for c, ref in enumerate(refs):
+        if absolute:
+            ax = axes[r][0]
+            rand = sub[~sub["direction"].isin(refs)].drop_duplicates(["direction", "distance"])
+            _random_lines(ax, rand, "distance", value, random_band)
+            norms = []
+            for ref in refs:
+                own = sub[(sub["reference"] == ref) & (sub["direction"] == ref)].sort_values("distance")
+                at = own.loc[own["scale"] == 1.0, "distance"]
+                norm = float(at.iloc[0]) if not at.empty else float("nan")
+                norms.append(f"‖Δ_{ref}‖ = {norm:.3g}")
+                ax.plot(own["distance"], own[value], color=style.method_color(ref), marker="o", ms=3,
+                        label=f"{ref} direction")
+                ax.axvline(norm, color=style.method_color(ref), ls=":", lw=0.8)
+            positive = sub.loc[sub["distance"] > 0, "distance"]
+            if not positive.empty:
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_title(f"{title} ({', '.join(norms)})")
+            ax.set_xlabel("c: distance from θ₀ along d/‖d‖")
+            if r == 0:
+                ax.legend(loc="best", fontsize=6)
+        for c, ref in enumerate([] if absolute else refs):
             ax = axes[r][c]
             g = sub[sub["reference"] == ref]
             own = g[g["direction"] == ref].sort_values("scale")
-            rand = g[g["direction"] != ref]
-            if random_band and not rand.empty:
-                band = rand.groupby("scale")[value].agg(["min", "max"]).reset_index()
-                ax.fill_between(band["scale"], band["min"], band["max"], color=style.method_color("random"),
-                                alpha=0.4, label="random (min-max)")
-            else:
-                for i, (d, t) in enumerate(rand.groupby("direction")):
-                    t = t.sort_values("scale")
-                    ax.plot(t["scale"], t[value], color=style.method_color("random"), lw=0.9,
-                            label="random" if i == 0 else None)
+            _random_lines(ax, g[g["direction"] != ref], "scale", value, random_band)
             ax.plot(own["scale"], own[value], color=style.method_color(ref), marker="o", label=f"{ref} direction")
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
             norm = own["distance"].max() / own["scale"].max() if own["scale"].max() > 0 else float("nan")
