@@ -147,6 +147,10 @@ def test_drift_fit_recovers_a_known_slope_and_the_theory_line():
     assert series["theory_sq"].tolist() == pytest.approx([alpha ** 2 * 510 / n * (t + 1) for t in range(steps)])
     kinds = summarize_kinds(params).set_index("kind")
     assert kinds.loc["gate/up/down", "deff_ratio_median"] == pytest.approx(0.5)
+    # Appendix C (Fig. 10) reports the large matrices and the norm weights apart
+    assert by["group"].to_dict() == {NAMES[0]: "large matrices", NAMES[1]: "large matrices",
+                                     "model.norm.weight": "norm weights"}
+    assert kinds.loc["final norm", "group"] == "norm weights" and kinds.loc["q/k/v/o", "r2_min"] == pytest.approx(1.0)
 
 
 def test_drift_of_a_method_without_es_step_has_no_theory():

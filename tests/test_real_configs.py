@@ -20,7 +20,7 @@ from esft.config import load_config
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
 TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 2}
-"""paper: ES-100 sequential (4) + ES-300 single (4) + GRPO sequential and single (8)."""
+"""paper: ES-100 sequential (4) + ES-300 single (3) + ES-500 single (1, Appendix C) + GRPO sequential and single (8)."""
 
 
 def configs(name: str, twin: bool) -> list[Path]:
@@ -53,8 +53,20 @@ def test_config_validates(name, twin):
 
 def test_paper_settings():
     cfg = load_config(configs("paper", False), SCHEMA)
-    assert cfg["train"]["methods"] == ["es", "es_300", "grpo"]
-    for name, iterations in (("es", 100), ("es_300", 300)):
+    assert cfg["train"]["methods"] == ["es", "es_300", "es_500", "grpo"]
+    # Figure 6 / Appendix C: the single-task run extended to 500 iterations, fitted per parameter; its states
+    # at 100 and 300 fill countdown's ES-100 and ES-300 cells of Table 1
+    assert cfg["train"]["per_method"]["es_500"] == {"sequential": [], "single": ["countdown"]}
+    assert "countdown" not in cfg["train"]["per_method"]["es_300"]["single"]
+    assert cfg["geometry"]["drift"]["methods"] == ["es", "es_500"]
+    assert cfg["tables"]["single_task"] == {"budgets": {"es_300": [100], "es_500": [100, 300]},
+                                            "columns": {"es_500": "es_300"}}
+    # Figures 4 and 5: absolute c on one axis, at least 9 distances, in the real config and its twin
+    for twin in (False, True):
+        probes = load_config(configs("paper", twin), SCHEMA)["geometry"]["probes"]
+        assert probes["axis"] == "absolute" and len(probes["scales"]) >= 9 and 0 in probes["scales"]
+    assert cfg["geometry"]["probe_holdout"]["scales"] is None  # Figure 5 on the same scales
+    for name, iterations in (("es", 100), ("es_300", 300), ("es_500", 500)):
         es = cfg[name]
         assert (es["population"], es["sigma"], es["alpha"], es["batch_size"], es["iterations"]) == \
             (30, 0.0015, 0.00075, 200, iterations)
@@ -80,7 +92,8 @@ def test_real_config_dry_run(tmp_path, name):
     assert ("prepare_corpus" in jobs) == (name == "ea4llm")
     commands = [line for line in out.splitlines() if " train --method " in line]
     if name == "paper":
-        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 4
+        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 3
+        assert sum("--method es " in c and "--run-id es_500/single/1-countdown" in c for c in commands) == 1
         assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
         assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
     if name == "ea4llm":

@@ -406,7 +406,8 @@ def cmd_figure(args) -> None:
     elif args.kind == "probes-holdout":
         figures.probes_holdout(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
     else:
-        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, **cfg)
+        params = pd.read_csv(args.inputs[2]) if len(args.inputs) > 2 else None
+        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, params=params, **cfg)
 
 
 def cmd_table(args) -> None:
@@ -420,7 +421,7 @@ def cmd_table(args) -> None:
         df = tables.accuracy_matrix(df)
     elif args.kind == "single-task":
         steps = {label: len(read_jsonl(path)) for label, path in _pairs(args.runs).items()}
-        df = tables.single_task(df, steps, _pairs(args.budgets))
+        df = tables.single_task(df, steps, _pairs(args.budgets), args.cfg.get("columns"))
     elif args.kind == "norm-ratio":
         df = tables.norm_ratio(df)
     elif args.kind == "holdout":
@@ -638,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "accuracy-cost"])
     p.add_argument("--inputs", nargs="+", required=True,
                    help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, probes_holdout.csv, drift_series.csv "
-                   "drift_kinds.csv, lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
+                   "drift_kinds.csv [drift_params.csv], lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
                    "(accuracy-cost), or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")

@@ -149,8 +149,9 @@ def geometry_methods():
 
 
 def geometry_runs():
-    """Training runs of the compared methods (drift fits): those of either that is trained."""
-    return [run for run in training_runs() if run[0] in geometry_methods()]
+    """Training runs whose drift is fitted: those of geometry.drift.methods (null: the compared methods)."""
+    methods = config["geometry"]["drift"]["methods"] or geometry_methods()
+    return [run for run in training_runs() if run[0] in methods]
 
 
 def geometry_pairs():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from esft.geometry.drift import KINDS
+from esft.geometry.drift import GROUPS, KINDS
 from esft.io import read_jsonl
 from esft.plots import style
 from esft.plots.style import plt
@@ -308,10 +308,15 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
     return fig, axes
 
 
-def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False) -> None:
+def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False,
+          params: pd.DataFrame | None = None) -> None:
     """Figure 6: (a) ||θ_t − θ₀||² against step per run, ES with Proposition 1's line α²·D·t/N dashed;
-    (b) D_eff/D = slope·N/(α²·D_param) per parameter kind (median, min-max bar) of runs with a theory."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=style.figsize(2.0, 2.6))
+    (b) D_eff/D = slope·N/(α²·D_param) per parameter kind (median, min-max bar) of runs with a theory;
+    with `params` (drift_params.csv), the paper's Fig. 10: every tensor's D_eff/D (c) and R² (d) of its
+    through-origin fit, large matrices and norm weights side by side, per run with a theory."""
+    panels = 2 if params is None else 4
+    fig, axes = plt.subplots(1, panels, figsize=style.figsize(panels, 2.6), squeeze=False)
+    ax, bx = axes[0][0], axes[0][1]
     for run, g in series.groupby("run", sort=False):
         color = style.method_color(_method(run))
         ax.plot(g["step"], g["drift_sq"], color=color, alpha=0.85, label=run)
@@ -339,8 +344,34 @@ def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, 
     bx.set_title("(b) effective dimension per parameter kind")
     if not k.empty:
         bx.legend(fontsize=6)
+    if params is not None:
+        _drift_groups(axes[0][2], axes[0][3], params.dropna(subset=["deff_ratio"]))
     fig.tight_layout()
     style.save(fig, out, dpi)
+
+
+GROUPS_ORDER = list(dict.fromkeys(GROUPS.values()))
+
+
+def _drift_groups(cx, dx, params: pd.DataFrame) -> None:
+    """Per-tensor D_eff/D and R² strips, one column per group (large matrices, norm weights), runs side by side."""
+    groups = [g for g in GROUPS_ORDER if g in set(params["group"])]
+    runs = list(dict.fromkeys(params["run"]))
+    jitter = np.random.default_rng(0)
+    for i, run in enumerate(runs):
+        mine = params[params["run"] == run]
+        for ax, column in ((cx, "deff_ratio"), (dx, "r2")):
+            x = np.array([groups.index(g) for g in mine["group"]], dtype=float)
+            x += 0.6 * ((i + 0.5) / len(runs) - 0.5) + jitter.uniform(-0.08, 0.08, len(x))
+            ax.scatter(x, mine[column], s=6, alpha=0.6, color=style.method_color(_method(run)), label=run)
+    for ax, ylabel, title in ((cx, "D_eff / D per tensor", "(c) per-parameter effective dimension"),
+                              (dx, "R² of the linear fit per tensor", "(d) per-parameter linearity")):
+        ax.set_xticks(np.arange(len(groups)), groups)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    cx.axhline(1.0, color="black", ls="--", lw=0.8)
+    if runs:
+        cx.legend(fontsize=6)
 
 
 # --- ES with LoRA (blog): full-parameter vs LoRA ES on one task ---------------------------------
