@@ -19,7 +19,7 @@ from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
-TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 2}
+TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 8}
 """paper: ES-100 sequential (4) + ES-300 single (3) + ES-500 single (1, Appendix C) + GRPO sequential and single (8)."""
 
 
@@ -81,6 +81,36 @@ def test_paper_settings():
     lora = load_config(configs("es_lora", False), SCHEMA)
     assert (lora["es"]["sigma"], lora["es"]["alpha"]) == (0.001, 0.0005)
     assert (lora["es_lora"]["sigma"], lora["es_lora"]["alpha"], lora["es_lora"]["lora"]["r"]) == (0.0075, 0.005, 256)
+    assert lora["model"]["source"] == "Qwen/Qwen2.5-7B-Instruct"  # the blog's model
+
+
+def test_lbes_and_ea4llm_settings():
+    """The settings LBES §4.1 and EA4LLM §4.1 state (docs/fidelity.md lists each with its source)."""
+    cfg = load_config(configs("lbes", False), SCHEMA)
+    assert cfg["train"]["single"] == ["gsm8k", "countdown_lbes"]
+    assert (cfg["tasks"]["gsm8k"]["max_new_tokens"], cfg["tasks"]["countdown_lbes"]["max_new_tokens"]) == (1024, 2048)
+    cd = cfg["tasks"]["countdown_lbes"]
+    assert (cd["source"], cd["n_train"], cd["n_test"]) == ("synthetic", 8192, 1024)
+    assert cfg["tables"]["time_to_accuracy"]["targets"] == {"gsm8k": 0.8, "countdown_lbes": 0.5}
+    # one epoch: ⌈rows / B⌉ iterations per task
+    assert cfg["es"]["iterations"] == cfg["lbes"]["iterations"] == -(-7473 // 64)
+    assert cfg["train"]["overrides"]["countdown_lbes"] == {"es": {"iterations": 128}, "lbes": {"iterations": 128}}
+    cfg = load_config(configs("ea4llm", False), SCHEMA)
+    es = cfg["es"]
+    assert (es["population"], es["sigma"], es["alpha"], es["iterations"], cfg["corpus"]["n_texts"]) == \
+        (30, 1e-3, 5e-4, 1000, 5000)
+    assert (es["antithetic"], es["step"], es["loglik_average"]) == ("signed", "nes", "sample")  # eqs. 10, 14, 2-3
+    tiny = cfg["model"]["tiny"]
+    attn = tiny["hidden_size"] * tiny["head_dim"] * (2 * tiny["num_attention_heads"] + 2 * tiny["num_key_value_heads"])
+    params = tiny["num_hidden_layers"] * (attn + 3 * tiny["hidden_size"] * tiny["intermediate_size"])
+    assert 0.9e9 < params < 1.1e9  # a Qwen3 model of about 1B
+    off = {"antithetic": "none", "shaping": "zscore", "step": "standard", "group_alpha": {}, "group_sigma": {},
+           "alpha_decay": 1.0, "sigma_decay": 1.0}
+    assert {k: cfg["es_baseline"][k] for k in off} == off
+    for variant, switch in (("es_antithetic", "antithetic"), ("es_rank", "shaping"), ("es_nes", "step")):
+        assert [k for k in off if cfg[variant][k] != off[k]] == [switch]
+    assert [k for k in off if cfg["es_groups"][k] != off[k]] == ["group_alpha", "group_sigma"]
+    assert [k for k in off if cfg["es_decay"][k] != off[k]] == ["alpha_decay", "sigma_decay"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -143,7 +173,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
+    assert len(runs) == {"paper": 7, "lbes": 4, "es_lora": 2, "ea4llm": 8}[name]
     if name == "es_lora":
         assert runs == ["es/single/1-conciseness", "es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train"

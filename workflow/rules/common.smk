@@ -150,7 +150,7 @@ def geometry_methods():
 
 def geometry_runs():
     """Training runs whose drift is fitted: those of geometry.drift.methods (null: the compared methods)."""
-    methods = config["geometry"]["drift"]["methods"] or geometry_methods()
+    methods = config["geometry"].get("drift", {}).get("methods") or geometry_methods()
     return [run for run in training_runs() if run[0] in methods]
 
 
@@ -316,7 +316,7 @@ def probe_holdout_cfg():
     return js(
         {
             "scales": g["probes"]["scales"] if scales is None else scales,
-            "axis": g["probes"]["axis"],
+            "axis": g["probes"].get("axis", "relative"),
             "random_directions": g["probes"]["random_directions"],
             "seed": g["probes"]["seed"],
         }
