@@ -15,19 +15,24 @@ from esft.es.trainer import ESTrainer
 CORPUS = ["the cat sat on the mat.", "a dog ran.", "the cat sat on the mat. the cat sat on the mat."]
 
 
-def test_loglik_masks_padding_and_weighs_by_tokens(tiny_model, tokenizer):
-    fit = CorpusFitness(CORPUS, tokenizer, batch_size=8)
+def test_loglik_masks_padding_and_averages_per_sample_or_per_token(tiny_model, tokenizer):
+    """EA4LLM eqs. (2)-(3), the default: each text's mean token log-likelihood, then the mean over texts;
+    `token` pools the minibatch's tokens, so the long text weighs more."""
+    fit = CorpusFitness(CORPUS, tokenizer, batch_size=8, average="token")
     alone = [fit(tiny_model, [i], member=0) for i in range(3)]
     together, tokens = fit(tiny_model, [0, 1, 2], member=0)
     assert tokens == sum(n for _, n in alone)
     assert together == pytest.approx(sum(v * n for v, n in alone) / tokens, rel=1e-5)
+    per_sample, same_tokens = CorpusFitness(CORPUS, tokenizer, batch_size=8)(tiny_model, [0, 1, 2], member=0)
+    assert same_tokens == tokens and per_sample == pytest.approx(sum(v for v, _ in alone) / 3, rel=1e-5)
+    assert abs(per_sample - together) > 1e-4  # the texts differ in length and in mean log-likelihood
     # a single text against the model's own loss on the unpadded sequence
     ids = torch.tensor([tokenizer(CORPUS[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
     with torch.no_grad():
         loss = float(tiny_model(input_ids=ids, labels=ids).loss)
     assert alone[1][0] == pytest.approx(-loss, rel=1e-5)
     # batching (and therefore padding) does not change the value
-    assert CorpusFitness(CORPUS, tokenizer, batch_size=1)(tiny_model, [0, 1, 2], 0)[0] == pytest.approx(together, rel=1e-5)
+    assert CorpusFitness(CORPUS, tokenizer, batch_size=1)(tiny_model, [0, 1, 2], 0)[0] == pytest.approx(per_sample, rel=1e-5)
 
 
 def test_loglik_stops_on_a_non_finite_value(tiny_model, tokenizer):
@@ -42,7 +47,7 @@ def test_es_on_loglik_pretrains_a_from_scratch_model(tiny_model, tokenizer):
     fit = CorpusFitness(texts, tokenizer, batch_size=8)
     before = fit(tiny_model, range(len(texts)), 0)[0]
     cfg = ESConfig(population=16, sigma=0.05, alpha=0.03, iterations=40, batch_size=3, shaping="rank",
-                   antithetic="signed", fitness="loglik", seed=1)
+                   antithetic="mirrored", fitness="loglik", seed=1)
     ESTrainer(tiny_model, fit, len(texts), cfg).train()  # the model ends at θ_T
     after = fit(tiny_model, range(len(texts)), 0)[0]
     assert after > before + 0.5, (before, after)  # nats per token, from about −log(vocab)

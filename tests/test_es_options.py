@@ -12,7 +12,7 @@ import yaml
 from esft.es import ESConfig, Population, shape_fitness, tensor_noise
 from esft.es.config import LoRAConfig
 from esft.es.shaping import member_weights
-from esft.es.trainer import build_population
+from esft.es.trainer import apply_update, build_population
 from esft.params import param_group
 from esft.rollout.vllm_backend import VllmOptions
 
@@ -54,17 +54,54 @@ def test_paired_raw_nes_is_the_minibatch_es_estimator():
     torch.testing.assert_close(pop.master["w"], alpha * g_hat, rtol=1e-6, atol=1e-7)
 
 
-def test_signed_shapes_all_members_and_paired_shapes_differences():
+def test_mirrored_shapes_all_members_and_paired_shapes_differences():
     fitness = [3.0, 1.0, -2.0, 0.5, 4.0, 6.0]
-    assert member_weights(fitness, "zscore", "signed") == shape_fitness(fitness, "zscore")
+    assert member_weights(fitness, "zscore", "mirrored") == shape_fitness(fitness, "zscore")
     # differences 2, −2.5, −2 rank as 1, −1, 0: pairs get (±½·rank)
     assert member_weights(fitness, "rank", "paired") == [0.5, -0.5, -0.5, 0.5, 0.0, -0.0]
-    # signed: a pair contributes (w⁺ − w⁻)·ε — check through the update
+    # mirrored: a pair contributes (w⁺ − w⁻)·ε — check through the update
     z = shape_fitness(fitness, "zscore")
     pop = _vector_pop(antithetic=True)
     pop.update(0, z, alpha=1.0)
     expected = sum((z[2 * k] - z[2 * k + 1]) * tensor_noise(torch.zeros(64), 5, 0, k, "w") for k in range(3)) / 6
     torch.testing.assert_close(pop.master["w"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_signed_shapes_the_signed_rewards_as_ea4llm_eq_10():
+    """EA4LLM eq. (10): the signed rewards sⱼ·rⱼ are ranked together and the step is Σⱼ shape(s·r)ⱼ·ε_k(j),
+    which differs from weighting each pair by w⁺ − w⁻ (mirrored); with raw shaping both are Σ (r⁺ − r⁻)ε."""
+    fitness = [3.0, 1.0, -2.0, 0.5, 4.0, 6.0]
+    signed = [3.0, -1.0, -2.0, -0.5, 4.0, -6.0]
+    ranks = shape_fitness(signed, "rank")  # 4, 2, 1, 3, 5, 0 of 5 → 0.6, -0.2, -0.6, 0.2, 1, -1
+    assert ranks == pytest.approx([0.6, -0.2, -0.6, 0.2, 1.0, -1.0])
+    weights = member_weights(fitness, "rank", "signed")
+    assert weights == pytest.approx([0.6, 0.2, -0.6, -0.2, 1.0, 1.0])
+    pop = _vector_pop(antithetic=True)
+    pop.update(0, weights, alpha=1.0)
+    expected = sum((ranks[2 * k] + ranks[2 * k + 1]) * tensor_noise(torch.zeros(64), 5, 0, k, "w")
+                   for k in range(3)) / 6
+    torch.testing.assert_close(pop.master["w"], expected, rtol=1e-6, atol=1e-7)
+    assert weights != pytest.approx(member_weights(fitness, "rank", "mirrored"))
+    raw = [member_weights(fitness, "raw", a) for a in ("signed", "mirrored")]
+    assert [w[0] - w[1] for w in raw] == [2.0, 2.0]
+
+
+def test_nes_divides_by_sigma_only_and_nes_group_by_each_groups_noise_scale():
+    """EA4LLM eq. (14): θ += α/(Nσ) Σ wᵢεᵢ even where σ_g scales a group's noise; nes_group divides by σ·σ_g."""
+    names = ("model.norm.weight", "model.layers.0.mlp.up_proj.weight")
+    weights, alpha, sigma = [1.0, -2.0, 0.5, 0.0], 0.1, 0.02
+    moved = {}
+    for step in ("nes", "nes_group"):
+        params = {n: torch.nn.Parameter(torch.zeros(8)) for n in names}
+        pop = Population(params, 5, sigma_scale={names[0]: 0.5})
+        cfg = ESConfig(population=4, sigma=sigma, alpha=alpha, step=step, group_sigma={"norm": 0.5})
+        apply_update(pop, cfg, 3, weights, alpha, sigma)
+        moved[step] = pop.master
+    for n, group in zip(names, (0.5, 1.0)):
+        eps = [tensor_noise(torch.zeros(8), 5, 3, m, n) for m in range(4)]
+        step = alpha / 4 * sum(w * e for w, e in zip(weights, eps)) / sigma
+        torch.testing.assert_close(moved["nes"][n], step, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(moved["nes_group"][n], step / group, rtol=1e-6, atol=1e-7)
 
 
 def _arch_models():
@@ -163,7 +200,7 @@ def test_schema_mirrors_the_config_dataclasses():
     full = {"population": 8, "sigma": 0.01, "alpha": 0.005, "iterations": 3, "batch_size": None, "shaping": "rank",
             "step": "nes", "antithetic": "paired", "group_alpha": {"emb": 0.5}, "group_sigma": {"norm": 2.0},
             "alpha_decay": 0.5, "alpha_decay_every": 10, "sigma_decay": 0.9, "sigma_decay_every": 5,
-            "fitness": "loglik", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "order": "BA",
+            "fitness": "loglik", "loglik_average": "token", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "order": "BA",
                                           "normalize": True},
             "temperature": 0.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
             "max_rollouts": 100, "max_tokens": None, "max_prompt_tokens": 500, "seed": 1, "generation_batch_size": 8,

@@ -29,17 +29,18 @@ def _final_drift(tmp_path, cfg: ESConfig, dim: int) -> float:
     return float(drift[drift.iteration == cfg.iterations - 1].drift_sq.sum())
 
 
-@pytest.mark.parametrize("antithetic", ["none", "signed"])
+@pytest.mark.parametrize("antithetic", ["none", "mirrored", "signed"])
 def test_flat_landscape_is_a_random_walk_with_proposition_1_rate(tmp_path, antithetic):
-    """random fitness + z-scores: E||θ_T − θ_0||² = T·α²·D/N (Σzᵢ² = N); with signed pairs the pair
-    weights z⁺ − z⁻ have E Σ (z⁺−z⁻)² = N + N/(N−1), since distinct z-scores correlate by −1/(N−1)."""
+    """random fitness + z-scores: E||θ_T − θ_0||² = T·α²·D/N (Σzᵢ² = N); with mirrored pairs the pair
+    weights z⁺ − z⁻ have E Σ (z⁺−z⁻)² = N + N/(N−1), since distinct z-scores correlate by −1/(N−1); with
+    signed pairs (EA4LLM eq. 10: z of sⱼ·Fⱼ, a pair adding z⁺ + z⁻) E Σ (z⁺+z⁻)² = N − N/(N−1)."""
     dim, n, iterations, alpha, trials = 2000, 10, 20, 0.05, 40
     measured = sum(
         _final_drift(tmp_path / str(seed), ESConfig(population=n, sigma=0.1, alpha=alpha, iterations=iterations,
                                                     fitness="random", antithetic=antithetic, seed=seed), dim)
         for seed in range(trials)
     ) / trials
-    per_step = (n + n / (n - 1)) / n**2 if antithetic == "signed" else 1 / n
+    per_step = {"none": n, "mirrored": n + n / (n - 1), "signed": n - n / (n - 1)}[antithetic] / n**2
     expected = iterations * alpha**2 * dim * per_step
     assert abs(measured / expected - 1) < 0.05, (measured, expected)
 

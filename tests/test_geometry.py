@@ -89,6 +89,38 @@ def test_probe_distances_are_in_units_of_each_methods_own_norm():
     assert abs(cos) < 0.3
 
 
+def test_absolute_probe_axis_shares_distances_across_methods_and_random_directions():
+    """Issue 17, defect 6: the paper's Figure 4 moves θ₀ + c·Δ/‖Δ‖ at absolute magnitudes c, one axis for
+    ES, GRPO and the random directions; each method's checkpoint (s = 1) stays measured for the findings."""
+    from esft.geometry.variants import _unique
+
+    theta0 = {n: torch.zeros(10, 10) for n in NAMES}
+    directions = {"es": {n: torch.full((10, 10), 0.3) for n in NAMES},
+                  "grpo": {n: torch.full((10, 10), 0.01) for n in NAMES}, **random_directions(theta0, 2, seed=5)}
+    norms = {m: norm(directions[m]) for m in ("es", "grpo")}  # 4.24 and 0.141
+    scales = [0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
+    variants = probe_variants(directions, ["es", "grpo"], ["random1", "random2"], scales, axis="absolute")
+    by_ref = {}
+    for v in variants:
+        key = v.key
+        assert key["axis"] == "absolute"
+        by_ref.setdefault((key["reference"], key["direction"]), []).append((key["distance"], key["scale"]))
+        moved = {n: variant_weights(theta0, directions, v, n) for n in NAMES}
+        assert norm(moved) == pytest.approx(key["distance"], rel=1e-5, abs=1e-9)
+    for ref in ("es", "grpo"):
+        for d in (ref, "random1", "random2"):
+            points = by_ref[(ref, d)]
+            assert [c for c, _ in points] == sorted([*map(float, scales), norms[ref]])
+            assert [s for c, s in points if c == norms[ref]] == [1.0]  # the checkpoint, as the findings read it
+            assert all(s == pytest.approx(c / norms[ref]) for c, s in points)
+    # the random probes at a shared c are one variant for both methods: θ₀ once, 2 own + 2 random per c > 0,
+    # and each method's checkpoint distance along its own and the random directions
+    unique, _ = _unique(variants)
+    assert len(unique) == 1 + (2 + 2) * (len(scales) - 1) + 2 * (1 + 2)
+    relative = probe_variants(directions, ["es", "grpo"], ["random1", "random2"], [0.0, 1.0, 2.0])
+    assert {v.key["axis"] for v in relative} == {"relative"} and len(relative) == 2 * 3 * 3
+
+
 def _es_records(n_steps: int, alpha: float = 0.01, population: int = 8, **config) -> list[dict]:
     cfg = {"shaping": "zscore", "step": "standard", "antithetic": "none", "mode": "inplace", "lora": None, **config}
     return [{"iteration": t, "alpha": alpha, "population": population, "config": cfg} for t in range(n_steps)]
@@ -115,6 +147,10 @@ def test_drift_fit_recovers_a_known_slope_and_the_theory_line():
     assert series["theory_sq"].tolist() == pytest.approx([alpha ** 2 * 510 / n * (t + 1) for t in range(steps)])
     kinds = summarize_kinds(params).set_index("kind")
     assert kinds.loc["gate/up/down", "deff_ratio_median"] == pytest.approx(0.5)
+    # Appendix C (Fig. 10) reports the large matrices and the norm weights apart
+    assert by["group"].to_dict() == {NAMES[0]: "large matrices", NAMES[1]: "large matrices",
+                                     "model.norm.weight": "norm weights"}
+    assert kinds.loc["final norm", "group"] == "norm weights" and kinds.loc["q/k/v/o", "r2_min"] == pytest.approx(1.0)
 
 
 def test_drift_of_a_method_without_es_step_has_no_theory():

@@ -24,6 +24,18 @@ def _probes() -> pd.DataFrame:
                          for s in (0.0, 1.0, 2.0) for acc in [0.6 if d == ref and s == 1.0 else 0.4]])
 
 
+def _probes_absolute() -> pd.DataFrame:
+    """Figure 4 on the paper's absolute axis: c shared by both methods, each checkpoint's c = ‖Δ‖ added."""
+    rows = []
+    for ref, norm in (("es", 10.0), ("grpo", 0.1)):
+        for d in (ref, "random1"):
+            for c in sorted({0.0, 0.01, 0.1, 1.0, 10.0, 100.0, norm}):
+                rows.append({"schedule": "sequential", "stage": 1, "trained_task": "math", "reference": ref,
+                             "direction": d, "scale": c / norm, "distance": c, "axis": "absolute",
+                             "accuracy": 0.6 if d == ref and c <= norm else 0.3})
+    return pd.DataFrame(rows)
+
+
 def test_every_figure_writes_png_and_pdf(tmp_path):
     runs = {}
     for method in ("es", "grpo"):
@@ -44,12 +56,35 @@ def test_every_figure_writes_png_and_pdf(tmp_path):
         "training": lambda out: figures.training_curves(runs, out, 50, smooth=2),
         "interpolation": lambda out: figures.interpolation(_interpolation(), ["es", "grpo"], out, 50, per_task=False),
         "probes": lambda out: figures.probes(_probes(), out, 50, random_band=True),
+        "probes_absolute": lambda out: figures.probes(_probes_absolute(), out, 50),
         "drift": lambda out: figures.drift(series, kinds, out, 50, log_scale=True),
+        "drift_groups": lambda out: figures.drift(series, kinds, out, 50, params=pd.DataFrame(
+            {"run": "es_500/single/1-math", "parameter": ["model.layers.0.mlp.up_proj.weight", "model.norm.weight"],
+             "group": ["large matrices", "norm weights"], "deff_ratio": [1.0, 0.2], "r2": [0.99, 0.5]})),
     }
     for name, draw in draws.items():
         outs = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
         draw(outs)
         assert outs[0].read_bytes()[:8] == PNG and outs[1].read_bytes()[:5] == b"%PDF-", name
+
+
+def test_an_extended_run_fills_the_columns_of_the_run_it_extends(tmp_path):
+    """paper.yaml: countdown's ES-100 and ES-300 cells are es_500 replayed at 100 and 300 (tables.single_task
+    columns {es_500: es_300}); its own 500-step checkpoint gets its own column."""
+    acc = pd.DataFrame([{"checkpoint": c, "method": m, "schedule": s, "stage": k, "trained_task": t, "eval_task": t,
+                         "accuracy": a} for c, m, s, k, t, a in [
+        ("base", "base", "-", 0, "-", 0.1), ("es_300/single/1-math", "es_300", "single", 1, "math", 0.6),
+        ("es_500/single/1-countdown", "es_500", "single", 1, "countdown", 0.8)]])
+    acc = pd.concat([acc, acc.iloc[:1].assign(eval_task="countdown", accuracy=0.05)])
+    for name, value in (("m100", 0.3), ("c100", 0.4), ("c300", 0.7)):
+        write_json(tmp_path / f"{name}.json", {t: {"accuracy": value, "n": 10} for t in ("math", "countdown")})
+    df = tables.single_task(acc, {"es_300/single/1-math": 300, "es_500/single/1-countdown": 500},
+                            {"es_300/single/1-math@100": tmp_path / "m100.json",
+                             "es_500/single/1-countdown@100": tmp_path / "c100.json",
+                             "es_500/single/1-countdown@300": tmp_path / "c300.json"},
+                            {"es_500": "es_300"}).set_index("task")
+    assert list(df.columns) == ["base", "es_300 (100 steps)", "es_300 (300 steps)", "es_300 (500 steps)"]
+    assert df.loc["countdown"].tolist()[1:] == [0.4, 0.7, 0.8] and df.loc["math"].tolist()[1:3] == [0.3, 0.6]
 
 
 def test_method_colours_are_fixed_and_distinct():

@@ -109,7 +109,7 @@ def test_probe_holdout_stage_on_the_micro_model(tmp_path, base, nltk_data):
           "--nltk-data", str(nltk_data), "--out", str(out)])
     df = pd.read_csv(out)
     assert list(df.columns) == ["schedule", "stage", "trained_task", "reference", "direction", "scale", "distance",
-                                "benchmark", "metric", "value", "n"]
+                                "axis", "benchmark", "metric", "value", "n"]
     metrics = {"mmlu": {"acc", "answered"}, "ifeval": {"prompt_level_strict_acc", "inst_level_strict_acc",
                                                        "prompt_level_loose_acc", "inst_level_loose_acc"}}
     assert {b: set(g["metric"]) for b, g in df.groupby("benchmark")} == metrics

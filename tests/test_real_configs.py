@@ -19,8 +19,8 @@ from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
-TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 2}
-"""paper: ES-100 sequential (4) + ES-300 single (4) + GRPO sequential and single (8)."""
+TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 8}
+"""paper: ES-100 sequential (4) + ES-300 single (3) + ES-500 single (1, Appendix C) + GRPO sequential and single (8)."""
 
 
 def configs(name: str, twin: bool) -> list[Path]:
@@ -53,8 +53,20 @@ def test_config_validates(name, twin):
 
 def test_paper_settings():
     cfg = load_config(configs("paper", False), SCHEMA)
-    assert cfg["train"]["methods"] == ["es", "es_300", "grpo"]
-    for name, iterations in (("es", 100), ("es_300", 300)):
+    assert cfg["train"]["methods"] == ["es", "es_300", "es_500", "grpo"]
+    # Figure 6 / Appendix C: the single-task run extended to 500 iterations, fitted per parameter; its states
+    # at 100 and 300 fill countdown's ES-100 and ES-300 cells of Table 1
+    assert cfg["train"]["per_method"]["es_500"] == {"sequential": [], "single": ["countdown"]}
+    assert "countdown" not in cfg["train"]["per_method"]["es_300"]["single"]
+    assert cfg["geometry"]["drift"]["methods"] == ["es", "es_500"]
+    assert cfg["tables"]["single_task"] == {"budgets": {"es_300": [100], "es_500": [100, 300]},
+                                            "columns": {"es_500": "es_300"}}
+    # Figures 4 and 5: absolute c on one axis, at least 9 distances, in the real config and its twin
+    for twin in (False, True):
+        probes = load_config(configs("paper", twin), SCHEMA)["geometry"]["probes"]
+        assert probes["axis"] == "absolute" and len(probes["scales"]) >= 9 and 0 in probes["scales"]
+    assert cfg["geometry"]["probe_holdout"]["scales"] is None  # Figure 5 on the same scales
+    for name, iterations in (("es", 100), ("es_300", 300), ("es_500", 500)):
         es = cfg[name]
         assert (es["population"], es["sigma"], es["alpha"], es["batch_size"], es["iterations"]) == \
             (30, 0.0015, 0.00075, 200, iterations)
@@ -69,6 +81,36 @@ def test_paper_settings():
     lora = load_config(configs("es_lora", False), SCHEMA)
     assert (lora["es"]["sigma"], lora["es"]["alpha"]) == (0.001, 0.0005)
     assert (lora["es_lora"]["sigma"], lora["es_lora"]["alpha"], lora["es_lora"]["lora"]["r"]) == (0.0075, 0.005, 256)
+    assert lora["model"]["source"] == "Qwen/Qwen2.5-7B-Instruct"  # the blog's model
+
+
+def test_lbes_and_ea4llm_settings():
+    """The settings LBES §4.1 and EA4LLM §4.1 state (docs/fidelity.md lists each with its source)."""
+    cfg = load_config(configs("lbes", False), SCHEMA)
+    assert cfg["train"]["single"] == ["gsm8k", "countdown_lbes"]
+    assert (cfg["tasks"]["gsm8k"]["max_new_tokens"], cfg["tasks"]["countdown_lbes"]["max_new_tokens"]) == (1024, 2048)
+    cd = cfg["tasks"]["countdown_lbes"]
+    assert (cd["source"], cd["n_train"], cd["n_test"]) == ("synthetic", 8192, 1024)
+    assert cfg["tables"]["time_to_accuracy"]["targets"] == {"gsm8k": 0.8, "countdown_lbes": 0.5}
+    # one epoch: ⌈rows / B⌉ iterations per task
+    assert cfg["es"]["iterations"] == cfg["lbes"]["iterations"] == -(-7473 // 64)
+    assert cfg["train"]["overrides"]["countdown_lbes"] == {"es": {"iterations": 128}, "lbes": {"iterations": 128}}
+    cfg = load_config(configs("ea4llm", False), SCHEMA)
+    es = cfg["es"]
+    assert (es["population"], es["sigma"], es["alpha"], es["iterations"], cfg["corpus"]["n_texts"]) == \
+        (30, 1e-3, 5e-4, 1000, 5000)
+    assert (es["antithetic"], es["step"], es["loglik_average"]) == ("signed", "nes", "sample")  # eqs. 10, 14, 2-3
+    tiny = cfg["model"]["tiny"]
+    attn = tiny["hidden_size"] * tiny["head_dim"] * (2 * tiny["num_attention_heads"] + 2 * tiny["num_key_value_heads"])
+    params = tiny["num_hidden_layers"] * (attn + 3 * tiny["hidden_size"] * tiny["intermediate_size"])
+    assert 0.9e9 < params < 1.1e9  # a Qwen3 model of about 1B
+    off = {"antithetic": "none", "shaping": "zscore", "step": "standard", "group_alpha": {}, "group_sigma": {},
+           "alpha_decay": 1.0, "sigma_decay": 1.0}
+    assert {k: cfg["es_baseline"][k] for k in off} == off
+    for variant, switch in (("es_antithetic", "antithetic"), ("es_rank", "shaping"), ("es_nes", "step")):
+        assert [k for k in off if cfg[variant][k] != off[k]] == [switch]
+    assert [k for k in off if cfg["es_groups"][k] != off[k]] == ["group_alpha", "group_sigma"]
+    assert [k for k in off if cfg["es_decay"][k] != off[k]] == ["alpha_decay", "sigma_decay"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -80,7 +122,8 @@ def test_real_config_dry_run(tmp_path, name):
     assert ("prepare_corpus" in jobs) == (name == "ea4llm")
     commands = [line for line in out.splitlines() if " train --method " in line]
     if name == "paper":
-        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 4
+        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 3
+        assert sum("--method es " in c and "--run-id es_500/single/1-countdown" in c for c in commands) == 1
         assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
         assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
     if name == "ea4llm":
@@ -132,7 +175,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
+    assert len(runs) == {"paper": 7, "lbes": 4, "es_lora": 2, "ea4llm": 8}[name]
     if name == "es_lora":
         assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train/seed-0"

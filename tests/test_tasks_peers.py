@@ -75,3 +75,34 @@ def test_gsm8k_ground_truths_score_one_and_corruptions_zero():
         bad = f"<think>working</think> <answer>{wrong}</answer>"
         assert task.score(bad, row) == 0.0 and task.reward(bad, row) == pytest.approx(0.1)
         assert task.reward(f"The answer is {truth}.", row) == 0.0
+
+
+@pytest.mark.parametrize(("folder", "task"), [("countdown3", "countdown_lbes"), ("gsm8k", "gsm8k")])
+def test_lbes_prompts_are_the_authors_own(folder, task):
+    """LBES's Table 4 Countdown prompt and its GSM8K system prompt, word for word as in the authors' data
+    files; their Countdown rows load into the countdown_lbes variant and its references earn 1 + 0.1."""
+    df = pd.read_parquet(_peer(f"{folder}/test.parquet"))
+    t = get_task(task)
+    for i in range(0, len(df), 97):
+        raw = df.iloc[i]
+        system, user = raw["prompt"][0]["content"], raw["prompt"][1]["content"]
+        if task == "gsm8k":
+            row = {"question": user, "answer": raw["reward_func_args"]["ground_truth"]}
+            assert t.messages(row)[0]["content"] == system
+            continue
+        row = t.from_raw(raw.to_dict(), i)
+        assert [m["content"] for m in t.messages(row)] == [system, user]
+        assert t.reward(t.reference(row), row) == pytest.approx(1.1)
+        answer = t.reference(row).split("<answer>")[1].split("</answer>")[0]
+        wrong = f"<think>x</think><answer>{answer} + 1 - 1</answer>"
+        assert t.score(wrong, row) == 0.0 and t.reward(wrong, row) == 0.0  # a number used twice: no format reward
+        assert t.reward(f"<answer>{answer}</answer>", row) == 0.0  # no think block
+
+
+def test_lbes_countdown_rows_are_generated_as_its_paper_says():
+    import random
+
+    rows = get_task("countdown_lbes").generate_rows(300, random.Random(0))
+    assert all(len(r["numbers"]) == 3 and all(1 <= n <= 99 for n in r["numbers"]) and 1 <= r["target"] <= 999
+               for r in rows)
+    assert len({(tuple(sorted(r["numbers"])), r["target"]) for r in rows}) == 300

@@ -332,7 +332,8 @@ def cmd_probe(args) -> None:
     for label, paths in pairs.items():
         schedule, stage, trained = split_label(label)
         directions = {m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}
-        variants = probe_variants({**directions, **randoms}, args.methods, list(randoms), args.cfg["scales"])
+        variants = probe_variants({**directions, **randoms}, args.methods, list(randoms), args.cfg["scales"],
+                                  args.cfg.get("axis", "relative"))
         results = evaluate_variants(model, tokenizer, theta0, {**directions, **randoms}, variants,
                                     {trained: data[trained]}, args.tasks_cfg, args.cfg["generation_batch_size"],
                                     args.cfg["variants_per_pass"])
@@ -365,7 +366,7 @@ def cmd_probe_holdout(args) -> None:
     for label, paths in pairs.items():
         schedule, stage, trained = split_label(label)
         directions = {**{m: load_delta(theta0, p) for m, p in zip(args.methods, paths)}, **randoms}
-        variants = probe_variants(directions, args.methods, list(randoms), scales)
+        variants = probe_variants(directions, args.methods, list(randoms), scales, args.cfg.get("axis", "relative"))
         rows += [{"seed": split_seed(label)[0], "schedule": schedule, "stage": stage, "trained_task": trained, **row}
                  for row in holdout_rows(model, tokenizer, theta0, directions, variants,
                                          args.holdout_cfg["benchmarks"], data=data,
@@ -431,7 +432,8 @@ def cmd_figure(args) -> None:
     elif args.kind == "probes-holdout":
         figures.probes_holdout(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
     else:
-        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, **cfg)
+        params = pd.read_csv(args.inputs[2]) if len(args.inputs) > 2 else None
+        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, params=params, **cfg)
 
 
 def cmd_table(args) -> None:
@@ -452,7 +454,7 @@ def cmd_table(args) -> None:
         df = tables.by_checkpoint(pd.concat([fields, df.drop(columns="checkpoint")], axis=1))
     elif args.kind == "single-task":
         steps = {label: len(read_jsonl(path)) for label, path in _pairs(args.runs).items()}
-        df, keys = tables.single_task(df, steps, _pairs(args.budgets)), ["task"]
+        df, keys = tables.single_task(df, steps, _pairs(args.budgets), args.cfg.get("columns")), ["task"]
     elif args.kind == "norm-ratio":
         df, keys = tables.norm_ratio(df), ["stage", "task"]
     elif args.kind == "holdout":
@@ -674,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "accuracy-cost"])
     p.add_argument("--inputs", nargs="+", required=True,
                    help="accuracy.csv, kl.csv, interpolation.csv, probes.csv, probes_holdout.csv, drift_series.csv "
-                   "drift_kinds.csv, lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
+                   "drift_kinds.csv [drift_params.csv], lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
                    "(accuracy-cost), or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")

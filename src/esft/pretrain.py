@@ -66,6 +66,9 @@ class AdamWSettings:
     """Keys the minibatches (with the run's identity, or that of `minibatches_of`)."""
     max_prompt_tokens: int | None = None
     """Stop after the step whose cumulative scored tokens reach this (None: no bound)."""
+    loglik_average: Literal["token", "sample"] = "token"
+    """token: the mean NLL over every scored token of the step (the usual LM loss); sample: each text's
+    mean token NLL averaged over texts, the objective of ES's loglik fitness with es.loglik_average sample."""
     checkpoint_every: int = 10
     """Steps between resumable state snapshots."""
 
@@ -77,6 +80,8 @@ class AdamWSettings:
             raise EsftError(f"adamw.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.weight_decay < 0 or (self.max_grad_norm is not None and not self.max_grad_norm > 0):
             raise EsftError("adamw.weight_decay must be >= 0 and adamw.max_grad_norm > 0 or null")
+        if self.loglik_average not in ("token", "sample"):
+            raise EsftError(f"adamw.loglik_average must be token or sample, got {self.loglik_average!r}")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise EsftError(f"adamw.schedule must be one of constant, linear, cosine; got {self.schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -171,15 +176,18 @@ class AdamWRun:
 
     # --- the loop -----------------------------------------------------------------------------
     def loss_and_grad(self, rows: Sequence[Sequence[int]]) -> tuple[float, int]:
-        """(mean token NLL over `rows`, scored tokens), its gradient accumulated into the parameters
-        micro-batch by micro-batch (each part weighted by its share of the step's tokens)."""
+        """(mean NLL over `rows` as `loglik_average` says, scored tokens), its gradient accumulated into the
+        parameters micro-batch by micro-batch (each part weighted by its share of the step's tokens or texts)."""
         tokens = sum(len(r) - 1 for r in rows)  # every token after the first is scored
         micro = self.settings.micro_batch_size or len(rows)
         loss = 0.0
         for first in range(0, len(rows), micro):
             part = rows[first:first + micro]
-            sums, _ = logprob_sums(self.model, part, [1] * len(part), self.pad_id)
-            part_loss = -sums.sum() / tokens
+            sums, counts = logprob_sums(self.model, part, [1] * len(part), self.pad_id)
+            if self.settings.loglik_average == "token":
+                part_loss = -sums.sum() / tokens
+            else:
+                part_loss = -(sums / counts).sum() / len(rows)
             part_loss.backward()
             loss += float(part_loss.detach())
         return loss, tokens

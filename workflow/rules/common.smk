@@ -197,8 +197,9 @@ def geometry_methods():
 
 
 def geometry_runs():
-    """Training runs of the compared methods (drift fits): those of either that is trained."""
-    return [run for run in training_runs() if run.method in geometry_methods()]
+    """Training runs whose drift is fitted: those of geometry.drift.methods (null: the compared methods)."""
+    methods = config["geometry"].get("drift", {}).get("methods") or geometry_methods()
+    return [run for run in training_runs() if run.method in methods]
 
 
 def geometry_pairs():
@@ -374,13 +375,14 @@ def probe_holdout_pairs():
 
 
 def probe_holdout_cfg():
-    """The probe directions of the probe-holdout stage: its scales (null: the probes') and the probes'
+    """The probe directions of the probe-holdout stage: its scales (null: the probes'), the probes' axis and
     random directions, so that a change of any of them reruns it."""
     g = config["geometry"]
     scales = g["probe_holdout"]["scales"]
     return js(
         {
             "scales": g["probes"]["scales"] if scales is None else scales,
+            "axis": g["probes"].get("axis", "relative"),
             "random_directions": g["probes"]["random_directions"],
             "seed": g["probes"]["seed"],
         }

@@ -137,6 +137,7 @@ rule figure_drift:
     input:
         series=f"{R}/geometry/drift_series.csv",
         kinds=f"{R}/geometry/drift_kinds.csv",
+        params=f"{R}/geometry/drift_params.csv",
     output:
         png=report(f"{R}/figures/drift.png", caption="../report/drift.rst", category="Drift"),
         pdf=f"{R}/figures/drift.pdf",
@@ -147,7 +148,7 @@ rule figure_drift:
     params:
         cfg=figure_cfg("drift"),
     shell:
-        "esft figure drift --inputs {input.series} {input.kinds} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+        "esft figure drift --inputs {input.series} {input.kinds} {input.params} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule table_accuracy:

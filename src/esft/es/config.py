@@ -14,8 +14,9 @@ from esft.params import GROUPS
 from esft.rollout.vllm_backend import VllmOptions
 
 Shaping = Literal["zscore", "rank", "raw"]
-Step = Literal["standard", "nes"]
-Antithetic = Literal["none", "signed", "paired"]
+Step = Literal["standard", "nes", "nes_group"]
+Antithetic = Literal["none", "signed", "mirrored", "paired"]
+LoglikAverage = Literal["sample", "token"]
 FitnessKind = Literal["task", "loglik", "random"]
 Mode = Literal["inplace", "batched", "lowrank"]
 Placement = Literal["model", "cpu"]
@@ -77,10 +78,13 @@ class ESConfig:
     shaping: Shaping = "zscore"
     """zscore (population std, denominator N), centred rank 2·rank/(N−1) − 1, or raw fitness."""
     step: Step = "standard"
-    """standard: α/N Σ wᵢεᵢ; nes: α/(Nσ) Σ wᵢεᵢ, the NES gradient estimate times α."""
+    """standard: α/N Σ wᵢεᵢ; nes (EA4LLM eq. 14): α/(Nσ_t) Σ wᵢεᵢ, the NES gradient estimate times α;
+    nes_group: α/(Nσ_t·σ_g) Σ wᵢεᵢ, divided by each group's actual noise scale (= nes without group_sigma)."""
     antithetic: Antithetic = "none"
-    """Members 2k and 2k+1 use +ε_k and −ε_k. signed (EA4LLM): the N fitness values are shaped
-    together and each weight multiplies its member's signed direction. paired (minibatch ES): the
+    """Members 2k and 2k+1 use +ε_k and −ε_k. signed (EA4LLM eq. 10): the signed fitness values sⱼ·Fⱼ
+    are shaped together, a pair contributing (shape(s·F)⁺ + shape(s·F)⁻)·ε_k. mirrored: the N fitness
+    values are shaped together and each weight multiplies its member's signed direction, a pair
+    contributing (w⁺ − w⁻)·ε_k. paired (minibatch ES): the
     pair differences F(θ+σε_k) − F(θ−σε_k) are shaped, so raw shaping with the NES step gives
     θ ← θ + α·1/(2Pσ) Σ_k (F⁺_k − F⁻_k) ε_k with P = N/2 pairs."""
     group_alpha: dict[str, float] = field(default_factory=dict)
@@ -97,6 +101,9 @@ class ESConfig:
     fitness: FitnessKind = "task"
     """task: mean reward of greedy completions; loglik: mean token log-likelihood of a text corpus;
     random: i.i.d. N(0, 1) per member, independent of θ (a flat landscape, for Proposition 1)."""
+    loglik_average: LoglikAverage = "sample"
+    """loglik fitness: sample (EA4LLM eqs. 2-3) averages each text's token log-likelihoods, then the
+    texts; token pools every scored token of the minibatch, so long texts weigh more."""
     lora: LoRAConfig | None = None
     """Evolve LoRA adapters instead of the full parameters."""
     temperature: float = 0.0
@@ -148,8 +155,9 @@ class ESConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise EsftError(f"es.batch_size must be >= 1 or null, got {self.batch_size}")
         for name, value, allowed in [("shaping", self.shaping, ("zscore", "rank", "raw")),
-                                     ("step", self.step, ("standard", "nes")),
-                                     ("antithetic", self.antithetic, ("none", "signed", "paired")),
+                                     ("step", self.step, ("standard", "nes", "nes_group")),
+                                     ("antithetic", self.antithetic, ("none", "signed", "mirrored", "paired")),
+                                     ("loglik_average", self.loglik_average, ("sample", "token")),
                                      ("fitness", self.fitness, ("task", "loglik", "random"))]:
             if value not in allowed:
                 raise EsftError(f"es.{name} must be one of {', '.join(allowed)}; got {value!r}")

@@ -80,23 +80,29 @@ class CorpusFitness:
     (`esft.rollout.scoring`).
 
     Each text is tokenised once (`encode_texts`: followed by eos, at most `max_length` tokens); the fitness
-    of a member on texts `indices` is Σ log p(token | prefix) / (number of scored tokens), so long
-    and short texts weigh by their tokens. Works on a freshly initialised model, i.e. pretraining.
+    of a member on texts `indices` is, with `average` sample (EA4LLM eqs. 2-3), the mean over texts of each
+    text's mean token log-likelihood, or with token, Σ log p(token | prefix) / (number of scored tokens), so
+    long texts weigh by their tokens. Works on a freshly initialised model, i.e. pretraining.
     """
 
-    def __init__(self, texts: Sequence[str], tokenizer, batch_size: int, max_length: int = MAX_LENGTH) -> None:
+    def __init__(self, texts: Sequence[str], tokenizer, batch_size: int, max_length: int = MAX_LENGTH,
+                 average: str = "sample") -> None:
         if not texts:
             raise EsftError("loglik fitness needs at least one text")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.average = average
         self.ids = encode_texts(texts, tokenizer, max_length)
 
     def __call__(self, model, indices: Sequence[int], member: int) -> tuple[float, int]:
-        """(mean token log-likelihood, scored tokens) of `model` on texts `indices`; member −1 is θ itself."""
+        """(mean log-likelihood as `average` says, scored tokens) of `model` on texts `indices`; member −1 is θ."""
         scores = score_sequences(model, [self.ids[i] for i in indices], [1] * len(indices),
                                  self.tokenizer.pad_token_id, self.batch_size)
         count = sum(n for _, n in scores)
-        value = sum(s for s, _ in scores) / count
+        if self.average == "token":
+            value = sum(s for s, _ in scores) / count
+        else:
+            value = sum(s / n for s, n in scores) / len(scores)
         if not math.isfinite(value):
             who = "θ" if member < 0 else f"member {member}"
             raise FitnessError(f"{who}, texts {list(indices)[:8]}: log-likelihood is {value}")

@@ -61,8 +61,8 @@ class LBESConfig:
     """Completions kept per kept prompt: the k best and the k worst by reward (ties: lower sample index
     counts as better), so 2k <= n_samples."""
     antithetic: Antithetic = "none"
-    """As es.antithetic: members 2j, 2j+1 use ±ε_j (signed: all λ correlations z-scored together;
-    paired: the pair differences are)."""
+    """As es.antithetic: members 2j, 2j+1 use ±ε_j (signed: the signed correlations sⱼ·rⱼ z-scored
+    together; mirrored: all λ correlations; paired: the pair differences)."""
     mode: Literal["inplace"] = "inplace"
     """Member evaluation: inplace (perturb, prefill, restore). The batched/lowrank modes are generation
     loops; LBES members only prefill."""

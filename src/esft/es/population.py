@@ -104,10 +104,11 @@ class Population:
 
     @torch.no_grad()
     def steps(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None = None,
-              normalize: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+              normalize: bool = False, group_sigma: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, update) per active tensor, one at a time: α·α_g/N Σᵢ wᵢ dᵢ, dᵢ the member's direction.
 
-        sigma: the NES step, additionally divided by σ·σ_g (the member's actual noise scale).
+        sigma: the NES step, additionally divided by σ·σ_g (the member's actual noise scale), or by σ
+        alone with `group_sigma` false (EA4LLM eq. 14).
         normalize: rescale each tensor's step to RMS α·α_g per entry before the NES division.
         Antithetic pairs are summed as (w₂ₖ − w₂ₖ₊₁)·ε_k, so each noise draw is generated once.
         """
@@ -128,7 +129,7 @@ class Population:
             else:
                 scale = lr / n
             if sigma is not None:
-                scale /= sigma * self.sigma_scale.get(name, 1.0)
+                scale /= sigma * (self.sigma_scale.get(name, 1.0) if group_sigma else 1.0)
             yield name, acc.mul_(scale)
 
     def weighted_directions(self, iteration: int, coefs: Mapping[int, float], name: str) -> torch.Tensor:
@@ -141,9 +142,9 @@ class Population:
 
     @torch.no_grad()
     def update(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None = None,
-               normalize: bool = False) -> None:
+               normalize: bool = False, group_sigma: bool = True) -> None:
         """θ ← θ + `steps(...)`, accumulated in fp32 per tensor, then written into the model."""
-        for name, delta in self.steps(iteration, weights, alpha, sigma, normalize):
+        for name, delta in self.steps(iteration, weights, alpha, sigma, normalize, group_sigma):
             self.master[name].add_(delta.to(self.master[name].device))
         self.restore()
 

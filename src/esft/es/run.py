@@ -25,7 +25,7 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
         return TaskFitness(task, rows, tokenizer, max_new_tokens, cfg.generation_batch_size, cfg.temperature), len(rows)
     if cfg.fitness == "loglik":
         texts = training_texts(corpus, task, rows, tokenizer)
-        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size), len(texts)
+        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size, average=cfg.loglik_average), len(texts)
     return None, len(rows)
 
 

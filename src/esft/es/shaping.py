@@ -41,11 +41,17 @@ def shape_fitness(fitness: Sequence[float], method: str) -> list[float]:
 def member_weights(fitness: Sequence[float], method: str, antithetic: str) -> list[float]:
     """Per-member update weights wᵢ (each multiplies the member's signed direction ±ε).
 
-    none / signed: the N fitness values are shaped together (signed is EA4LLM's form: a pair then
-    contributes (w⁺ − w⁻)·ε). paired (minibatch ES): the P = N/2 differences dₖ = F⁺ₖ − F⁻ₖ are
+    none / mirrored: the N fitness values are shaped together (mirrored: a pair then contributes
+    (w⁺ − w⁻)·ε). signed (EA4LLM eq. 10): the signed rewards sⱼ·Fⱼ (s = +1 for member 2k, −1 for 2k+1)
+    are shaped together and member j's weight is sⱼ·shape(s·F)ⱼ, so a pair contributes
+    (shape(s·F)⁺ + shape(s·F)⁻)·ε. paired (minibatch ES): the P = N/2 differences dₖ = F⁺ₖ − F⁻ₖ are
     shaped and split as (+d̃ₖ/2, −d̃ₖ/2), so a pair contributes d̃ₖ·ε and raw shaping keeps
-    Σ (F⁺ₖ − F⁻ₖ) εₖ exactly.
+    Σ (F⁺ₖ − F⁻ₖ) εₖ exactly. With raw shaping all three antithetic forms give the same step.
     """
+    if antithetic == "signed":
+        signs = [1.0 - 2.0 * (j % 2) for j in range(len(fitness))]
+        shaped = shape_fitness([s * float(f) for s, f in zip(signs, fitness)], method)
+        return [s * w for s, w in zip(signs, shaped)]
     if antithetic != "paired":
         return shape_fitness(fitness, method)
     diffs = [float(fitness[2 * k]) - float(fitness[2 * k + 1]) for k in range(len(fitness) // 2)]

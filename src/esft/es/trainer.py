@@ -73,9 +73,10 @@ def build_population(model: torch.nn.Module, cfg: ESConfig, run_id: str = "") ->
 
 def apply_update(population: Population, cfg: ESConfig, iteration: int, weights: list[float], alpha: float,
                  sigma: float) -> None:
-    """The configured step (standard or NES, normalised for LoRA if asked) with logged α_t, σ_t."""
-    population.update(iteration, weights, alpha, sigma if cfg.step == "nes" else None,
-                      normalize=cfg.lora is not None and cfg.lora.normalize)
+    """The configured step (standard, or NES divided by σ_t or σ_t·σ_g; normalised for LoRA if asked) with
+    logged α_t, σ_t."""
+    population.update(iteration, weights, alpha, sigma if cfg.step != "standard" else None,
+                      normalize=cfg.lora is not None and cfg.lora.normalize, group_sigma=cfg.step == "nes_group")
 
 
 def export_weights(model: torch.nn.Module, population: Population, cfg: ESConfig) -> dict[str, torch.Tensor]:

@@ -80,7 +80,7 @@ class VllmESTrainer(ESTrainer):
 
     def advance(self, iteration: int, weights: list[float], alpha: float, sigma: float) -> float:
         rows = self.engine.write("esft_update", iteration, [float(w) for w in weights], alpha,
-                                 sigma if self.cfg.step == "nes" else None, False)
+                                 sigma if self.cfg.step != "standard" else None, False, self.cfg.step == "nes_group")
         self.drift_rows.extend(rows)
         return sum(row["drift_sq"] for row in rows)
 

@@ -63,9 +63,9 @@ class EngineES:
         self.population.restore()
 
     def update(self, iteration: int, weights: Sequence[float], alpha: float, sigma: float | None,
-               normalize: bool) -> list[dict[str, Any]]:
+               normalize: bool, group_sigma: bool = True) -> list[dict[str, Any]]:
         """θ ← θ + step (written into the engine); returns this iteration's drift rows."""
-        self.population.update(iteration, weights, alpha, sigma, normalize)
+        self.population.update(iteration, weights, alpha, sigma, normalize, group_sigma)
         self.drift.rows = []
         self.drift.measure(iteration, self.population.master)
         return self.drift.rows
@@ -115,8 +115,8 @@ class ESWorkerExtension:
         self.esft_engine.restore()
 
     def esft_update(self, iteration: int, weights: list[float], alpha: float, sigma: float | None,
-                    normalize: bool) -> list[dict[str, Any]]:
-        return self.esft_engine.update(iteration, weights, alpha, sigma, normalize)
+                    normalize: bool, group_sigma: bool = True) -> list[dict[str, Any]]:
+        return self.esft_engine.update(iteration, weights, alpha, sigma, normalize, group_sigma)
 
     def esft_save_weights(self, path: str, dtype: str) -> None:
         self.esft_engine.save_weights(path, dtype)

@@ -26,6 +26,14 @@ KINDS = ("embedding", "q/k/v/o", "gate/up/down", "layer norms", "q_norm/k_norm",
 """Parameter kinds of the paper's appendix C.1 summary (Qwen3, Qwen2 and Llama names)."""
 
 
+GROUPS = {"embedding": "large matrices", "q/k/v/o": "large matrices", "gate/up/down": "large matrices",
+          "lm_head": "large matrices", "layer norms": "norm weights", "q_norm/k_norm": "norm weights",
+          "final norm": "norm weights", "bias": "bias"}
+"""The paper's two groups of per-parameter fits (Appendix C, Fig. 10): the large weight matrices, whose
+drift follows the isotropic random walk, and the norm weights, which do not (biases, absent in Qwen3,
+apart)."""
+
+
 def param_kind(name: str) -> str:
     if name.endswith(".bias"):
         return "bias"
@@ -112,7 +120,8 @@ def fit_run(label: str, drift: pd.DataFrame, records: Sequence[Mapping[str, Any]
         mult = group_alpha.get(param_group(name), 1.0) if group_alpha else 1.0
         unit = alpha0 ** 2 * mult ** 2 * size / n if theory == "yes" and size else math.nan
         theory_slope += unit
-        params.append({"run": label, "seed": seed, "parameter": name, "kind": param_kind(name), "numel": size,
+        kind = param_kind(name)
+        params.append({"run": label, "seed": seed, "parameter": name, "kind": kind, "group": GROUPS[kind], "numel": size,
                        "slope": slope, "r2": r2, "deff_ratio": slope / unit if unit else math.nan})
     slope, r2 = fit_through_origin(x, total)
     rate_ratio = late_early_rate(x, total)
@@ -128,8 +137,10 @@ def fit_run(label: str, drift: pd.DataFrame, records: Sequence[Mapping[str, Any]
 
 
 def summarize_kinds(params: pd.DataFrame) -> pd.DataFrame:
-    """Per run and parameter kind: parameter count and median/min/max of D_eff/D and R²."""
-    agg = params.groupby(["run", "kind"]).agg(
+    """Per run and parameter kind (with the kind's group): parameter count and median/min/max of D_eff/D and
+    R²."""
+    agg = params.groupby(["run", "group", "kind"]).agg(
         tensors=("parameter", "size"), numel=("numel", "sum"), deff_ratio_median=("deff_ratio", "median"),
-        deff_ratio_min=("deff_ratio", "min"), deff_ratio_max=("deff_ratio", "max"), r2_median=("r2", "median"))
+        deff_ratio_min=("deff_ratio", "min"), deff_ratio_max=("deff_ratio", "max"), r2_median=("r2", "median"),
+        r2_min=("r2", "min"))
     return agg.reset_index()

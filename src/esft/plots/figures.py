@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from esft.geometry.drift import KINDS
+from esft.geometry.drift import GROUPS, KINDS
 from esft.io import read_jsonl
 from esft.labels import checkpoint_fields, split_seed
 from esft.plots import style
@@ -245,9 +245,10 @@ def interpolation(df: pd.DataFrame, methods: Sequence[str], out: Outs, dpi: int 
 
 
 def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
-    """Figure 4: accuracy on the trained task along θ₀ + s·‖Δ_m‖·d/‖d‖, rows = checkpoints, columns =
-    reference method m (s in units of m's own norm); m's direction in its colour, random directions grey
-    (separate lines, or their min-max band with `random_band`)."""
+    """Figure 4: accuracy on the trained task along θ₀ + c·d/‖d‖, rows = checkpoints; m's direction in its
+    colour, random directions grey (separate lines, or their min-max band with `random_band`). Relative
+    axis: one column per reference method m, x = s = c/‖Δ_m‖; absolute axis (the paper's): one panel per
+    checkpoint, x = c shared by every method and the random directions."""
     keys = ["schedule", "stage", "trained_task"]
     rows = [(f"{stage}-{task}", f"accuracy on {task}", g) for (_, stage, task), g in df.groupby(keys, sort=True)]
     fig, axes = _direction_panels(rows, "accuracy", random_band, sharey=True)
@@ -259,8 +260,8 @@ def probes(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = Fals
 
 def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: bool = False) -> None:
     """Figure 5: change of each holdout benchmark's headline metric from θ₀ along the probe directions of
-    Figure 4, rows = (checkpoint, benchmark), columns = reference method m; a direction that leaves the
-    holdouts as a random one does stays inside the grey lines (or band, `random_band`)."""
+    Figure 4 (its axis), rows = (checkpoint, benchmark); a direction that leaves the holdouts as a random
+    one does stays inside the grey lines (or band, `random_band`)."""
     from esft.geometry.probe_holdout import KEYS, headline_changes
 
     changes = headline_changes(df)
@@ -273,27 +274,58 @@ def probes_holdout(df: pd.DataFrame, out: Outs, dpi: int = 120, random_band: boo
     style.save(fig, out, dpi)
 
 
+def _random_lines(ax, rand: pd.DataFrame, x: str, value: str, random_band: bool) -> None:
+    """The random directions of one panel: a grey line each, or their min-max band."""
+    if rand.empty:
+        return
+    if random_band:
+        band = rand.groupby(x)[value].agg(["min", "max"]).reset_index()
+        ax.fill_between(band[x], band["min"], band["max"], color=style.method_color("random"), alpha=0.4,
+                        label="random (min-max)")
+        return
+    for i, (_, t) in enumerate(rand.groupby("direction")):
+        mean = _spread(t, x, value)  # the seeds' mean (each seed probes the same seeded directions)
+        ax.plot(mean[x], mean["mean"], color=style.method_color("random"), lw=0.9, label="random" if i == 0 else None)
+
+
 def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str, random_band: bool,
                       sharey: bool | str):
-    """(fig, axes) of the probe grid that Figures 4 and 5 share: one row per (title, y label, table), one
-    column per reference method m, x = s in units of ‖Δ_m‖ (s = 1, dotted, is m's checkpoint)."""
-    refs = list(dict.fromkeys(pd.concat([g for _, _, g in rows])["reference"]))
-    fig, axes = plt.subplots(len(rows), len(refs), squeeze=False, sharey=sharey,
-                             figsize=style.figsize(max(1.0, 0.6 * len(refs)), 1.9 * len(rows)))
+    """(fig, axes) of the probe grid that Figures 4 and 5 share: one row per (title, y label, table).
+    Relative axis: one column per reference method m, x = s in units of ‖Δ_m‖ (s = 1, dotted, is m's
+    checkpoint). Absolute axis: one column, x = the distance c from θ₀ (symmetric-log), every method's
+    direction and the random ones on it, each checkpoint's ‖Δ_m‖ dotted."""
+    table = pd.concat([g for _, _, g in rows])
+    refs = list(dict.fromkeys(table["reference"]))
+    absolute = "axis" in table and (table["axis"] == "absolute").all()
+    cols = 1 if absolute else len(refs)
+    fig, axes = plt.subplots(len(rows), cols, squeeze=False, sharey=sharey,
+                             figsize=style.figsize(max(1.0, 0.6 * cols), 1.9 * len(rows)))
     for r, (title, ylabel, sub) in enumerate(rows):
-        for c, ref in enumerate(refs):
+        if absolute:
+            ax = axes[r][0]
+            rand = sub[~sub["direction"].isin(refs)].drop_duplicates(["direction", "distance"])
+            _random_lines(ax, rand, "distance", value, random_band)
+            norms = []
+            for ref in refs:
+                own = sub[(sub["reference"] == ref) & (sub["direction"] == ref)]
+                at = own.loc[own["scale"] == 1.0, "distance"]
+                norm = float(at.mean()) if not at.empty else float("nan")
+                norms.append(f"‖Δ_{ref}‖ = {norm:.3g}")
+                _band(ax, _spread(own, "distance", value), "distance", color=style.method_color(ref), marker="o",
+                      ms=3, label=f"{ref} direction")
+                ax.axvline(norm, color=style.method_color(ref), ls=":", lw=0.8)
+            positive = sub.loc[sub["distance"] > 0, "distance"]
+            if not positive.empty:
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_title(f"{title} ({', '.join(norms)})")
+            ax.set_xlabel("c: distance from θ₀ along d/‖d‖")
+            if r == 0:
+                ax.legend(loc="best", fontsize=6)
+        for c, ref in enumerate([] if absolute else refs):
             ax = axes[r][c]
             g = sub[sub["reference"] == ref]
             own = g[g["direction"] == ref]
-            rand = g[g["direction"] != ref]
-            if random_band and not rand.empty:
-                band = rand.groupby("scale")[value].agg(["min", "max"]).reset_index()
-                ax.fill_between(band["scale"], band["min"], band["max"], color=style.method_color("random"),
-                                alpha=0.4, label="random (min-max)")
-            else:
-                for i, (d, t) in enumerate(rand.groupby("direction")):
-                    ax.plot(*_spread(t, "scale", value)[["scale", "mean"]].to_numpy().T,
-                            color=style.method_color("random"), lw=0.9, label="random" if i == 0 else None)
+            _random_lines(ax, g[g["direction"] != ref], "scale", value, random_band)
             _band(ax, _spread(own, "scale", value), "scale", color=style.method_color(ref), marker="o",
                   label=f"{ref} direction")
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
@@ -307,11 +339,16 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
     return fig, axes
 
 
-def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False) -> None:
+def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, log_scale: bool = False,
+          params: pd.DataFrame | None = None) -> None:
     """Figure 6: (a) ||θ_t − θ₀||² against step per run, ES with Proposition 1's line α²·D·t/N dashed;
     (b) D_eff/D = slope·N/(α²·D_param) per parameter kind and method (median over its runs' parameters,
-    min-max bar) of runs with a theory. Every seed's run is drawn; the legend names each run once."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=style.figsize(2.0, 2.6))
+    min-max bar) of runs with a theory; with `params` (drift_params.csv), the paper's Fig. 10: every tensor's
+    D_eff/D (c) and R² (d) of its through-origin fit, large matrices and norm weights side by side, per run
+    with a theory. Every seed's run is drawn; the legends name each run once."""
+    panels = 2 if params is None else 4
+    fig, axes = plt.subplots(1, panels, figsize=style.figsize(panels, 2.6), squeeze=False)
+    ax, bx = axes[0][0], axes[0][1]
     named = set()
     for run, g in series.groupby("run", sort=False):
         color = style.method_color(_method(run))
@@ -345,8 +382,34 @@ def drift(series: pd.DataFrame, kinds: pd.DataFrame, out: Outs, dpi: int = 120, 
     bx.set_title("(b) effective dimension per parameter kind")
     if not k.empty:
         bx.legend(fontsize=6)
+    if params is not None:
+        _drift_groups(axes[0][2], axes[0][3], params.dropna(subset=["deff_ratio"]))
     fig.tight_layout()
     style.save(fig, out, dpi)
+
+
+GROUPS_ORDER = list(dict.fromkeys(GROUPS.values()))
+
+
+def _drift_groups(cx, dx, params: pd.DataFrame) -> None:
+    """Per-tensor D_eff/D and R² strips, one column per group (large matrices, norm weights), runs side by side."""
+    groups = [g for g in GROUPS_ORDER if g in set(params["group"])]
+    runs = list(dict.fromkeys(params["run"]))
+    jitter = np.random.default_rng(0)
+    for i, run in enumerate(runs):
+        mine = params[params["run"] == run]
+        for ax, column in ((cx, "deff_ratio"), (dx, "r2")):
+            x = np.array([groups.index(g) for g in mine["group"]], dtype=float)
+            x += 0.6 * ((i + 0.5) / len(runs) - 0.5) + jitter.uniform(-0.08, 0.08, len(x))
+            ax.scatter(x, mine[column], s=6, alpha=0.6, color=style.method_color(_method(run)), label=run)
+    for ax, ylabel, title in ((cx, "D_eff / D per tensor", "(c) per-parameter effective dimension"),
+                              (dx, "R² of the linear fit per tensor", "(d) per-parameter linearity")):
+        ax.set_xticks(np.arange(len(groups)), groups)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    cx.axhline(1.0, color="black", ls="--", lw=0.8)
+    if runs:
+        cx.legend(fontsize=6)
 
 
 # --- ES with LoRA (blog): full-parameter vs LoRA ES on one task ---------------------------------

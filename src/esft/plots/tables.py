@@ -87,12 +87,14 @@ def accuracy_matrix(acc: pd.DataFrame) -> pd.DataFrame:
     return by_checkpoint(seeded_pivot(acc, CHECKPOINT_KEYS, "eval_task", "accuracy"))
 
 
-def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[str, str | Path]) -> pd.DataFrame:
+def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[str, str | Path],
+                columns: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Table 1: accuracy on each single-task run's own task: the base model, then every method's
     checkpoint (column `method (T steps)`), plus checkpoints rebuilt at earlier budgets.
 
-    `steps`: run label -> steps it trained; `budgets`: `label@K` -> accuracy.json of the run after K steps.
-    One row per task and seed (column `seed`).
+    `steps`: run label -> steps it trained; `budgets`: `label@K` -> accuracy.json of the run after K steps;
+    `columns`: method -> the method whose columns its cells join (a longer run of the same ES, replayed at
+    the other's budgets, fills that method's cells for its task). One row per task and seed (column `seed`).
     """
     acc = with_seed_column(acc)
     base = acc[acc["checkpoint"] == "base"].set_index("eval_task")["accuracy"]
@@ -105,7 +107,8 @@ def single_task(acc: pd.DataFrame, steps: Mapping[str, int], budgets: Mapping[st
         task = fields["trained_task"]
         cells.append((task, fields["seed"], fields["method"], int(k), read_json(path)[task]["accuracy"]))
     long = pd.DataFrame(cells, columns=["task", "seed", "method", "steps", "accuracy"])
-    methods = list(dict.fromkeys(single["method"]))
+    long["method"] = long["method"].replace(dict(columns or {}))
+    methods = list(dict.fromkeys(long["method"]))
     long["column"] = long["method"] + " (" + long["steps"].astype(str) + " steps)"
     long["_order"] = long["method"].map(methods.index) * 10**9 + long["steps"]
     order = long.sort_values("_order")["column"].unique()

@@ -8,10 +8,11 @@ from esft.tasks.boolq import BoolQ
 from esft.tasks.chemistry import Chemistry
 from esft.tasks.conciseness import Conciseness
 from esft.tasks.countdown import Countdown
+from esft.tasks.countdown_lbes import CountdownLbes
 from esft.tasks.gsm8k import Gsm8k
 from esft.tasks.math_task import Math
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Countdown, Math, Chemistry, BoolQ, Gsm8k, Conciseness)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Countdown, CountdownLbes, Math, Chemistry, BoolQ, Gsm8k, Conciseness)}
 
 
 def get_task(name: str, **options) -> Task:

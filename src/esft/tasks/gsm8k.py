@@ -16,10 +16,22 @@ from esft.tasks.base import RowError, Task, raw_field, tail
 
 MAX_NUMBER_CHARS = 40
 SYSTEM_PROMPT = (
-    "Think step by step before answering. First write your reasoning inside <think></think> tags. "
-    "Then give a short explanation and the final numerical answer inside <answer></answer> tags; "
-    "the answer tags must contain only the number."
+    "You are a reasoning model designed to think step-by-step before providing answers. Always follow this "
+    "format:\n\n"
+    "1. Start your response with your thinking process inside `<think></think>` tags\n"
+    "2. After your thinking, provide your explanation and include the final numerical answer inside "
+    "`<answer></answer>` tags\n\n"
+    "In your `<think>` section:\n"
+    "- Break down the problem into smaller parts\n"
+    "- Consider different approaches or perspectives\n"
+    "- Work through your reasoning step by step\n"
+    "- Identify any assumptions you're making\n"
+    "- Check your logic for potential errors\n\n"
+    "Your thinking should be thorough but concise. After closing the `</think>` tag, provide your explanation "
+    "and wrap the numerical answer within `<answer></answer>` tags. The answer tags should contain only the "
+    "number."
 )
+"""LBES's GSM8K system prompt, as in the authors' data files (checked against ../shared/peers/gsm8k)."""
 _NUMBER = re.compile(r"\$?\s*(-?[\d,]*\d(?:\.\d+)?)\s*\.?")
 
 
