@@ -82,7 +82,7 @@ def test_an_extended_run_fills_the_columns_of_the_run_it_extends(tmp_path):
                             {"es_300/single/1-math@100": tmp_path / "m100.json",
                              "es_500/single/1-countdown@100": tmp_path / "c100.json",
                              "es_500/single/1-countdown@300": tmp_path / "c300.json"},
-                            {"es_500": "es_300"}).set_index("task")
+                            {"es_500": "es_300"}).drop(columns="seed").set_index("task")
     assert list(df.columns) == ["base", "es_300 (100 steps)", "es_300 (300 steps)", "es_300 (500 steps)"]
     assert df.loc["countdown"].tolist()[1:] == [0.4, 0.7, 0.8] and df.loc["math"].tolist()[1:3] == [0.3, 0.6]
 
