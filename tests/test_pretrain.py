@@ -153,7 +153,7 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient_and_step(tiny_mo
     """Texts of different lengths in micro-batches of 1, 2 and 3: the loss, each gradient and the AdamW step
     (clipped, decayed) equal the whole batch's. Weighting each part by its own tokens or mean, dropping a
     part, or padding scored as text would fail; so would a gradient off by a constant factor, which Adam's
-    first step alone would hide."""
+    first step alone would hide (a large eps keeps the step sensitive to the gradient's scale too)."""
     import copy
 
     import torch
@@ -165,7 +165,8 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient_and_step(tiny_mo
     for micro in (None, 1, 2, 3):
         model = copy.deepcopy(tiny_model)
         run = AdamWRun(model, ids, tokenizer.pad_token_id,
-                       AdamWSettings(lr=0.01, weight_decay=0.1, max_grad_norm=0.5, micro_batch_size=micro))
+                       AdamWSettings(lr=0.01, eps=1e-3, weight_decay=0.1, max_grad_norm=0.5,
+                                     micro_batch_size=micro))
         loss, tokens = run.loss_and_grad(ids)
         grads = {n: p.grad.clone() for n, p in run.params.items()}
         run.optimizer.zero_grad(set_to_none=True)
