@@ -15,7 +15,9 @@ from esft.geometry.deltas import compare_deltas
 from esft.geometry.drift import fit_run, fit_through_origin, param_kind, summarize_kinds, theory_applies
 from esft.geometry.interpolation import barrier, barriers, interpolation_variants
 from esft.geometry.probes import probe_variants, random_directions
-from esft.geometry.variants import Variant, base_weights, evaluate_variants, load_delta, norm, variant_weights
+from esft.evaluate.accuracy import evaluate_tasks
+from esft.geometry.variants import (Variant, base_weights, evaluate_variants, load_delta, map_variants, norm,
+                                   variant_weights)
 
 NAMES = ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight")
 
@@ -217,5 +219,71 @@ def test_population_evaluation_equals_one_at_a_time(tiny_model, tokenizer, task_
         for task in data:
             assert t[task].texts == a[task].texts
             assert t[task].accuracy == a[task].accuracy
-    assert together[0]["conciseness"].texts == together[4]["conciseness"].texts  # the same weights, once
     assert together[0]["conciseness"].texts != together[1]["conciseness"].texts  # variants do differ
+    metrics, completions = evaluate_tasks(tiny_model, tokenizer, data, cfgs, 3)  # θ₀ itself, no variant machinery
+    for scores in (together[0], together[4]):  # θ₀, and {"d": 0.0}: evaluated once and copied
+        for task in data:
+            assert scores[task].texts == [c["completion"] for c in completions if c["task"] == task]
+            assert scores[task].accuracy == metrics[task]["accuracy"]
+
+
+def test_each_distinct_weights_are_evaluated_once_and_theta0_is_restored():
+    """Variants with the same weights (any direction at scale 0 is θ₀) run once and share that result; each
+    run sees its variant's weights, θ₀ + Σ c·d computed here; the model is back at θ₀ afterwards. A wrong
+    representative, a dedup by key rather than weights, a zero coefficient applied, or no restore fail."""
+    model = torch.nn.Linear(3, 2)
+    theta0 = base_weights(model)
+    gen = torch.Generator().manual_seed(0)
+    directions = {d: {n: torch.randn(t.shape, generator=gen) for n, t in theta0.items()} for d in "de"}
+    coefs = [{"d": 0.0}, {"d": 1.0}, {}, {"e": 0.0, "d": 1.0}, {"e": -0.5}, {"d": 0.0, "e": 0.0}]
+    seen = []
+
+    def evaluate(_):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return len(seen) - 1
+
+    runs = map_variants(model, theta0, directions, [Variant({"i": i}, c) for i, c in enumerate(coefs)], evaluate)
+    assert runs == [0, 1, 0, 1, 2, 0] and len(seen) == 3
+    for c, run in zip(coefs, runs):
+        for n, t in theta0.items():
+            torch.testing.assert_close(seen[run][n], t + sum(k * directions[d][n] for d, k in c.items()))
+    assert all(p.detach().equal(theta0[n]) for n, p in model.named_parameters())
+
+
+def test_interpolation_and_probe_endpoints_score_the_checkpoints_themselves(base, tmp_path):
+    """λ = 0/1 and s = 0/1 along a method's own direction give exactly the accuracy the evaluate stage's
+    `evaluate_tasks` gives for that checkpoint's weights (s = 0: the base model), through the population
+    decoder (interpolate) and the one-at-a-time path (probe). Swapped pair members, a λ/s label on the wrong
+    variant or a direction not rebuilt from θ₀ fail: the three models score differently here."""
+    import json
+
+    from esft.cli import main
+    from esft.models import load_model
+    from esft.runs import save_weights
+    from esft.tasks.prepare import prepare_task
+
+    cfgs = {"conciseness": {"source": "embedded", "n_train": 2, "n_test": 8, "max_new_tokens": 8}}
+    prepare_task("conciseness", cfgs["conciseness"], tmp_path / "conciseness")
+    data = {"conciseness": tmp_path / "conciseness"}
+    model, tokenizer = load_model(base / "base")
+    gen = torch.Generator().manual_seed(1)
+    ckpts = {m: tmp_path / f"{m}.safetensors" for m in ("es", "grpo")}
+    for m, size in (("es", 0.3), ("grpo", 0.15)):
+        save_weights(ckpts[m], {n: p.detach() + size * torch.randn(p.shape, generator=gen)
+                                for n, p in model.named_parameters()})
+    direct = {}
+    for label, weights in (("base", None), *ckpts.items()):
+        m, tok = load_model(base / "base", weights)
+        direct[label] = evaluate_tasks(m, tok, data, cfgs, 4)[0]["conciseness"]["accuracy"]
+    assert len(set(direct.values())) == 3, direct
+    common = ["--base", str(base / "base"), "--methods", "es", "grpo", "--data", f"conciseness={data['conciseness']}",
+              "--tasks-cfg", json.dumps(cfgs), "--pairs", f"single/1-conciseness={ckpts['es']},{ckpts['grpo']}"]
+    main(["interpolate", *common, "--out", str(tmp_path / "interp.csv"),
+          "--cfg", json.dumps({"grid": [0, 0.5, 1], "generation_batch_size": 4, "variants_per_pass": 3})])
+    main(["probe", *common, "--out", str(tmp_path / "probes.csv"), "--cfg", json.dumps(
+        {"scales": [0, 1], "random_directions": 1, "seed": 0, "generation_batch_size": 4, "variants_per_pass": 1})])
+    interp = pd.read_csv(tmp_path / "interp.csv").set_index("lambda")["accuracy"]
+    assert (interp[0.0], interp[1.0]) == (direct["es"], direct["grpo"])
+    probes = pd.read_csv(tmp_path / "probes.csv").set_index(["reference", "direction", "scale"])["accuracy"]
+    assert probes[("es", "es", 1.0)] == direct["es"] and probes[("grpo", "grpo", 1.0)] == direct["grpo"]
+    assert set(probes[probes.index.get_level_values("scale") == 0.0]) == {direct["base"]}

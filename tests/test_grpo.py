@@ -382,3 +382,71 @@ def test_a_broken_reward_stops_training_naming_the_row(base, tmp_path, monkeypat
 def test_half_precision_weights_are_refused(base, tmp_path):
     with pytest.raises(EsftError, match="grpo.bf16"):
         _train(base, FAST, tmp_path / "out", dtype="bfloat16")
+
+
+def _recording_trainer(monkeypatch, batches):
+    """esft's TRL trainer, recording each generation batch's (train rows, rewards, advantages)."""
+    import esft.grpo as grpo
+
+    base_class, calls = grpo.trainer_class(), grpo.TaskReward.__call__
+
+    def reward(self, *args, **kwargs):
+        batches[-1]["rewards"] = calls(self, *args, **kwargs)
+        return batches[-1]["rewards"]
+
+    class Recording(base_class):
+        def _generate_and_score_completions(self, inputs):
+            batches.append({"rows": [x["row"] for x in inputs]})
+            out = super()._generate_and_score_completions(inputs)
+            batches[-1]["advantages"] = out["advantages"].tolist()
+            return out
+
+    monkeypatch.setattr(grpo.TaskReward, "__call__", reward)
+    monkeypatch.setattr(grpo, "trainer_class", lambda: Recording)
+
+
+GROUPS = {**FAST, "num_generations": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
+"""Two prompts (groups of 4 completions) per optimizer step, in two micro-batches."""
+
+
+def test_advantages_are_group_z_scores_and_nothing_is_clipped(base, tmp_path, monkeypatch):
+    """Each group of `num_generations` completions is one prompt, and its advantages are (r − mean)/(std + 1e-4)
+    over that group alone (sample std, TRL's epsilon): a batch-wide std, unscaled rewards or groups that mix
+    prompts (a sampler bug) fail. With one optimizer step per generation batch the importance ratio is 1, so
+    every logged clip ratio is 0; a second pass over the batch (num_iterations 2) does clip, so the metric
+    can tell."""
+    import statistics
+
+    batches: list[dict] = []
+    _recording_trainer(monkeypatch, batches)
+    records = _train(base, GROUPS, tmp_path / "out")
+    assert len(batches) == len(records) == GROUPS["max_steps"]
+    spread = 0
+    for batch in batches:
+        for g in range(0, 8, 4):
+            rows, rewards = batch["rows"][g:g + 4], batch["rewards"][g:g + 4]
+            assert len(set(rows)) == 1
+            mean, std = statistics.fmean(rewards), statistics.stdev(rewards)
+            assert batch["advantages"][g:g + 4] == pytest.approx([(r - mean) / (std + 1e-4) for r in rewards],
+                                                                 abs=1e-5)
+            spread += std > 0
+        assert sorted({batch["rows"][0], batch["rows"][4]}) == [0, 1]  # both prompts in every step
+    assert spread >= GROUPS["max_steps"]  # most groups' rewards differ: the z-scores are not all 0
+    clip = [k for k in records[0] if k.startswith("clip_ratio/")]
+    assert len(clip) == 5 and {r[k] for r in records for k in clip} == {0.0}
+
+    monkeypatch.undo()
+    from datasets import Dataset
+
+    from esft.grpo import trainer_class
+    from esft.models import load_model
+
+    model, tokenizer = load_model(base / "base")
+    args = GRPOSettings(**{**GROUPS, "max_steps": 4}).trl_config(tmp_path / "twice", 8, 0, use_cpu=True, save=False)
+    args.num_iterations = 2  # RunLog expects rollouts every step: TRL's trainer alone
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in read_jsonl(base / "data" / "train.jsonl")]
+    reused = trainer_class()(model=model, processing_class=tokenizer, args=args,
+                             reward_funcs=lambda completions, **_: [-float(len(c[0]["content"])) for c in completions],
+                             train_dataset=Dataset.from_dict({"prompt": prompts}))
+    reused.train()
+    assert max(h.get("clip_ratio/region_mean", 0.0) for h in reused.state.log_history) > 0

@@ -147,3 +147,37 @@ def test_adamw_is_a_peer_of_the_other_methods():
     seen = esft_import_closure("esft.pretrain")
     assert {"esft.runs", "esft.rollout.scoring", "esft.tasks.corpus"} <= seen
     assert not [m for m in seen if m in ("esft.es", "esft.grpo") or m.startswith("esft.es.")]
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient_and_step(tiny_model, tokenizer):
+    """Texts of different lengths in micro-batches of 1, 2 and 3: the loss, each gradient and the AdamW step
+    (clipped, decayed) equal the whole batch's. Weighting each part by its own tokens or mean, dropping a
+    part, or padding scored as text would fail; so would a gradient off by a constant factor, which Adam's
+    first step alone would hide (a large eps keeps the step sensitive to the gradient's scale too)."""
+    import copy
+
+    import torch
+
+    texts = ["a", "the cat", "the cat sat on the mat", "a dog ran far away.", "mat"]
+    ids = encode_texts(texts, tokenizer)
+    assert len({len(r) for r in ids}) == len(texts)
+    results = {}
+    for micro in (None, 1, 2, 3):
+        model = copy.deepcopy(tiny_model)
+        run = AdamWRun(model, ids, tokenizer.pad_token_id,
+                       AdamWSettings(lr=0.01, eps=1e-3, weight_decay=0.1, max_grad_norm=0.5,
+                                     micro_batch_size=micro))
+        loss, tokens = run.loss_and_grad(ids)
+        grads = {n: p.grad.clone() for n, p in run.params.items()}
+        run.optimizer.zero_grad(set_to_none=True)
+        record = run.step(0)
+        results[micro] = loss, tokens, grads, record, {n: p.detach().clone() for n, p in run.params.items()}
+    loss, tokens, grads, record, after = results[None]
+    assert tokens == sum(len(r) - 1 for r in ids) and record["grad_norm"] > 0.5  # the clip binds
+    for micro in (1, 2, 3):
+        m_loss, m_tokens, m_grads, m_record, m_after = results[micro]
+        assert (m_loss, m_tokens) == (pytest.approx(loss, rel=1e-6), tokens)
+        assert m_record["grad_norm"] == pytest.approx(record["grad_norm"], rel=1e-5)
+        for n in grads:
+            torch.testing.assert_close(m_grads[n], grads[n], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(m_after[n], after[n], rtol=1e-4, atol=1e-6)

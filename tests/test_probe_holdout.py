@@ -82,8 +82,10 @@ def test_probes_holdout_figure_writes_png_and_pdf(tmp_path):
 
 
 def test_probe_holdout_stage_on_the_micro_model(tmp_path, base, nltk_data):
-    """Rows for every probe, benchmark and metric; θ₀ (s = 0) measured although not asked for; the probe at
-    s = 1 along es's direction scores what the holdout stage scores for es's checkpoint."""
+    """Rows for every probe, benchmark and metric; θ₀ (s = 0) measured although not asked for, on every
+    direction scoring what the holdout stage scores for the base model; the probe at s = 1 along es's direction
+    scores what the holdout stage scores for es's checkpoint. A scale-0 row taken from another variant, or a
+    probe that leaves the model off θ₀ or off the checkpoint, fails."""
     import torch
 
     from esft.models import load_model
@@ -118,13 +120,17 @@ def test_probe_holdout_stage_on_the_micro_model(tmp_path, base, nltk_data):
     assert (df[["schedule", "stage", "trained_task"]].drop_duplicates().values.tolist()
             == [["sequential", 2, "boolq"]])
     assert df[df["benchmark"] == "mmlu"]["n"].eq(4).all() and df[df["benchmark"] == "ifeval"]["n"].eq(3).all()
-    theta0 = df[df["scale"] == 0].groupby(["benchmark", "metric"])["value"].nunique()
-    assert (theta0 == 1).all()  # one θ₀, whatever the direction
     for bench, cfg in cfgs.items():
-        record = tmp_path / f"{bench}.json"
-        main(["holdout", "--base", str(base / "base"), "--weights", str(ckpts["es"]), "--benchmark", bench,
-              "--cfg", json.dumps(cfg), "--data", f"{tmp_path / bench}.jsonl", "--nltk-data", str(nltk_data),
-              "--batch-size", "4", "--out", str(record)])
-        at1 = df[(df["reference"] == "es") & (df["direction"] == "es") & (df["scale"] == 1) & (df["benchmark"] == bench)]
-        scored = {m: v for m, v in json.loads(record.read_text())["metrics"].items() if not m.endswith("_stderr")}
-        assert at1.set_index("metric")["value"].to_dict() == pytest.approx(scored)
+        scored = {}
+        for name, weights in (("theta0", []), ("es", ["--weights", str(ckpts["es"])])):
+            record = tmp_path / f"{bench}-{name}.json"
+            main(["holdout", "--base", str(base / "base"), *weights, "--benchmark", bench, "--cfg", json.dumps(cfg),
+                  "--data", f"{tmp_path / bench}.jsonl", "--nltk-data", str(nltk_data), "--batch-size", "4",
+                  "--out", str(record)])
+            scored[name] = {m: v for m, v in json.loads(record.read_text())["metrics"].items()
+                            if not m.endswith("_stderr")}
+        at = df[df["benchmark"] == bench]
+        for _, probe in at[at["scale"] == 0].groupby(["reference", "direction"]):
+            assert probe.set_index("metric")["value"].to_dict() == pytest.approx(scored["theta0"])
+        at1 = at[(at["reference"] == "es") & (at["direction"] == "es") & (at["scale"] == 1)]
+        assert at1.set_index("metric")["value"].to_dict() == pytest.approx(scored["es"])

@@ -38,11 +38,17 @@ ADVERSARIAL = [
 
 
 def _all_grade(completion: object) -> None:
+    """Floats from every grader; binary tasks score exactly 0 or 1 and reward it (plus their format bonus);
+    conciseness rewards −gap (a whole number of characters) and scores 1/(1 + gap)."""
     for name, row in ROWS.items():
         task = get_task(name)
-        for value in (task.score(completion, row), task.reward(completion, row)):
-            assert isinstance(value, float)
-        assert 0.0 <= task.score(completion, row) <= 1.0
+        score, reward = task.score(completion, row), task.reward(completion, row)
+        assert type(score) is float and type(reward) is float
+        if name == "conciseness":
+            assert reward.is_integer() and score == 1.0 / (1.0 - reward)
+        else:
+            assert score in (0.0, 1.0)
+            assert reward in (score, pytest.approx(score + task.format_bonus))
 
 
 @pytest.mark.parametrize("completion", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
