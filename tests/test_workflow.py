@@ -65,8 +65,12 @@ def test_run_produces_figures_tables_and_logs(workdir):
                       ("grpo", "sequential", "1"), ("grpo", "sequential", "2"), ("grpo", "single", "1"),
                       ("lbes", "single", "1")]
     assert {"chemistry", "boolq", "conciseness"} <= set(rows[0])
-    for row in rows:
-        assert 0.0 <= float(row["chemistry"]) <= 1.0
+    for row in rows:  # each cell is the fraction of its checkpoint's graded completions, recounted here
+        label = "base" if row["method"] == "base" else f"seed-0/{row['method']}/{row['schedule']}/{row['stage']}-" \
+            f"{row['trained_task']}"
+        scores = [c["score"] for c in map(json.loads, (out / "eval" / label / "completions.jsonl").read_text().splitlines())
+                  if c["task"] == "chemistry"]
+        assert len(scores) == 16 and float(row["chemistry"]) == pytest.approx(sum(scores) / 16), label
     assert "| method" in (out / "tables" / "accuracy.md").read_text()
     with open(out / "geometry" / "update_norms.csv") as fh:
         norms = {r["checkpoint"].removeprefix("seed-0/"): float(r["update_norm"]) for r in csv.DictReader(fh)}
@@ -88,7 +92,13 @@ def test_run_produces_figures_tables_and_logs(workdir):
     by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
           for r in kl}
     for (label, reference, task), row in by.items():
-        assert float(row["kl"]) >= 0 and int(row["n_tokens"]) > 0
+        # the per-token KL is the mean of the completions' summed KL over their tokens, recounted here
+        records = [c for c in map(json.loads, (out / "eval" / f"seed-0/{label}" / f"kl_{reference}_completions.jsonl")
+                                  .read_text().splitlines()) if c["task"] == task] if reference == "base" or \
+            "/sequential/2-" in label else None
+        if records:
+            assert int(row["n_tokens"]) == sum(c["n_tokens"] for c in records) > 0
+            assert float(row["kl"]) == pytest.approx(sum(c["kl_sum"] for c in records) / int(row["n_tokens"]))
         assert int(row["n_prompts"]) == (8 if task == "conciseness" else 16)
         if reference == "base":
             assert (float(row["kl"]) > 0) == (norms[label] > 0), (label, task)
@@ -108,8 +118,12 @@ def test_run_produces_figures_tables_and_logs(workdir):
     with open(out / "tables" / "holdout.csv") as fh:
         holdout = list(csv.DictReader(fh))
     assert [(r["method"], r["schedule"], r["stage"]) for r in holdout] == [s for s in stages if s[1] != "single"]
-    for row in holdout:
-        assert 0.0 <= float(row["mmlu acc"]) <= 1.0 and 0.0 <= float(row["ifeval prompt_level_strict_acc"]) <= 1.0
+    for row in holdout:  # Table 2 holds each checkpoint's lm-eval record
+        label = "base" if row["method"] == "base" else f"seed-0/{row['method']}/{row['schedule']}/{row['stage']}-" \
+            f"{row['trained_task']}"
+        for benchmark, metric in (("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")):
+            record = json.loads((out / "holdout" / label / f"{benchmark}.json").read_text())
+            assert float(row[f"{benchmark} {metric}"]) == pytest.approx(record["metrics"][metric]), (label, benchmark)
     assert "ifeval inst_level_loose_acc" in holdout[0]
     for label in ("base", "seed-0/es/sequential/2-boolq"):
         record = json.loads((out / "holdout" / label / "ifeval.json").read_text())
