@@ -34,6 +34,17 @@ def _runs_by_training(runs: Mapping[str, str | Path]) -> dict[str, dict[str, lis
     return grouped
 
 
+def _step_and_cost(axes, method: str, seeds: Sequence[Sequence[Mapping]], key: str, cost: str, smooth: int) -> None:
+    """`key` of each seed's run (smoothed over `smooth` steps) against step (axes[0]) and cumulative `cost`
+    (axes[1]), one line per seed in the method's colour, named once in the legend."""
+    for i, records in enumerate(seeds):
+        y = _smoothed(records, key, smooth)
+        steps = [r["iteration"] + 1 for r in records]
+        for ax, x in zip(axes, (steps, np.cumsum([r[cost] for r in records]))):
+            ax.plot(x, y, color=style.method_color(method), lw=1 if len(seeds) > 1 else 1.5,
+                    label=method if i == 0 else None)
+
+
 def _spread(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Mean, min and max of `y` at each `x` over the seeds (rows) of `df`, sorted by `x`."""
     return df.groupby(x)[y].agg(["mean", "min", "max"]).reset_index().sort_values(x)
@@ -154,13 +165,7 @@ def training_curves(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, s
     fig, axes = plt.subplots(2, cols, squeeze=False, figsize=style.figsize(max(1.0, cols * 0.6), 4.0))
     for col, (rest, methods) in enumerate(by_run.items()):
         for method, seeds in methods.items():
-            for i, records in enumerate(seeds):
-                reward = _smoothed(records, "reward_mean", smooth)
-                steps = [r["iteration"] + 1 for r in records]
-                tokens = np.cumsum([r["tokens"] for r in records])
-                for row, x in enumerate((steps, tokens)):
-                    axes[row][col].plot(x, reward, color=style.method_color(method), lw=1 if len(seeds) > 1 else 1.5,
-                                        label=method if i == 0 else None)
+            _step_and_cost((axes[0][col], axes[1][col]), method, seeds, "reward_mean", "tokens", smooth)
         axes[0][col].set_title(rest)
         axes[0][col].set_xlabel("step")
         axes[1][col].set_xlabel("generated tokens (cumulative)")
@@ -188,12 +193,7 @@ def pretraining_loss(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, 
     fig, axes = plt.subplots(len(by_run), 2, squeeze=False, figsize=style.figsize(2.0, 2.4 * len(by_run)))
     for row, (rest, methods) in enumerate(by_run.items()):
         for method, seeds in methods.items():
-            for i, records in enumerate(seeds):
-                loss = _smoothed(records, "loss", smooth)
-                steps = [r["iteration"] + 1 for r in records]
-                tokens = np.cumsum([r["prompt_tokens"] for r in records])
-                for col, x in enumerate((steps, tokens)):
-                    axes[row][col].plot(x, loss, color=style.method_color(method), label=method if i == 0 else None)
+            _step_and_cost((axes[row][0], axes[row][1]), method, seeds, "loss", "prompt_tokens", smooth)
         axes[row][0].set_title(f"{rest}: loss against step")
         axes[row][1].set_title(f"{rest}: loss against tokens scored")
         axes[row][0].set_xlabel("step (iteration or optimizer step)")
@@ -330,12 +330,11 @@ def _direction_panels(rows: Sequence[tuple[str, str, pd.DataFrame]], value: str,
                   label=f"{ref} direction")
             ax.axvline(1.0, color=style.method_color(ref), ls=":", lw=0.8)
             norm = (own["distance"] / own["scale"]).replace([np.inf], np.nan).mean()
-            seeds = own["seed"].nunique() if "seed" in own else 1
-            ax.set_title(f"{title}: {ref} (‖Δ‖ = {norm:.3g}" + (f", mean of {seeds} seeds)" if seeds > 1 else ")"))
+            ax.set_title(f"{title}: {ref} (‖Δ‖ = {norm:.3g})")
             ax.set_xlabel(f"s: distance / ‖Δ_{ref}‖")
             if r == 0:
                 ax.legend(loc="best")
-        axes[r][0].set_ylabel(ylabel)
+        axes[r][0].set_ylabel(ylabel + _seeds_note(sub).replace(" (", "\n("))
     return fig, axes
 
 
