@@ -107,3 +107,11 @@ def esft_import_closure(module: str) -> set[str]:
             seen.add(current)
             todo.extend(_esft_imports(current))
     return seen
+
+
+def findings_defaults() -> dict:
+    """geometry.findings thresholds as the schema fills them in (every key `esft findings` reads)."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text(encoding="utf-8"))
+    return {k: v["default"] for k, v in schema["properties"]["geometry"]["properties"]["findings"]["properties"].items()}

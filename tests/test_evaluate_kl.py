@@ -182,7 +182,7 @@ def test_collect_kl_and_heatmap(tmp_path):
                               "boolq": {"kl": value / 2, "n_prompts": 4, "n_tokens": 10}})
             files[label, reference] = path
     df = collect_kl(files)
-    assert list(df.columns) == ["method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
+    assert list(df.columns) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
                                 "n_prompts", "n_tokens"]
     assert len(df) == 12 and set(df["reference"]) == {"base", "previous"}
     outs = [tmp_path / "kl.png", tmp_path / "kl.pdf"]

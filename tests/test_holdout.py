@@ -180,7 +180,7 @@ def test_holdout_stage_writes_records_csv_and_table(tmp_path, micro_base, nltk_d
     assert read_json(records["base/ifeval"])["punkt_tab"]["sha256_sorted_lines"]
     main(["collect-holdout", "--results", *(f"{k}={v}" for k, v in records.items()), "--out", str(tmp_path / "h.csv")])
     tidy = pd.read_csv(tmp_path / "h.csv")
-    assert list(tidy.columns) == ["checkpoint", "method", "schedule", "stage", "trained_task", "benchmark",
+    assert list(tidy.columns) == ["checkpoint", "seed", "method", "schedule", "stage", "trained_task", "benchmark",
                                   "metric", "value", "n"]
     assert set(tidy["metric"]) == {"acc", "answered", "prompt_level_strict_acc", "inst_level_strict_acc",
                                    "prompt_level_loose_acc", "inst_level_loose_acc"}
@@ -188,9 +188,9 @@ def test_holdout_stage_writes_records_csv_and_table(tmp_path, micro_base, nltk_d
           "--md", str(tmp_path / "t.md"), "--tex", str(tmp_path / "t.tex")])
     table = pd.read_csv(tmp_path / "t.csv")
     assert "\\toprule" in (tmp_path / "t.tex").read_text()  # Table 2 in booktabs LaTeX too
-    assert list(table.columns[4:6]) == ["mmlu acc", "ifeval prompt_level_strict_acc"]
+    assert list(table.columns[5:7]) == ["mmlu acc", "ifeval prompt_level_strict_acc"]  # after the keys and seed
     assert list(table["method"]) == ["base", "es"]
-    assert holdout_matrix(collect_holdout(records)).shape == (2, 4 + 6)
+    assert holdout_matrix(collect_holdout(records)).shape == (2, 5 + 6)
 
 
 def test_unreachable_dataset_is_one_clear_message(tmp_path, micro_base, monkeypatch, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from conftest import findings_defaults
 from esft.io import write_json, write_jsonl
 from esft.plots import figures, style, tables
 
@@ -123,9 +124,7 @@ def test_single_task_table_has_base_budgets_and_final_checkpoints(tmp_path):
     assert "| task" in (tmp_path / "t.md").read_text()
 
 
-CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
-       "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 3, "accuracy_gap_max": 0.1,
-       "drift_rate_ratio_max": 0.85, "other_gain_min": 0.05}
+CFG = findings_defaults()
 
 
 def test_findings_verdicts_and_numbers():

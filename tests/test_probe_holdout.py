@@ -8,13 +8,13 @@ import json
 import pandas as pd
 import pytest
 
+from conftest import findings_defaults
 from esft.cli import main
 from esft.geometry.probe_holdout import headline_changes, random_range_at
 from esft.plots import figures, tables
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FINDINGS = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9,
-            "drift_slope_tolerance": 0.5, "holdout_random_tolerance": 0.05}
+FINDINGS = findings_defaults()
 ROW = "es direction ~ random on holdouts (Figure 5)"
 
 
@@ -56,8 +56,7 @@ def test_change_at_the_checkpoint_against_the_random_range():
 
 
 def _verdict(table: pd.DataFrame, tolerance: float) -> pd.Series:
-    df = tables.findings(["es", "grpo"], {**FINDINGS, "holdout_random_tolerance": tolerance},
-                         holdout_ranges=random_range_at(table, "es"))
+    df = tables.findings(["es", "grpo"], {**FINDINGS, "holdout_random_tolerance": tolerance}, probes_holdout=table)
     return df.set_index("finding").loc[ROW]
 
 
@@ -110,7 +109,7 @@ def test_probe_holdout_stage_on_the_micro_model(tmp_path, base, nltk_data):
           "--holdout-cfg", json.dumps({"batch_size": 4, "benchmarks": cfgs}), "--data", *data,
           "--nltk-data", str(nltk_data), "--out", str(out)])
     df = pd.read_csv(out)
-    assert list(df.columns) == ["schedule", "stage", "trained_task", "reference", "direction", "scale", "distance",
+    assert list(df.columns) == ["seed", "schedule", "stage", "trained_task", "reference", "direction", "scale", "distance",
                                 "axis", "benchmark", "metric", "value", "n"]
     metrics = {"mmlu": {"acc", "answered"}, "ifeval": {"prompt_level_strict_acc", "inst_level_strict_acc",
                                                        "prompt_level_loose_acc", "inst_level_loose_acc"}}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, findings_defaults
 from esft.config import ConfigError, validate_config
 from esft.errors import EsftError
 from esft.geometry.drift import fit_run
@@ -19,9 +19,7 @@ from esft.labels import checkpoint_fields, split_seed
 from esft.plots import tables
 
 SCHEMA = REPO / "config/schema.yaml"
-CFG = {"norm_ratio_min": 10, "cosine_max": 0.1, "barrier_max": 0.05, "drift_r2_min": 0.9, "drift_slope_tolerance": 0.5,
-       "holdout_random_tolerance": 0.05, "gain_min": 0.1, "gain_tasks_min": 2, "accuracy_gap_max": 0.1,
-       "drift_rate_ratio_max": 0.85, "other_gain_min": 0.05}
+CFG = {**findings_defaults(), "gain_tasks_min": 2}
 
 
 def test_labels_carry_an_optional_seed():

@@ -45,7 +45,9 @@ def training_runs():
     runs = []
     for seed in SEEDS:
         for method in config["train"]["methods"]:
-            runs += [Run(seed, method, "sequential", k, t) for k, t in enumerate(schedule_tasks(method, "sequential"), 1)]
+            runs += [
+                Run(seed, method, "sequential", k, t) for k, t in enumerate(schedule_tasks(method, "sequential"), 1)
+            ]
             runs += [Run(seed, method, "single", 1, t) for t in schedule_tasks(method, "single")]
     return runs
 
@@ -106,9 +108,14 @@ def train_corpus(wildcards):
     return []
 
 
+def without_seed(label):
+    """A run label without its seed-S/ part: the run a seed-wise rule writes in every seed."""
+    return label.partition("/")[2]
+
+
 def run_names():
     """METHOD/SCHEDULE/K-TASK of every run a seed trains (the same in every seed)."""
-    return [run_label(*run).split("/", 1)[1] for run in training_runs() if run.seed == SEEDS[0]]
+    return [without_seed(run_label(*run)) for run in training_runs() if run.seed == SEEDS[0]]
 
 
 def seed_weights(wildcards):
@@ -119,7 +126,7 @@ def seed_weights(wildcards):
 
 def holdout_names():
     """METHOD/SCHEDULE/K-TASK of the runs whose checkpoints get holdout benchmarks, in every seed."""
-    return [label.split("/", 1)[1] for label in holdout_checkpoints() if label != "base" and label.startswith(f"seed-{SEEDS[0]}/")]
+    return [without_seed(label) for label in holdout_checkpoints() if label.startswith(f"seed-{SEEDS[0]}/")]
 
 
 def kl_jobs():
@@ -129,7 +136,7 @@ def kl_jobs():
     for run in training_runs():
         if run.seed != SEEDS[0]:
             continue
-        name = run_label(*run).split("/", 1)[1]
+        name = without_seed(run_label(*run))
         jobs.append((name, "base", "base"))
         if run.schedule == "sequential" and run.stage > 1:
             previous = schedule_tasks(run.method, "sequential")[run.stage - 2]
@@ -150,7 +157,7 @@ def test_files():
 
 
 def prebuilt_base():
-    """The shipped tiny-model files (model.prebuilt) the base_model rule copies, or none: it builds."""
+    """The shipped tiny-model files (model.prebuilt) that base_model copies; none where it builds the model."""
     prebuilt = config["model"].get("prebuilt")
     if config["model"]["source"] != "tiny" or not prebuilt:
         return []

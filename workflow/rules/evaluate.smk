@@ -22,6 +22,7 @@ rule evaluate_base:
 
 
 if run_names():
+
     # every trained checkpoint of one seed in one job (start-up paid once per seed)
     rule evaluate:
         input:
@@ -63,6 +64,7 @@ rule collect_accuracy:
 
 
 if run_names():
+
     # KL after every stage of one seed, to the base and to the previous stage, in one job
     rule kl:
         input:
@@ -85,7 +87,9 @@ if run_names():
             data=" ".join(f"{t}={R}/data/{t}" for t in task_names()),
             runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
             reference=kl_reference_args,
-            weights=lambda w: " ".join(f"{R}/train/seed-{w.seed}/{name}/weights.safetensors" for name, _, _ in kl_jobs()),
+            weights=lambda w: " ".join(
+                f"{R}/train/seed-{w.seed}/{name}/weights.safetensors" for name, _, _ in kl_jobs()
+            ),
         shell:
             "esft --threads {threads} kl --base {input.base} --reference {params.reference} --weights {params.weights} "
             "{params.runtime} --data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} "
@@ -161,6 +165,7 @@ rule holdout_base:
 
 
 if HOLDOUT and holdout_names():
+
     # the holdout checkpoints of one seed in one job per benchmark
     rule holdout:
         input:
