@@ -82,9 +82,38 @@ def test_real_config_dry_run(tmp_path, name):
     if name == "paper":
         assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 4
         assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
-        assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
+        assert all("--dtype bfloat16 " in c for c in commands if "--method es " in c)
+        assert not any("--save-dtype" in c for c in commands)  # weights.safetensors: fp32, the exact θ
     if name == "ea4llm":
         assert all("--corpus results/ea4llm/data/corpus.jsonl" in c for c in commands)
+
+
+def test_paper_checkpoints_keep_a_grpo_sized_update(tmp_path):
+    """Issue 17, defect 1: a GRPO-sized step (1e-5 per weight on bf16 weights of scale 0.02, whose bf16 step is
+    ~1.2e-4) survives the export the paper's train jobs write, the reload by the norm stage (Table 3) within
+    1%, and is the exact θ the next sequential stage starts from."""
+    import torch
+
+    from esft.geometry.norms import update_norms
+    from esft.models import load_weights
+    from esft.runs import Drift, write_run
+
+    out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
+    commands = [line for line in out.splitlines() if " train --method " in line]
+    exports = {m.group(1) if (m := re.search(r"--save-dtype (\w+)", c)) else "float32" for c in commands}
+    g = torch.Generator().manual_seed(0)
+    theta0 = {"lm_head.weight": (0.02 * torch.randn(512, 512, generator=g)).to(torch.bfloat16).float()}  # a bf16 base model
+    step = 1e-5 * torch.randn(512, 512, generator=g).sign()
+    theta = {"lm_head.weight": theta0["lm_head.weight"] + step}
+    for dtype in exports:
+        run = tmp_path / dtype
+        write_run(run, theta, [], Drift({}).frame(), dtype)
+        norm = float(update_norms(theta0, {"grpo": run / "weights.safetensors"})["update_norm"].iloc[0])
+        assert norm == pytest.approx(float(step.norm()), rel=0.01), dtype
+        following = torch.nn.Module()  # a GRPO stage loads --init into fp32 weights
+        following.lm_head = torch.nn.Linear(512, 512, bias=False)
+        load_weights(following, run / "weights.safetensors")
+        assert torch.equal(following.lm_head.weight.detach(), theta["lm_head.weight"]), dtype
 
 
 def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
