@@ -19,8 +19,8 @@ from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
-TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 2}
-"""paper: ES-100 sequential (4) + ES-300 single (4) + GRPO sequential and single (8)."""
+TRAIN_JOBS = {"paper": 20, "lbes": 4, "es_lora": 2, "ea4llm": 2}
+"""paper: ES-100 sequential (4) + ES-300 sequential and single (8) + GRPO sequential and single (8)."""
 
 
 def configs(name: str, twin: bool) -> list[Path]:
@@ -80,7 +80,8 @@ def test_real_config_dry_run(tmp_path, name):
     assert ("prepare_corpus" in jobs) == (name == "ea4llm")
     commands = [line for line in out.splitlines() if " train --method " in line]
     if name == "paper":
-        assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 4
+        for schedule in ("single", "sequential"):  # Table 1's ES-300 column, Figure 1's third line
+            assert sum("--method es " in c and f"--run-id es_300/{schedule}/" in c for c in commands) == 4
         assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
         assert all("--dtype bfloat16 " in c for c in commands if "--method es " in c)
         assert not any("--save-dtype" in c for c in commands)  # weights.safetensors: fp32, the exact θ
@@ -121,14 +122,14 @@ def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
     at the configured revision); every holdout job takes the snapshot as input and reads it with --data."""
     out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1], re.M))
-    assert jobs["holdout_snapshot"] == "2" and jobs["holdout"] == "18"  # (base + 4 stages of es and of grpo) × 2
+    assert jobs["holdout_snapshot"] == "2" and jobs["holdout"] == "26"  # (base + 4 stages of es, es_300, grpo) × 2
     for bench, dataset in (("mmlu", "cais/mmlu"), ("ifeval", "google/IFEval")):
         snapshot = f"results/paper/holdout/data/{bench}"
         command = next(line for line in out.splitlines() if f"holdout-snapshot --benchmark {bench}" in line)
         assert f'"dataset": "{dataset}"' in command and f"--out {snapshot} " in command
         blocks = re.findall(r"^rule holdout:\n((?:    .*\n)+)Shell command: (.*)", out, re.M)
         mine = [(block, cmd) for block, cmd in blocks if f"--benchmark {bench} " in cmd]
-        assert len(mine) == 9
+        assert len(mine) == 13
         for block, cmd in mine:
             assert re.search(rf"^    input: .*\b{snapshot}\b", block, re.M) and f"--data {snapshot} " in cmd
             assert re.search(rf"^    reason: .*Input files updated by another job: .*\b{snapshot}\b", block, re.M)
@@ -159,7 +160,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 6, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
+    assert len(runs) == {"paper": 8, "lbes": 4, "es_lora": 2, "ea4llm": 2}[name]
     if name == "es_lora":
         assert runs == ["es/single/1-conciseness", "es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train"
@@ -171,6 +172,10 @@ def test_twin_runs_end_to_end(tmp_path, name):
     lbes = ["figures/accuracy_vs_cost.png", "figures/accuracy_vs_cost.pdf", "tables/time_to_accuracy.tex"]
     for path in lora + lbes:
         assert (out / path).exists() == (path in {"es_lora": lora, "lbes": lbes}.get(name, [])), path
+    if name == "paper":  # Figure 1 draws ES-100, ES-300 and GRPO after each sequential stage
+        acc = pd.read_csv(out / "eval/accuracy.csv")
+        assert set(acc.loc[acc["schedule"] == "sequential", "method"]) == {"es", "es_300", "grpo"}
+        assert (out / "figures" / "accuracy_sequential.png").exists()
     if name == "es_lora":
         rewards = pd.read_csv(out / "eval/lora_prompt_rewards.csv")
         assert rewards.groupby("method").size().to_dict() == {"base": 8, "es": 8, "es_lora": 8}
