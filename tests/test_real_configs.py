@@ -58,6 +58,11 @@ def test_paper_settings():
         es = cfg[name]
         assert (es["population"], es["sigma"], es["alpha"], es["batch_size"], es["iterations"]) == \
             (30, 0.0015, 0.00075, 200, iterations)
+    for name in ("es", "es_300"):  # issue 17, defect 4: members sample as the authors' code does
+        assert (cfg[name]["temperature"], cfg[name]["top_p"], cfg[name].get("mode", "inplace")) == (1.0, 0.95, "inplace")
+    code = load_config(configs("paper", False) + [REPO / "config" / "overlays" / "paper_code_sigma.yaml"], SCHEMA)
+    assert all((code[m]["sigma"], code[m]["alpha"]) == (0.001, 0.0005) for m in ("es", "es_300"))
+    assert code["experiment"] == "paper_code_sigma" and code["grpo"] == cfg["grpo"]
     grpo = cfg["grpo"]
     assert (grpo["num_train_epochs"], grpo["num_generations"], grpo["max_grad_norm"], grpo["beta"]) == (20, 8, 1.0, 0.0)
     # issue 17, defect 2: the authors' qwen_grpo.json and train/grpo.py (lr, schedule, clip, sampling, seed, one
