@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from esft.errors import EsftError
 from esft.es import ESConfig
 from esft.es.fitness import CorpusFitness, FitnessError, RandomFitness, TaskFitness
 from esft.es.trainer import ESTrainer
@@ -88,8 +89,9 @@ def test_bad_reward_stops_the_run_naming_member_and_prompt(tiny_model, tokenizer
     assert trainer.records == []  # nothing was averaged or logged
 
 
-def _recording_fitness(tokenizer, n_rows: int, generation_batch_size: int) -> tuple[TaskFitness, list[list[str]]]:
-    """Sampled conciseness fitness (temperature 1.5) on `n_rows` prompts that records every scored batch."""
+def _recording_fitness(tokenizer, n_rows: int, generation_batch_size: int, temperature: float = 1.5,
+                       top_p: float = 1.0) -> tuple[TaskFitness, list[list[str]]]:
+    """Sampled conciseness fitness on `n_rows` prompts that records every scored batch."""
     from esft.tasks import get_task
 
     seen: list[list[str]] = []
@@ -101,7 +103,7 @@ def _recording_fitness(tokenizer, n_rows: int, generation_batch_size: int) -> tu
 
     rows = [{"prompt": f"Say {i}", "target": "x" * i} for i in range(1, n_rows + 1)]
     return Recording(get_task("conciseness"), rows, tokenizer, max_new_tokens=12,
-                     generation_batch_size=generation_batch_size, temperature=1.5), seen
+                     generation_batch_size=generation_batch_size, temperature=temperature, top_p=top_p), seen
 
 
 def test_sampled_fitness_uses_common_random_numbers(tiny_model, tokenizer):
@@ -122,6 +124,30 @@ def test_sampled_fitness_uses_common_random_numbers(tiny_model, tokenizer):
     assert seen[3] != seen[0]
     assert len({t for texts in seen for t in texts}) > 6  # sampling, not greedy
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_top_p_sampling_keeps_common_random_numbers_and_truncates(tiny_model, tokenizer):
+    """Issue 17, defect 4 (the paper's authors sample ES members at temperature 1, top-p 0.95): members with
+    equal weights sample the same completions at top-p 0.95; a nucleus smaller than any token's mass leaves
+    only the most likely token (greedy decoding), while the whole distribution does not."""
+    from esft.es import Population
+    from esft.es.modes import InplaceEvaluator
+
+    runs = {}
+    for top_p in (0.95, 1e-9, 1.0):
+        fitness, seen = _recording_fitness(tokenizer, 6, generation_batch_size=8, temperature=1.0, top_p=top_p)
+        evaluator = InplaceEvaluator(tiny_model, Population(dict(tiny_model.named_parameters()), seed=3), fitness)
+        evaluator(0, range(3), 0.0, list(range(6)))  # σ = 0: three members with θ's weights
+        assert seen[0] == seen[1] == seen[2], top_p
+        runs[top_p] = seen[0]
+    greedy, greedy_seen = _recording_fitness(tokenizer, 6, generation_batch_size=8, temperature=0.0)
+    greedy(tiny_model, list(range(6)), 0)
+    assert runs[1e-9] == greedy_seen[0] != runs[1.0]
+    assert runs[0.95] != runs[1e-9]  # 0.95 still samples
+    with pytest.raises(EsftError, match="es.top_p < 1 truncates sampling: set es.temperature > 0"):
+        ESConfig(top_p=0.9)
+    with pytest.raises(EsftError, match="in mode inplace only"):
+        ESConfig(temperature=1.0, top_p=0.95, mode="batched")
 
 
 def _first_call_cut_to_two_steps(model) -> None:

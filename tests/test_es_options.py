@@ -202,7 +202,7 @@ def test_schema_mirrors_the_config_dataclasses():
             "alpha_decay": 0.5, "alpha_decay_every": 10, "sigma_decay": 0.9, "sigma_decay_every": 5,
             "fitness": "loglik", "loglik_average": "token", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "order": "BA",
                                           "normalize": True},
-            "temperature": 0.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
+            "temperature": 0.0, "top_p": 1.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
             "max_rollouts": 100, "max_tokens": None, "max_prompt_tokens": 500, "seed": 1, "generation_batch_size": 8,
             "checkpoint_every": 2, "master_device": "cpu", "theta0_device": "model", "backend": "hf",
             "vllm": {"gpu_memory_utilization": 0.7, "max_model_len": 2048, "enable_prefix_caching": False}}

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from esft.errors import EsftError
 from esft.evaluate.kl import collect_kl, kl_along, kl_on_tasks, kl_prompt_indices, sample_completions
 from esft.rollout import stop_ids
 from esft.io import write_json
@@ -171,6 +172,42 @@ def test_kl_on_tasks_records_token_ids(tiny_model, tokenizer, tmp_path):
     assert same["math"]["kl"] == 0.0
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_sampled_estimators_converge_to_the_exact_kl(tiny_model, tokenizer, direction):
+    """Issue 17, defect 7: the authors' single-token estimates (k1 in their ES code, k3 in their GRPO code) of
+    KL(p ‖ q), averaged over many completions sampled from p, agree with the exact KL at the same positions,
+    in either direction, and the two directions differ."""
+    other = _perturbed(tiny_model, 0.1)
+    p, q = (tiny_model, other) if direction == "forward" else (other, tiny_model)
+    prompts = _prompts(tokenizer, 8) * 300
+    completions = _sample(p, tokenizer, prompts, list(range(len(prompts))), batch_size=800, max_new=4)
+    kl = {}
+    for estimator in ("exact", "k1", "k3"):
+        scores = kl_along(p, q, prompts, completions, tokenizer.pad_token_id, 800, 8192, estimator)
+        kl[estimator] = sum(s for s, _ in scores) / sum(n for _, n in scores)
+    assert kl["exact"] > 0.02
+    assert kl["k1"] == pytest.approx(kl["exact"], rel=0.06) and kl["k3"] == pytest.approx(kl["exact"], rel=0.06)
+    with pytest.raises(EsftError, match="unknown KL estimator 'k2'"):
+        kl_along(p, q, prompts[:1], completions[:1], tokenizer.pad_token_id, 1, 16, "k2")
+
+
+def test_reverse_direction_samples_from_the_checkpoint(tiny_model, tokenizer, tmp_path):
+    """direction reverse is KL(checkpoint ‖ reference), sampled from the checkpoint: the forward KL of the
+    swapped pair, completion for completion."""
+    from esft.tasks.prepare import prepare_task
+
+    prepare_task("math", {"source": "synthetic", "seed": 3, "n_train": 2, "n_test": 12, "max_new_tokens": 6},
+                 tmp_path / "math")
+    cfg = {"prompts_per_task": 5, "samples_per_prompt": 2, "temperature": 1.0, "max_new_tokens": None, "seed": 0,
+           "batch_size": 4, "chunk_tokens": 16, "estimator": "k3"}
+    other, data, tasks = _perturbed(tiny_model), {"math": tmp_path / "math"}, {"math": {"max_new_tokens": 6}}
+    reverse = kl_on_tasks(tiny_model, other, tokenizer, data, tasks, {**cfg, "direction": "reverse"})
+    swapped = kl_on_tasks(other, tiny_model, tokenizer, data, tasks, {**cfg, "direction": "forward"})
+    assert reverse[1] == swapped[1]
+    assert reverse[0]["math"] == {**swapped[0]["math"], "direction": "reverse"}
+    assert reverse[0]["math"]["estimator"] == "k3"
+
+
 def test_collect_kl_and_heatmap(tmp_path):
     from esft.plots.figures import kl_sequential
 
@@ -183,7 +220,7 @@ def test_collect_kl_and_heatmap(tmp_path):
             files[label, reference] = path
     df = collect_kl(files)
     assert list(df.columns) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
-                                "n_prompts", "n_tokens"]
+                                "n_prompts", "n_tokens", "direction", "estimator"]
     assert len(df) == 12 and set(df["reference"]) == {"base", "previous"}
     outs = [tmp_path / "kl.png", tmp_path / "kl.pdf"]
     kl_sequential(df, outs, dpi=40)

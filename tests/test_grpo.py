@@ -79,6 +79,19 @@ def test_defaults_map_onto_trl_as_the_paper_fixes_them(tmp_path):
     assert GRPOSettings(max_steps=7).trl_config(tmp_path, 8, 0, True, False).max_steps == 7
     lean = GRPOSettings(optim="paged_adamw_8bit", gradient_checkpointing=False).trl_config(tmp_path, 8, 0, True, False)
     assert (lean.optim, lean.gradient_checkpointing) == ("paged_adamw_8bit", False)
+    assert (cfg.top_p, cfg.epsilon, cfg.warmup_steps) == (1.0, 0.2, 0.0)  # TRL's defaults
+
+
+def test_the_authors_step_shape_maps_onto_trl(tmp_path):
+    """paper.yaml's GRPO: 50 prompts × 8 completions per step sampled 10 prompts per generate call, top-p 0.95,
+    clip 0.2, warm-up 0: one generation batch of 80 rows, 5 per optimizer step, none reused across steps."""
+    settings = GRPOSettings(per_device_train_batch_size=8, gradient_accumulation_steps=50, steps_per_generation=10,
+                            top_p=0.95, epsilon=0.2, warmup_ratio=0.0, learning_rate=3e-6)
+    cfg = settings.trl_config(tmp_path, 1024, 42, True, False)
+    assert (cfg.generation_batch_size, cfg.steps_per_generation, cfg.gradient_accumulation_steps) == (80, 10, 50)
+    assert (cfg.top_p, cfg.epsilon, cfg.warmup_steps, cfg.learning_rate) == (0.95, 0.2, 0.0, 3e-6)
+    assert GRPOSettings(warmup_ratio=0.25).trl_config(tmp_path, 8, 0, True, False).get_warmup_steps(80) == 20
+    assert settings.generation_rows == 80 and GRPOSettings().generation_rows == 8
 
 
 def test_optimizers_are_those_the_memory_plan_knows():
@@ -165,6 +178,7 @@ BAD = [
     {"gradient_accumulation_steps": "2"}, {"temperature": 0}, {"max_grad_norm": None}, {"beta": -0.1},
     {"loss_type": "ppo"}, {"seed": -1}, {"bf16": "yes"}, {"max_rollouts": 0}, {"max_tokens": 1.5},
     {"checkpoint_every": 0}, {"carry_optimizer": 1}, {"gradient_checkpointing": "yes"}, {"optim": "sgd"},
+    {"steps_per_generation": 0}, {"top_p": 0}, {"top_p": 1.5}, {"epsilon": 0}, {"warmup_ratio": 1},
 ]
 
 
@@ -176,7 +190,8 @@ def test_schema_mirrors_the_settings_and_both_reject_bad_keys():
             "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "temperature": 0.7,
             "max_grad_norm": 1.0, "beta": 0.04, "loss_type": "dapo", "seed": 3, "bf16": True, "max_rollouts": 64,
             "max_tokens": None, "checkpoint_every": 5, "carry_optimizer": True, "gradient_checkpointing": False,
-            "optim": "adamw_torch_fused"}
+            "optim": "adamw_torch_fused", "steps_per_generation": 1, "top_p": 0.95, "epsilon": 0.3,
+            "warmup_ratio": 0.1}
     jsonschema.validate(full, schema)
     assert GRPOSettings.from_dict(full).to_dict() == full
     for bad in BAD:
@@ -194,8 +209,13 @@ def test_config_errors_name_the_key():
     with pytest.raises(EsftError, match="multiple of num_generations"):
         GRPOSettings(per_device_train_batch_size=6, gradient_accumulation_steps=1, num_generations=4)
     GRPOSettings(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=4)
-    with pytest.raises(EsftError, match="grpo.carry_optimizer continues AdamW's fp32 moments: .* not adamw_8bit"):
-        GRPOSettings(carry_optimizer=True, optim="adamw_8bit")
+    with pytest.raises(EsftError, match=r"grpo.steps_per_generation \(3\) must divide gradient_accumulation_steps \(4\)"):
+        GRPOSettings(per_device_train_batch_size=4, gradient_accumulation_steps=4, steps_per_generation=3,
+                     num_generations=4)
+    with pytest.raises(EsftError, match="a generation holds whole groups"):
+        GRPOSettings(per_device_train_batch_size=2, gradient_accumulation_steps=2, steps_per_generation=1,
+                     num_generations=4)
+    GRPOSettings(carry_optimizer=True, optim="adamw_8bit")  # the paper's authors carry AdamW across tasks
 
 
 def test_pad_equal_to_the_end_of_turn_token_is_rejected():
@@ -362,6 +382,24 @@ def test_carry_optimizer_continues_the_previous_stage_adamw(base, tmp_path):
 
     with pytest.raises(EsftError, match="optimizer.pt does not exist"):
         _train(base, cfg, tmp_path / "bad", init=tmp_path / "fresh" / "weights.safetensors")
+
+
+def test_carried_optimizer_state_may_be_bitsandbytes(tmp_path):
+    """8-bit AdamW keeps its moments as `state1`/`state2`: a saved state matches a parameter through any
+    tensor of its shape, and one of another shape is refused."""
+    from esft.grpo import load_optimizer_state
+
+    param = torch.nn.Parameter(torch.zeros(3, 4))
+    for shape, ok in (((3, 4), True), ((4, 3), False)):
+        torch.save({"state": {0: {"step": torch.tensor(5.0), "state1": torch.zeros(shape, dtype=torch.uint8),
+                                  "absmax1": torch.ones(1)}}}, tmp_path / "opt.pt")
+        optimizer = torch.optim.AdamW([param])
+        if ok:
+            load_optimizer_state(optimizer, tmp_path / "opt.pt")
+            assert float(optimizer.state[param]["step"]) == 5
+        else:
+            with pytest.raises(EsftError, match="does not match this model's parameters"):
+                load_optimizer_state(optimizer, tmp_path / "opt.pt")
 
 
 @pytest.mark.parametrize("bad", ["raise", "nan"])

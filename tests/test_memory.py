@@ -169,8 +169,8 @@ def grpo_plan(model, **overrides):
     # prompts of up to 300 tokens, as for ES above
     return plan_grpo(model, optim=s.optim, gradient_checkpointing=s.gradient_checkpointing, bf16=s.bf16,
                      micro_batch=s.per_device_train_batch_size,
-                     generation_rows=s.per_device_train_batch_size * s.gradient_accumulation_steps,
-                     prompt_tokens=300, completion_tokens=new_tokens, capacity=H100)
+                     generation_rows=s.generation_rows, prompt_tokens=300, completion_tokens=new_tokens,
+                     capacity=H100)
 
 
 def test_grpo_4b_plan_terms(qwen3_4b_fp32):
@@ -178,8 +178,9 @@ def test_grpo_4b_plan_terms(qwen3_4b_fp32):
     p = grpo_plan(qwen3_4b_fp32, optim="adamw_torch")
     assert 0 <= p.term("weights").nbytes - 4 * n < 4096 and p.term("optimizer").nbytes == 8 * n
     assert p.term("step_buffer").nbytes == 4 * n and p.term("gradients").nbytes == 4 * n
-    # 64 completions generated at once, KV of 36 layers × 8 heads × 128 dims in bf16 for 300 + 1024 tokens
-    assert p.term("kv_cache").nbytes == 64 * 1324 * 2 * 36 * 8 * 128 * 2
+    # 80 completions per generate call (10 prompts × 8), KV of 36 layers × 8 heads × 128 dims in bf16 for
+    # 300 + 1024 tokens
+    assert p.term("kv_cache").nbytes == 80 * 1324 * 2 * 36 * 8 * 128 * 2
     eight = grpo_plan(qwen3_4b_fp32).term("optimizer").nbytes  # the paper config: adamw_8bit
     assert 2.55 * n < eight < 2.65 * n  # 1 byte per moment, fp32 scales per 256 entries, fp32 states of the embedding
     assert grpo_plan(qwen3_4b_fp32, optim="adamw_torch_fused").term("step_buffer").nbytes == 0

@@ -19,8 +19,9 @@ from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
 REAL = ["paper", "lbes", "es_lora", "ea4llm"]
-TRAIN_JOBS = {"paper": 16, "lbes": 4, "es_lora": 2, "ea4llm": 8}
-"""paper: ES-100 sequential (4) + ES-300 single (3) + ES-500 single (1, Appendix C) + GRPO sequential and single (8)."""
+TRAIN_JOBS = {"paper": 20, "lbes": 4, "es_lora": 2, "ea4llm": 8}
+"""paper: ES-100 sequential (4) + ES-300 sequential (4, Figure 1's third line) and single (3) + ES-500 single (1,
+Appendix C) + GRPO sequential and single (8)."""
 
 
 def configs(name: str, twin: bool) -> list[Path]:
@@ -70,8 +71,20 @@ def test_paper_settings():
         es = cfg[name]
         assert (es["population"], es["sigma"], es["alpha"], es["batch_size"], es["iterations"]) == \
             (30, 0.0015, 0.00075, 200, iterations)
+    for name in ("es", "es_300"):  # issue 17, defect 4: members sample as the authors' code does
+        assert (cfg[name]["temperature"], cfg[name]["top_p"], cfg[name].get("mode", "inplace")) == (1.0, 0.95, "inplace")
+    code = load_config(configs("paper", False) + [REPO / "config" / "overlays" / "paper_code_sigma.yaml"], SCHEMA)
+    assert all((code[m]["sigma"], code[m]["alpha"]) == (0.001, 0.0005) for m in ("es", "es_300"))
+    assert code["experiment"] == "paper_code_sigma" and code["grpo"] == cfg["grpo"]
     grpo = cfg["grpo"]
     assert (grpo["num_train_epochs"], grpo["num_generations"], grpo["max_grad_norm"], grpo["beta"]) == (20, 8, 1.0, 0.0)
+    # issue 17, defect 2: the authors' qwen_grpo.json and train/grpo.py (lr, schedule, clip, sampling, seed, one
+    # AdamW across tasks) and their 80 steps per task = 20 epochs of 200 prompts × 8 completions
+    assert (grpo["learning_rate"], grpo["warmup_ratio"], grpo["epsilon"], grpo["temperature"], grpo["top_p"],
+            grpo["seed"], grpo["carry_optimizer"], grpo["loss_type"]) == (3e-6, 0.0, 0.2, 1.0, 0.95, 42, True, "grpo")
+    completions = grpo["per_device_train_batch_size"] * grpo["gradient_accumulation_steps"]
+    steps = grpo["num_train_epochs"] * 200 * grpo["num_generations"] // completions
+    assert (steps, steps * completions) == (80, 32000) and 200 * grpo["num_generations"] % completions == 0
     # what one 80 GB GPU needs for GRPO on the 4B model (tests/test_memory.py checks the plan)
     assert (grpo["bf16"], grpo["gradient_checkpointing"], grpo["optim"]) == (True, True, "adamw_8bit")
     assert load_config(configs("paper", True), SCHEMA)["grpo"]["optim"] == "adamw_torch"  # the CPU twin
@@ -123,11 +136,41 @@ def test_real_config_dry_run(tmp_path, name):
     commands = [line for line in out.splitlines() if " train --method " in line]
     if name == "paper":
         assert sum("--method es " in c and "--run-id es_300/single/" in c for c in commands) == 3
+        assert sum("--method es " in c and "--run-id es_300/sequential/" in c for c in commands) == 4
         assert sum("--method es " in c and "--run-id es_500/single/1-countdown" in c for c in commands) == 1
         assert all("--dtype float32" in c for c in commands if "--method grpo" in c)
-        assert all("--dtype bfloat16 " in c and "--save-dtype bfloat16" in c for c in commands if "--method es " in c)
+        assert all("--dtype bfloat16 " in c for c in commands if "--method es " in c)
+        assert not any("--save-dtype" in c for c in commands)  # weights.safetensors: fp32, the exact θ
     if name == "ea4llm":
         assert all("--corpus results/ea4llm/data/corpus.jsonl" in c for c in commands)
+
+
+def test_paper_checkpoints_keep_a_grpo_sized_update(tmp_path):
+    """Issue 17, defect 1: a GRPO-sized step (1e-5 per weight on bf16 weights of scale 0.02, whose bf16 step is
+    ~1.2e-4) survives the export the paper's train jobs write, the reload by the norm stage (Table 3) within
+    1%, and is the exact θ the next sequential stage starts from."""
+    import torch
+
+    from esft.geometry.norms import update_norms
+    from esft.models import load_weights
+    from esft.runs import Drift, write_run
+
+    out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
+    commands = [line for line in out.splitlines() if " train --method " in line]
+    exports = {m.group(1) if (m := re.search(r"--save-dtype (\w+)", c)) else "float32" for c in commands}
+    g = torch.Generator().manual_seed(0)
+    theta0 = {"lm_head.weight": (0.02 * torch.randn(512, 512, generator=g)).to(torch.bfloat16).float()}  # a bf16 base model
+    step = 1e-5 * torch.randn(512, 512, generator=g).sign()
+    theta = {"lm_head.weight": theta0["lm_head.weight"] + step}
+    for dtype in exports:
+        run = tmp_path / dtype
+        write_run(run, theta, [], Drift({}).frame(), dtype)
+        norm = float(update_norms(theta0, {"grpo": run / "weights.safetensors"})["update_norm"].iloc[0])
+        assert norm == pytest.approx(float(step.norm()), rel=0.01), dtype
+        following = torch.nn.Module()  # a GRPO stage loads --init into fp32 weights
+        following.lm_head = torch.nn.Linear(512, 512, bias=False)
+        load_weights(following, run / "weights.safetensors")
+        assert torch.equal(following.lm_head.weight.detach(), theta["lm_head.weight"]), dtype
 
 
 def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
@@ -135,7 +178,7 @@ def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
     at the configured revision); every holdout job takes the snapshot as input and reads it with --data."""
     out = snakemake(tmp_path, configs("paper", False), "-n", "-p", "--cores", "4").stdout
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1], re.M))
-    # per benchmark: the base, and the 4 stages of es and of grpo of the one seed in one job
+    # per benchmark: the base, and the 4 stages of es, es_300 and grpo of the one seed in one job
     assert jobs["holdout_snapshot"] == jobs["holdout_base"] == jobs["holdout"] == "2"
     for bench, dataset in (("mmlu", "cais/mmlu"), ("ifeval", "google/IFEval")):
         snapshot = f"results/paper/holdout/data/{bench}"
@@ -144,7 +187,7 @@ def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
         blocks = re.findall(r"^rule holdout(?:_base)?:\n((?:    .*\n)+)Shell command: (.*)", out, re.M)
         mine = [(block, cmd) for block, cmd in blocks if f"--benchmark {bench} " in cmd]
         assert len(mine) == 2
-        assert sum(cmd.count("/weights.safetensors") for _, cmd in mine) == 8  # 4 stages of es and of grpo
+        assert sum(cmd.count("/weights.safetensors") for _, cmd in mine) == 12  # 4 stages of es, es_300, grpo
         for block, cmd in mine:
             assert re.search(rf"^    input: .*\b{snapshot}\b", block, re.M) and f"--data {snapshot} " in cmd
             assert re.search(rf"^    reason: .*Input files updated by another job: .*\b{snapshot}\b", block, re.M)
@@ -175,7 +218,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 7, "lbes": 4, "es_lora": 2, "ea4llm": 8}[name]
+    assert len(runs) == {"paper": 9, "lbes": 4, "es_lora": 2, "ea4llm": 8}[name]
     if name == "es_lora":
         assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train/seed-0"
@@ -187,6 +230,10 @@ def test_twin_runs_end_to_end(tmp_path, name):
     lbes = ["figures/accuracy_vs_cost.png", "figures/accuracy_vs_cost.pdf", "tables/time_to_accuracy.tex"]
     for path in lora + lbes:
         assert (out / path).exists() == (path in {"es_lora": lora, "lbes": lbes}.get(name, [])), path
+    if name == "paper":  # Figure 1 draws ES-100, ES-300 and GRPO after each sequential stage
+        acc = pd.read_csv(out / "eval/accuracy.csv")
+        assert set(acc.loc[acc["schedule"] == "sequential", "method"]) == {"es", "es_300", "grpo"}
+        assert (out / "figures" / "accuracy_sequential.png").exists()
     if name == "es_lora":
         rewards = pd.read_csv(out / "eval/lora_prompt_rewards.csv")
         assert rewards.groupby("method").size().to_dict() == {"base": 8, "es": 8, "es_lora": 8}

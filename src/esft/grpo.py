@@ -59,9 +59,10 @@ class GRPOSettings:
     to fit a model's states in memory). Everything the paper does not fix keeps TRL 1.16's default: weight
     decay 0, learning rate 1e-6, AdamW betas/eps, reward scaling by the group's std
     (`scale_rewards="group"`), sampling with top_p 1 / top_k 0, one optimizer step per generation batch
-    (`num_iterations=1`, `steps_per_generation=gradient_accumulation_steps`), gradient checkpointing on.
-    With one step per generation batch the importance ratio is exactly 1, so TRL's clip (`epsilon=0.2`)
-    never binds: the logged clip ratios stay 0 and epsilon is not an option.
+    (`num_iterations=1`), gradient checkpointing on. Every completion of an optimizer step is sampled
+    with that step's weights (`steps_per_generation` divides `gradient_accumulation_steps`), so the
+    importance ratio is exactly 1 and the clip (`epsilon`) never binds, as in the paper's authors' code,
+    which also takes one step per batch of rollouts.
     """
 
     learning_rate: float = 1e-6
@@ -78,8 +79,19 @@ class GRPOSettings:
     the shuffled prompts in whole steps and drops the remainder (TRL's RepeatSampler)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step; TRL generates the whole step's completions at once."""
+    steps_per_generation: int | None = None
+    """Micro-batches whose completions one `generate` call samples (TRL `steps_per_generation`; null: all of
+    the step's): bounds the rows of a generation pass, and so its KV cache, without changing the step. It
+    must divide gradient_accumulation_steps (all completions of a step then come from that step's weights)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (TRL's default; GRPO always samples)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts: the smallest set of tokens holding this probability (TRL's default
+    1.0: no truncation). The loss scores the sampled tokens under the untruncated distribution."""
+    epsilon: float = 0.2
+    """PPO clip range of the importance ratio (TRL's default); inert with one step per batch of rollouts."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps over which the learning rate rises linearly from 0 before its linear decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (paper: 1.0)."""
     beta: float = 0.0
@@ -109,12 +121,13 @@ class GRPOSettings:
     """Optimizer steps between TRL checkpoints (TRL `save_steps`) in the job's state directory."""
     carry_optimizer: bool = False
     """Sequential stages: continue the previous stage's AdamW moments and step count (read from
-    optimizer.pt next to the --init weights) instead of a fresh AdamW; every stage then writes its own
-    optimizer.pt next to its weights. The learning-rate schedule restarts either way."""
+    optimizer.pt next to the --init weights) instead of a fresh AdamW, as the paper's authors' code keeps
+    one optimizer across its tasks; every stage then writes its own optimizer.pt next to its weights. The
+    learning-rate schedule restarts either way."""
 
     def __post_init__(self) -> None:
         _check_types(self)
-        for name in ("learning_rate", "num_train_epochs", "temperature", "max_grad_norm"):
+        for name in ("learning_rate", "num_train_epochs", "temperature", "max_grad_norm", "epsilon"):
             if not getattr(self, name) > 0:
                 raise EsftError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
         for name in ("beta", "seed"):
@@ -126,17 +139,25 @@ class GRPOSettings:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise EsftError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_rollouts", "max_tokens"):
+        if not 0 < self.top_p <= 1 or not 0 <= self.warmup_ratio < 1:
+            raise EsftError(f"grpo.top_p must be in (0, 1] and grpo.warmup_ratio in [0, 1), got {self.top_p} and "
+                            f"{self.warmup_ratio}")
+        for name in ("max_steps", "max_rollouts", "max_tokens", "steps_per_generation"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EsftError(f"grpo.{name} must be >= 1 or null, got {getattr(self, name)}")
-        if self.carry_optimizer and self.optim in BITSANDBYTES:
-            raise EsftError(f"grpo.carry_optimizer continues AdamW's fp32 moments: it needs optim adamw_torch or "
-                            f"adamw_torch_fused, not {self.optim}")
-        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if batch % self.num_generations:
-            raise EsftError(f"grpo: completions per optimizer step (per_device_train_batch_size · "
-                            f"gradient_accumulation_steps = {batch}) must be a multiple of num_generations "
-                            f"({self.num_generations}): a step holds whole groups")
+        if self.steps_per_generation is not None and self.gradient_accumulation_steps % self.steps_per_generation:
+            raise EsftError(f"grpo.steps_per_generation ({self.steps_per_generation}) must divide "
+                            f"gradient_accumulation_steps ({self.gradient_accumulation_steps}): a step's completions "
+                            "all come from that step's weights")
+        if self.generation_rows % self.num_generations:
+            raise EsftError(f"grpo: completions per generation (per_device_train_batch_size · steps_per_generation, "
+                            f"or gradient_accumulation_steps when null, = {self.generation_rows}) must be a multiple "
+                            f"of num_generations ({self.num_generations}): a generation holds whole groups")
+
+    @property
+    def generation_rows(self) -> int:
+        """Completions one generation pass samples (per device)."""
+        return self.per_device_train_batch_size * (self.steps_per_generation or self.gradient_accumulation_steps)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> GRPOSettings:
@@ -162,7 +183,11 @@ class GRPOSettings:
             num_generations=self.num_generations,
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
+            steps_per_generation=self.steps_per_generation,
             temperature=self.temperature,
+            top_p=self.top_p,
+            epsilon=self.epsilon,
+            warmup_steps=self.warmup_ratio,  # transformers 5 reads a float in [0, 1) as a ratio (ceil of the steps)
             max_grad_norm=self.max_grad_norm,
             beta=self.beta,
             loss_type=self.loss_type,
@@ -364,11 +389,13 @@ def resumable_checkpoint(output_dir: Path, fingerprint: str) -> Path | None:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Continue a previous stage's AdamW moments and step counts; its hyperparameters (learning rate
-    schedule included) stay this stage's."""
+    schedule included) stay this stage's. Torch's AdamW keeps `exp_avg`, bitsandbytes' 8-bit one `state1`:
+    each parameter's state must hold a tensor of the parameter's shape."""
     saved = torch.load(path, map_location="cpu", weights_only=True)["state"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     shapes_match = len(saved) == len(params) and all(
-        saved[i]["exp_avg"].shape == p.shape for i, p in enumerate(params) if i in saved)
+        any(torch.is_tensor(v) and v.shape == p.shape for v in saved[i].values())
+        for i, p in enumerate(params) if i in saved)
     if not shapes_match:
         raise EsftError(f"{path}: the optimizer state does not match this model's parameters")
     state = optimizer.state_dict()
@@ -396,7 +423,7 @@ def check_memory(model: torch.nn.Module, settings: GRPOSettings, prompt_tokens: 
 
     plan = plan_grpo(model, optim=settings.optim, gradient_checkpointing=settings.gradient_checkpointing,
                      bf16=settings.bf16, micro_batch=settings.per_device_train_batch_size,
-                     generation_rows=settings.per_device_train_batch_size * settings.gradient_accumulation_steps,
+                     generation_rows=settings.generation_rows,
                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      capacity=device_capacity(next(model.parameters()).device))
     log_and_check(plan, section)

@@ -25,7 +25,6 @@ rule train:
         init=lambda w, input: f"--init {input.init}" if input.init else "",
         corpus=lambda w, input: f"--corpus {input.corpus}" if input.corpus else "",
         kind=lambda w: method_kind(w.method),
-        save=f"--save-dtype {RUNTIME.get('checkpoint_dtype', 'float32')}",
         launch=lambda w, threads: train_launcher(w, threads),
         # resume state lives outside the outputs, which Snakemake deletes before a job starts
         state=lambda w: f"{R}/state/train/seed-{w.seed}/{w.method}/{w.schedule}/{w.stage}-{w.task}",
@@ -33,5 +32,5 @@ rule train:
         "{params.launch} train --method {params.kind} --task {wildcards.task} "
         "--run-id {wildcards.method}/{wildcards.schedule}/{wildcards.stage}-{wildcards.task} "
         "--base {input.base} {params.init} {params.corpus} --data $(dirname {input.data}) {params.runtime} "
-        "--cfg {params.cfg:q} --task-cfg {params.task_cfg:q} --state-dir {params.state} {params.save} "
+        "--cfg {params.cfg:q} --task-cfg {params.task_cfg:q} --state-dir {params.state} "
         "--out $(dirname {output.weights}) > {log} 2>&1"

@@ -107,8 +107,11 @@ class ESConfig:
     lora: LoRAConfig | None = None
     """Evolve LoRA adapters instead of the full parameters."""
     temperature: float = 0.0
-    """Generation temperature of task fitness: 0 is greedy; > 0 samples (softmax, no top-k/top-p)
-    with one sampling seed per iteration shared by every member (common random numbers)."""
+    """Generation temperature of task fitness: 0 is greedy; > 0 samples (softmax, no top-k) with one
+    sampling seed per iteration shared by every member (common random numbers)."""
+    top_p: float = 1.0
+    """Sampled task fitness: draw from the nucleus of mass top_p (the paper's authors: 0.95 at temperature 1;
+    1 keeps the whole distribution)."""
     mode: Mode = "inplace"
     """Population evaluation: inplace (one member at a time, any model), batched (many members per
     generation pass, member offsets inside the forward; Qwen3, Qwen2 and Llama models) or
@@ -170,6 +173,10 @@ class ESConfig:
                             "use mode inplace with fitness loglik/random or lora")
         if self.temperature < 0:
             raise EsftError(f"es.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EsftError(f"es.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_p < 1 and self.temperature == 0:
+            raise EsftError("es.top_p < 1 truncates sampling: set es.temperature > 0 (0 decodes greedily)")
         if self.temperature > 0 and (self.mode != "inplace" or self.fitness != "task"):
             raise EsftError("es.temperature > 0 samples task completions in mode inplace only "
                             "(the batched decoder is greedy)")

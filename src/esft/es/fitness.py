@@ -43,9 +43,10 @@ class TaskFitness:
     """Its evaluations generate completions (counted as rollouts and generated tokens)."""
 
     def __init__(self, task: Task, rows: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int,
-                 generation_batch_size: int, temperature: float = 0.0) -> None:
+                 generation_batch_size: int, temperature: float = 0.0, top_p: float = 1.0) -> None:
         self.task = task
         self.temperature = temperature
+        self.top_p = top_p
         self.rows = list(rows)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -61,7 +62,7 @@ class TaskFitness:
         """
         seed = int(torch.randint(2**63 - 1, ())) if self.temperature > 0 else None
         gens = generate(model, self.tokenizer, [self.prompt_ids[i] for i in indices], self.max_new_tokens,
-                        self.generation_batch_size, self.temperature, seed)
+                        self.generation_batch_size, self.temperature, seed, self.top_p)
         return self.score(gens.texts, indices, member), gens.total_tokens
 
     def prompt_tokens(self, indices: Sequence[int]) -> int:

@@ -22,7 +22,8 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
     evaluates the model. loglik scores `corpus` ({text} rows) or, by default, the train conversations
     with their reference answers."""
     if cfg.fitness == "task":
-        return TaskFitness(task, rows, tokenizer, max_new_tokens, cfg.generation_batch_size, cfg.temperature), len(rows)
+        return TaskFitness(task, rows, tokenizer, max_new_tokens, cfg.generation_batch_size, cfg.temperature,
+                           cfg.top_p), len(rows)
     if cfg.fitness == "loglik":
         texts = training_texts(corpus, task, rows, tokenizer)
         return CorpusFitness(texts, tokenizer, cfg.generation_batch_size, average=cfg.loglik_average), len(texts)

@@ -55,7 +55,7 @@ class VllmEvaluator:
         try:
             for member in members:
                 self.engine.write("esft_perturb", iteration, member, sigma)
-                gens = self.engine.generate(prompts, fitness.max_new_tokens, fitness.temperature, seed)
+                gens = self.engine.generate(prompts, fitness.max_new_tokens, fitness.temperature, seed, fitness.top_p)
                 results.append((fitness.score(gens.texts, indices, member), gens.total_tokens))
         finally:
             self.engine.write("esft_restore")
@@ -151,7 +151,7 @@ def train(job: TrainJob, cfg: ESConfig) -> None:
     capacity = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
     log.info("memory plan: %s", engine_memory(engine.layout, job.dtype, cfg, capacity, job.section))
     fitness = TaskFitness(task, rows, engine.tokenizer, job.task_cfg["max_new_tokens"], cfg.generation_batch_size,
-                          cfg.temperature)
+                          cfg.temperature, cfg.top_p)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init])])
     trainer = VllmESTrainer(engine, fitness, len(rows), cfg, state_dir=job.state_dir, fingerprint=fingerprint,
                             run_id=job.run_id)

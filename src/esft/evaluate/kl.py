@@ -7,6 +7,13 @@ sampling temperature only chooses which states are visited), summed over complet
 divided by their number. Prompt and padding positions are masked. With temperature 1 this is an
 unbiased estimate of the sequence-level KL(p ‖ q) per token.
 
+`direction` forward (the default) takes p = the earlier model (π_{k−1} or π_0) and q = the checkpoint;
+reverse takes p = the checkpoint, KL(current ‖ reference), the direction the paper's authors log. Their
+code scores only the sampled token (`estimator`): k1 = log p(x)/q(x) (their ES trainer) or
+k3 = q(x)/p(x) − 1 − log q(x)/p(x) (their GRPO trainer, never negative). Both are unbiased for the
+per-position KL at temperature 1 but noisier than `exact`, which sums over the vocabulary at the same
+positions.
+
 Sampling is keyed per completion: sample s of prompt i of task t draws all its uniforms from a
 generator seeded by (seed, t, i, s) and picks each token by inverse CDF, so completions depend neither
 on the batch size nor on which prompts share a batch. (A batched forward may differ from a single-row
@@ -112,8 +119,9 @@ def sample_completions(model, prompts: Sequence[Sequence[int]], keys: Sequence[i
 
 @torch.inference_mode()
 def kl_along(p_model, q_model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-             pad_id: int, batch_size: int, chunk_tokens: int) -> list[tuple[float, int]]:
-    """(Σ over completion tokens of KL(p ‖ q) at that position, number of completion tokens) per row.
+             pad_id: int, batch_size: int, chunk_tokens: int, estimator: str = "exact") -> list[tuple[float, int]]:
+    """(Σ over completion tokens of KL(p ‖ q) at that position, number of completion tokens) per row: the
+    exact KL of the two next-token distributions, or its k1 / k3 estimate from the completion's own token.
 
     Both models see the same ids, prompt + completion; the hidden state at position j gives the
     distribution of token j + 1, so completion token c of a prompt of length P is scored at P − 1 + c.
@@ -133,14 +141,27 @@ def kl_along(p_model, q_model, prompts: Sequence[Sequence[int]], completions: Se
         row_of = scored.nonzero()[:, 0]
         hp, hq = (m.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[scored]
                   for m in (p_model, q_model))
+        following = ids.roll(-1, dims=1)[scored]  # the token each scored position predicts
         sums = torch.zeros(len(rows), dtype=torch.float64, device=device)
         for c in range(0, hp.shape[0], chunk_tokens):
             logp = head_log_probs(heads[0], hp[c:c + chunk_tokens])
             logq = head_log_probs(heads[1], hq[c:c + chunk_tokens])
-            kl = (logp.exp() * (logp - logq)).sum(-1)
+            kl = position_kl(logp, logq, following[c:c + chunk_tokens], estimator)
             sums.index_add_(0, row_of[c:c + chunk_tokens], kl.double())
         results.extend(zip(sums.tolist(), scored.sum(dim=1).tolist()))
     return results
+
+
+def position_kl(logp: torch.Tensor, logq: torch.Tensor, token: torch.Tensor, estimator: str) -> torch.Tensor:
+    """KL(p ‖ q) at each position from log-probabilities [positions, vocab]: exact, or k1 / k3 of `token`."""
+    if estimator == "exact":
+        return (logp.exp() * (logp - logq)).sum(-1)
+    log_ratio = (logq - logp).gather(-1, token[:, None]).squeeze(-1)  # log q(x)/p(x)
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return log_ratio.exp() - 1 - log_ratio
+    raise EsftError(f"unknown KL estimator {estimator!r}; allowed: exact, k1, k3")
 
 
 def kl_prompt_indices(n_rows: int, count: int | None, seed: int, task: str) -> list[int]:
@@ -152,9 +173,14 @@ def kl_prompt_indices(n_rows: int, count: int | None, seed: int, task: str) -> l
 
 def kl_on_tasks(reference, model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]],
                 cfg: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """({task: {kl, n_prompts, n_tokens}}, one record per completion with its token ids) of
-    KL(reference ‖ model) on each task's test prompts, completions sampled from `reference`."""
-    stops = stop_ids(reference, tokenizer)
+    """({task: {kl, n_prompts, n_tokens, direction, estimator}}, one record per completion with its token
+    ids) of KL(reference ‖ model) on each task's test prompts, completions sampled from `reference`, or
+    with `direction: reverse` KL(model ‖ reference) sampled from `model`."""
+    direction, estimator = cfg.get("direction", "forward"), cfg.get("estimator", "exact")
+    if direction not in ("forward", "reverse"):
+        raise EsftError(f"evaluate.kl.direction must be forward or reverse, got {direction!r}")
+    p_model, q_model = (reference, model) if direction == "forward" else (model, reference)
+    stops = stop_ids(p_model, tokenizer)
     metrics: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     for name, data_dir in data_dirs.items():
@@ -167,12 +193,13 @@ def kl_on_tasks(reference, model, tokenizer, data_dirs: dict[str, Path], task_cf
         prompts = [p for _, p, _ in pairs]
         keys = [sample_key(cfg["seed"], name, i, s) for i, _, s in pairs]
         max_new = cfg.get("max_new_tokens") or task_cfgs[name]["max_new_tokens"]
-        completions = sample_completions(reference, prompts, keys, max_new, cfg["temperature"], stops,
+        completions = sample_completions(p_model, prompts, keys, max_new, cfg["temperature"], stops,
                                          tokenizer.pad_token_id, cfg["batch_size"], desc=f"{name}: sample")
-        scores = kl_along(reference, model, prompts, completions, tokenizer.pad_token_id, cfg["batch_size"],
-                          cfg["chunk_tokens"])
+        scores = kl_along(p_model, q_model, prompts, completions, tokenizer.pad_token_id, cfg["batch_size"],
+                          cfg["chunk_tokens"], estimator)
         total, n_tokens = sum(s for s, _ in scores), sum(n for _, n in scores)
-        metrics[name] = {"kl": total / n_tokens, "n_prompts": len(chosen), "n_tokens": n_tokens}
+        metrics[name] = {"kl": total / n_tokens, "n_prompts": len(chosen), "n_tokens": n_tokens,
+                         "direction": direction, "estimator": estimator}
         records.extend({"task": name, "index": i, "sample": s, "prompt_ids": p, "completion_ids": c,
                         "kl_sum": k, "n_tokens": n}
                        for (i, p, s), c, (k, n) in zip(pairs, completions, scores))
@@ -182,7 +209,8 @@ def kl_on_tasks(reference, model, tokenizer, data_dirs: dict[str, Path], task_cf
 
 
 def collect_kl(files: dict[tuple[str, str], str | Path]) -> pd.DataFrame:
-    """Long table (method, schedule, stage, trained_task, eval_task, reference, kl, n_prompts, n_tokens).
+    """Long table (method, schedule, stage, trained_task, eval_task, reference, kl, n_prompts, n_tokens,
+    direction, estimator).
 
     Keys of `files` are (checkpoint label `method/schedule/k-task`, reference `previous` or `base`); the
     same file may serve both references of a stage whose previous model is the base.
@@ -191,5 +219,6 @@ def collect_kl(files: dict[tuple[str, str], str | Path]) -> pd.DataFrame:
     for (label, reference), path in files.items():
         for task, m in read_json(path).items():
             rows.append({**checkpoint_fields(label), "eval_task": task, "reference": reference, "kl": m["kl"],
-                         "n_prompts": m["n_prompts"], "n_tokens": m["n_tokens"]})
+                         "n_prompts": m["n_prompts"], "n_tokens": m["n_tokens"],
+                         "direction": m.get("direction", "forward"), "estimator": m.get("estimator", "exact")})
     return pd.DataFrame(rows)

@@ -93,13 +93,16 @@ def accuracy_sequential(acc: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
 
 def kl_sequential(kl: pd.DataFrame, outs: Outs, dpi: int = 120) -> None:
     """Figure 2: KL heatmaps of sequential training, one column of panels per method: KL(π_{k−1} ‖ π_k)
-    (top) and KL(π_0 ‖ π_k) (bottom), rows = training stage k, columns = evaluated task; each cell the
-    mean over seeds, with their min-max range beneath it when there are several."""
+    (top) and KL(π_0 ‖ π_k) (bottom), arguments swapped for `evaluate.kl.direction: reverse`; rows =
+    training stage k, columns = evaluated task; each cell the mean over seeds, with their min-max range
+    beneath it when there are several."""
     seq = kl[kl["schedule"] == "sequential"]
     methods = sorted(seq["method"].unique())
     if not methods:
         raise ValueError("no sequential checkpoints in the KL table")
-    references = {"previous": r"$\mathrm{KL}(\pi_{k-1} \,\Vert\, \pi_k)$", "base": r"$\mathrm{KL}(\pi_0 \,\Vert\, \pi_k)$"}
+    order = (lambda a, b: (b, a)) if set(seq.get("direction", ["forward"])) == {"reverse"} else (lambda a, b: (a, b))
+    references = {ref: r"$\mathrm{KL}(%s \,\Vert\, %s)$" % order(earlier, r"\pi_k")
+                  for ref, earlier in (("previous", r"\pi_{k-1}"), ("base", r"\pi_0"))}
     width = max(4.0, 1.1 * seq["eval_task"].nunique() + 2.5)
     height = 1.5 + 0.5 * seq["stage"].nunique()
     fig, axes = plt.subplots(len(references), len(methods), figsize=(width * len(methods), height * len(references)),

@@ -70,9 +70,11 @@ def _batch_seed(seed: int, start: int) -> int:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-             batch_size: int = 64, temperature: float = 0.0, seed: int | None = None) -> Generations:
+             batch_size: int = 64, temperature: float = 0.0, seed: int | None = None,
+             top_p: float = 1.0) -> Generations:
     """Completions of pre-tokenised prompts, in batches of `batch_size`: greedy, or sampled at
-    `temperature` > 0 (pure softmax sampling, no top-k/top-p).
+    `temperature` > 0 from softmax(logits/temperature), no top-k, truncated to its nucleus of mass `top_p`
+    (1: the whole distribution).
 
     Sampling needs `seed`: each batch draws from torch's RNG seeded with `_batch_seed(seed, start)` (the
     caller's RNG state is restored), so a batch's completions depend on its prompts, the model and that
@@ -80,7 +82,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_toke
     """
     if temperature > 0 and seed is None:
         raise EsftError("sampled generation (temperature > 0) needs a seed")
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if temperature > 0 \
         else dict(do_sample=False)
     device = next(model.parameters()).device
     stops = stop_ids(model, tokenizer)

@@ -128,12 +128,12 @@ class VllmEngine:
         self.write("esft_load_weights", str(path), self.shards())
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 0.0,
-                 seed: int | None = None) -> Generations:
-        """Completions of pre-tokenised prompts: greedy, or sampled at `temperature` (pure softmax), row i
-        seeded by `row_seed(seed, i)`; the engine schedules its own batches."""
+                 seed: int | None = None, top_p: float = 1.0) -> Generations:
+        """Completions of pre-tokenised prompts: greedy, or sampled at `temperature` within the nucleus of
+        mass `top_p`, row i seeded by `row_seed(seed, i)`; the engine schedules its own batches."""
         if temperature > 0 and seed is None:
             raise EsftError("sampled generation (temperature > 0) needs a seed")
-        params = [self.sampling_params(max_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
+        params = [self.sampling_params(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        stop_token_ids=self.stops, detokenize=False,
                                        seed=row_seed(seed, i) if temperature > 0 else None)
                   for i in range(len(prompt_ids))]
