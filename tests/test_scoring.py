@@ -64,9 +64,10 @@ def test_start_positions_are_checked(tiny_model, tokenizer):
 
 
 def test_corpus_fitness_keeps_its_values(tiny_model, tokenizer):
-    """CorpusFitness (now chunked) gives the mean of the full-logits log-likelihood over all tokens."""
+    """CorpusFitness (now chunked) with average token gives the mean of the full-logits log-likelihood over all
+    tokens."""
     texts = ["the cat sat on the mat", "ab", "hello world, hello again"]
-    fit = CorpusFitness(texts, tokenizer, batch_size=2)
+    fit = CorpusFitness(texts, tokenizer, batch_size=2, average="token")
     value, count = fit(tiny_model, [0, 1, 2], member=0)
     expected = _naive(tiny_model, fit.ids, [1, 1, 1], tokenizer.pad_token_id)
     assert count == sum(n for _, n in expected) == sum(len(ids) - 1 for ids in fit.ids)

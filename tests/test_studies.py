@@ -62,7 +62,7 @@ def test_time_to_accuracy_table_prints_missing_costs_as_dashes(tmp_path):
     md, tex = paths[1].read_text(), paths[2].read_text()
     assert "| not reached" in md and "nan" not in md and "<NA>" not in md
     assert "\\toprule" in tex and "gsm8k & lbes & 0.780 & 0.750 & -- & -- & -- & not reached" in tex
-    assert "\\begin{tabular}{llrrrrrl}" in tex  # numbers right-aligned where they stand
+    assert "\\begin{tabular}{rllrrrrrl}" in tex  # numbers (the seed first) right-aligned where they stand
     csv = pd.read_csv(paths[0])
     assert csv["tokens"].iloc[0] == 2000 and pd.isna(csv["tokens"].iloc[1])
 

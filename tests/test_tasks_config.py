@@ -30,8 +30,8 @@ def test_paper_config_is_the_papers_experiment():
     assert (cfg["runtime"]["device"], cfg["runtime"]["dtype"]) == ("cuda", "bfloat16")
     assert cfg["train"]["sequential"] == ["countdown", "math", "chemistry", "boolq"]
     es = cfg["es"]
-    assert (es["population"], es["sigma"], es["alpha"], es["iterations"], es["batch_size"], es["seed"],
-            es["shaping"]) == (30, 0.0015, 0.00075, 100, 200, 0, "zscore")
+    assert (es["population"], es["sigma"], es["alpha"], es["iterations"], es["batch_size"], cfg["seeds"],
+            es["shaping"]) == (30, 0.0015, 0.00075, 100, 200, [42], "zscore")
     tasks = cfg["tasks"]
     assert {(n, t["n_train"], t["n_test"], t["max_new_tokens"], t["source"]) for n, t in tasks.items()} == {
         ("countdown", 200, 2000, 1024, "hf"), ("math", 200, 500, 1024, "hf"),

@@ -221,5 +221,5 @@ def test_plain_answers_are_right_but_ungraded(name):
 def test_unknown_task_lists_known_ones():
     from esft.errors import EsftError
 
-    with pytest.raises(EsftError, match="known tasks: boolq, chemistry, conciseness, countdown, gsm8k, math"):
+    with pytest.raises(EsftError, match="known tasks: boolq, chemistry, conciseness, countdown, countdown_lbes, gsm8k, math"):
         get_task("mmlu-pro")
