@@ -271,7 +271,7 @@ def test_report_lists_every_figure_and_table_with_rendered_captions(workdir):
     captions = {Path(p).name: " ".join(r["caption"].split()) for p, r in results.items()}
     assert "chemistry 16, boolq 16, conciseness 8" in captions["accuracy.md"]
     assert "64 prompts per generation batch" in captions["accuracy.md"]
-    assert "This run: 32 prompts per task, 2 samples per prompt" in captions["kl_sequential.png"]
+    assert "This run: 16 prompts per task, 2 samples per prompt" in captions["kl_sequential.png"]
 
 
 def test_bad_config_key_stops_with_one_line(tmp_path):
