@@ -81,7 +81,7 @@ def test_paper_settings():
     # issue 17, defect 2: the authors' qwen_grpo.json and train/grpo.py (lr, schedule, clip, sampling, seed, one
     # AdamW across tasks) and their 80 steps per task = 20 epochs of 200 prompts × 8 completions
     assert (grpo["learning_rate"], grpo["warmup_ratio"], grpo["epsilon"], grpo["temperature"], grpo["top_p"],
-            grpo["seed"], grpo["carry_optimizer"], grpo["loss_type"]) == (3e-6, 0.0, 0.2, 1.0, 0.95, 42, True, "grpo")
+            cfg["seeds"], grpo["carry_optimizer"], grpo["loss_type"]) == (3e-6, 0.0, 0.2, 1.0, 0.95, [42], True, "grpo")
     completions = grpo["per_device_train_batch_size"] * grpo["gradient_accumulation_steps"]
     steps = grpo["num_train_epochs"] * 200 * grpo["num_generations"] // completions
     assert (steps, steps * completions) == (80, 32000) and 200 * grpo["num_generations"] % completions == 0
