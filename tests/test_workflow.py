@@ -86,7 +86,8 @@ def test_run_produces_figures_tables_and_logs(workdir):
     with open(out / "eval" / "kl.csv") as fh:
         kl = list(csv.DictReader(fh))
     assert list(kl[0]) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
-                           "n_prompts", "n_tokens"]
+                           "n_prompts", "n_tokens", "direction", "estimator"]
+    assert {(r["direction"], r["estimator"]) for r in kl} == {("forward", "exact")}  # Figure 2's KL
     assert {r["seed"] for r in kl} == {"0"}
     assert len(kl) == 7 * 2 * 3  # checkpoints × references × evaluated tasks
     by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
