@@ -23,10 +23,6 @@ def split_seed(label: str) -> tuple[int | None, str]:
     return None, label
 
 
-def with_seed(seed: int | None, label: str) -> str:
-    return label if seed is None else f"{SEED_PREFIX}{seed}/{label}"
-
-
 def checkpoint_fields(label: str) -> dict[str, Any]:
     """Columns of a checkpoint label: seed, method, schedule, stage, trained_task (base: no seed, stage 0,
     schedule and trained task `-`)."""

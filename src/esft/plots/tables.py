@@ -124,9 +124,6 @@ def norm_ratio(deltas: pd.DataFrame, schedule: str = "sequential") -> pd.DataFra
     return deltas[deltas["schedule"] == schedule].drop(columns="schedule").sort_values(["stage", "seed"])
 
 
-VERDICTS = {True: "holds", False: "does not hold", None: "not measured"}
-
-
 def findings(methods: Sequence[str], cfg: Mapping[str, Any], deltas: pd.DataFrame | None = None,
              interpolation: pd.DataFrame | None = None, drift_fits: pd.DataFrame | None = None,
              probes: pd.DataFrame | None = None, probes_holdout: pd.DataFrame | None = None,
