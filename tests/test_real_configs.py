@@ -218,7 +218,7 @@ def test_twin_runs_end_to_end(tmp_path, name):
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
     runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/*/run.jsonl"))
-    assert len(runs) == {"paper": 9, "lbes": 4, "es_lora": 2, "ea4llm": 8}[name]
+    assert len(runs) == {"paper": 9, "lbes": 4, "es_lora": 2, "ea4llm": 3}[name]
     if name == "es_lora":
         assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train/seed-0"
