@@ -28,12 +28,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from esft.plots.tables import stage_gains
 
-def start_label(seed: int, method: str, schedule: str, stage: int, order: list[str]) -> str:
-    """The checkpoint a run started from: the base model, or the previous sequential stage of its seed."""
-    if schedule == "single" or stage == 1:
-        return "base"
-    return f"seed-{seed}/{method}/sequential/{stage - 1}-{order[stage - 2]}"
+
+def stage_order(acc: pd.DataFrame, seed: int, method: str) -> list[str]:
+    """The tasks a method's sequential stages trained, in order, for one seed."""
+    runs = acc[(acc["seed"] == seed) & (acc["method"] == method) & (acc["schedule"] == "sequential")]
+    return list(runs.drop_duplicates("stage").sort_values("stage")["trained_task"])
 
 
 def train_fitness(results: Path, label: str) -> dict[str, float]:
@@ -66,22 +67,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     results = Path(args.results)
     acc = pd.read_csv(results / "eval" / "accuracy.csv")
-    lookup = {(r.checkpoint, r.eval_task): float(r.accuracy) for r in acc.itertuples()}
-    runs = acc[acc["method"] != "base"][["checkpoint", "seed", "method", "schedule", "stage", "trained_task"]]
-    runs = runs.drop_duplicates().sort_values(["method", "schedule", "stage", "seed"])
-
+    base = acc[acc["method"] == "base"]
     gains = []
-    for (method, seed), group in runs.groupby(["method", "seed"], sort=True):
-        sequential = group[group.schedule == "sequential"].sort_values("stage")
-        order = list(sequential.trained_task)
-        for r in group.itertuples():
-            start = start_label(int(seed), method, r.schedule, int(r.stage), order)
-            before, after = lookup.get((start, r.trained_task)), lookup.get((r.checkpoint, r.trained_task))
-            line = {"kind": "gain", "method": method, "seed": int(seed), "schedule": r.schedule,
-                    "stage": int(r.stage), "task": r.trained_task, "checkpoint": r.checkpoint,
-                    "started_from": start, "test_before": before, "test_after": after,
-                    "test_gain": None if before is None or after is None else after - before,
-                    **train_fitness(results, r.checkpoint)}
+    for seed in sorted(acc.loc[acc["method"] != "base", "seed"].astype(int).unique()):
+        # the same before/after as the findings' gain rows (esft.plots.tables.stage_gains), one seed at a time
+        for r in stage_gains(pd.concat([base, acc[(acc["method"] != "base") & (acc["seed"] == seed)]])).itertuples():
+            run = f"seed-{seed}/{r.method}/{r.schedule}/{r.stage}-{r.task}"
+            order = stage_order(acc, seed, r.method)
+            start = "base" if r.schedule == "single" or r.stage == 1 else \
+                f"seed-{seed}/{r.method}/sequential/{r.stage - 1}-{order[r.stage - 2]}"
+            line = {"kind": "gain", "method": r.method, "seed": int(seed), "schedule": r.schedule, "stage": int(r.stage),
+                    "task": r.task, "checkpoint": run, "started_from": start, "test_before": r.before,
+                    "test_after": r.after, "test_gain": r.gain, **train_fitness(results, run)}
             gains.append(line)
             print(json.dumps(line))
     table = pd.DataFrame(gains)

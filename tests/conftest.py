@@ -115,3 +115,30 @@ def findings_defaults() -> dict:
 
     schema = yaml.safe_load((REPO / "config/schema.yaml").read_text(encoding="utf-8"))
     return {k: v["default"] for k, v in schema["properties"]["geometry"]["properties"]["findings"]["properties"].items()}
+
+
+PAPER_TWIN = [REPO / "config" / "paper.yaml", REPO / "config" / "twins" / "paper.yaml"]
+"""The paper's config with its offline twin layered on it: the end-to-end run the suite shares."""
+
+
+def run_snakemake(workdir: Path, configs: list[Path], *args: str, check: bool = True,
+                  timeout: int = 900) -> subprocess.CompletedProcess:
+    """Snakemake on the layered `configs` in `workdir`, with this interpreter's `esft` on PATH (rules call it)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", *map(str, configs), *args]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def paper_twin(tmp_path_factory) -> Path:
+    """The workdir of one complete run of the paper twin (the costliest run of the suite, done once): the
+    workflow's end-to-end checks (test_workflow.py) and the twin's own (test_real_configs.py) read it."""
+    workdir = tmp_path_factory.mktemp("paper_twin")
+    start = time.perf_counter()
+    run_snakemake(workdir, PAPER_TWIN, "--cores", "2")
+    print(f"paper twin: {time.perf_counter() - start:.0f} s")
+    return workdir

@@ -42,9 +42,11 @@ esac
 }
 
 
-def sbatch_lines(tmp_path: Path, target: str, files: dict[str, str], configs: list[str]) -> list[dict[str, str]]:
-    """Run the workflow under profiles/slurm with fake SLURM commands for `target` (its inputs faked as
-    `files`); the parsed options of every sbatch call."""
+def launch_fake_slurm(tmp_path: Path, targets: list[str], files: dict[str, str],
+                      configs: list[str]) -> subprocess.Popen:
+    """Start the workflow under profiles/slurm with fake SLURM commands for `targets` (their inputs faked as
+    `files`), every target to the end (`--keep-going`). The plugin's status checks mostly sleep, so
+    several such runs overlap."""
     fake = tmp_path / "bin"
     fake.mkdir()
     for name, text in FAKES.items():
@@ -60,12 +62,20 @@ def sbatch_lines(tmp_path: Path, target: str, files: dict[str, str], configs: li
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
            "--profile", str(REPO / "profiles" / "slurm"), "--configfile", *[str(REPO / c) for c in configs],
            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
-           "--latency-wait", "1", "--retries", "1", target]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=work)
+           "--latency-wait", "1", "--retries", "1", "--keep-going", *targets]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+
+
+def sbatch_calls(tmp_path: Path, proc: subprocess.Popen) -> dict[str, list[dict[str, str]]]:
+    """The parsed options of every sbatch call of a finished fake-SLURM run, by job (its --comment)."""
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode != 0, "every fake job fails, so the run must fail"
     lines = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert lines, f"nothing was submitted:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return [parse(line) for line in lines]
+    assert lines, f"nothing was submitted:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    by_job: dict[str, list[dict[str, str]]] = {}
+    for call in map(parse, lines):
+        by_job.setdefault(call["--comment"], []).append(call)
+    return by_job
 
 
 def parse(line: str) -> dict[str, str]:
@@ -86,26 +96,51 @@ def parse(line: str) -> dict[str, str]:
     return out
 
 
+TRAIN_RUN = "results/paper/train/seed-42/es/sequential/1-countdown"
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory) -> dict[str, list[dict[str, str]]]:
+    """Three fake-SLURM runs at once, one job each: a GPU training job; a CPU table job; and a holdout job whose
+    hub snapshot (a local rule) stands in for cais/mmlu from a local folder (hub offline). The sbatch calls of
+    each job, and the snapshot's manifest."""
+    from datasets import Dataset
+
+    from esft.evaluate.holdout_data import mmlu_rows
+
+    train, table, holdout = (tmp_path_factory.mktemp(name) for name in ("slurm-train", "slurm-table", "slurm-holdout"))
+    hub = holdout / "hub-mmlu"
+    hub.mkdir()
+    Dataset.from_list(mmlu_rows(3, seed=0)).to_parquet(str(hub / "test.parquet"))
+    extra = holdout / "hub.yaml"
+    extra.write_text(f"holdout: {{benchmarks: {{mmlu: {{dataset: '{hub}', config_name: null, revision: null}}}}}}\n")
+    base = {"results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}'}
+    runs = {
+        train: launch_fake_slurm(train, [f"{TRAIN_RUN}/weights.safetensors"],
+                                 {**base, "results/paper/data/countdown/train.jsonl": "{}\n"}, ["config/paper.yaml"]),
+        table: launch_fake_slurm(table, ["results/paper/tables/accuracy.csv"],
+                                 {"results/paper/eval/accuracy.csv": "checkpoint,task,accuracy\n"}, ["config/paper.yaml"]),
+        holdout: launch_fake_slurm(holdout, ["results/paper/holdout/base/mmlu.json"], base,
+                                   ["config/paper.yaml", str(extra)]),
+    }
+    calls = {job: c for path, proc in runs.items() for job, c in sbatch_calls(path, proc).items()}
+    manifest = json.loads((holdout / "work/results/paper/holdout/data/mmlu/manifest.json").read_text())
+    return {**calls, "snapshot": [{**manifest, "hub": str(hub)}]}
+
+
 @pytest.mark.slow
-def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(tmp_path):
-    run = "results/paper/train/seed-42/es/sequential/1-countdown"
-    calls = sbatch_lines(tmp_path, f"{run}/weights.safetensors", {
-        "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
-        "results/paper/data/countdown/train.jsonl": "{}\n",
-    }, ["config/paper.yaml"])
+def test_train_asks_for_a_gpu_partition_runtime_memory_and_grows_its_runtime(submitted):
+    calls = submitted["rule_train_wildcards_42_es_sequential_1_countdown"]
     assert len(calls) == 2  # the first attempt and one retry
     for attempt, call in enumerate(calls, 1):
         assert call["--gpus"] == "1" and call["-p"] == "gpu" and call["--cpus-per-gpu"] == "8"
         assert call["-t"] == str(1440 * attempt) and call["--mem"] == "128000" and call["--nodes"] == "1"
         assert "--gres" not in call and "--cpus-per-task" not in call and "--requeue" in call
-        assert call["--comment"] == "rule_train_wildcards_42_es_sequential_1_countdown"
 
 
 @pytest.mark.slow
-def test_cpu_rule_runs_on_the_cpu_partition_without_gpus(tmp_path):
-    calls = sbatch_lines(tmp_path, "results/paper/tables/accuracy.csv", {
-        "results/paper/eval/accuracy.csv": "checkpoint,task,accuracy\n",
-    }, ["config/paper.yaml"])
+def test_cpu_rule_runs_on_the_cpu_partition_without_gpus(submitted):
+    calls = submitted["rule_table_accuracy"]
     assert len(calls) == 2
     for attempt, call in enumerate(calls, 1):
         assert call["-p"] == "cpu" and call["-t"] == str(60 * attempt) and call["--mem"] == "16000"
@@ -114,24 +149,14 @@ def test_cpu_rule_runs_on_the_cpu_partition_without_gpus(tmp_path):
 
 
 @pytest.mark.slow
-def test_holdout_snapshot_runs_where_snakemake_runs_and_the_gpu_job_reads_it(tmp_path):
-    """The hub snapshot is a local rule: it runs in the Snakemake process (here from a local folder that
-    stands in for cais/mmlu, hub offline), never through sbatch; only the holdout job is submitted."""
-    from datasets import Dataset
-
-    from esft.evaluate.holdout_data import mmlu_rows
-
-    hub = tmp_path / "hub-mmlu"
-    hub.mkdir()
-    Dataset.from_list(mmlu_rows(3, seed=0)).to_parquet(str(hub / "test.parquet"))
-    extra = tmp_path / "hub.yaml"
-    extra.write_text(f"holdout: {{benchmarks: {{mmlu: {{dataset: '{hub}', config_name: null, revision: null}}}}}}\n")
-    calls = sbatch_lines(tmp_path, "results/paper/holdout/base/mmlu.json", {
-        "results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}',
-    }, ["config/paper.yaml", str(extra)])
-    assert [call["--comment"] for call in calls] == ["rule_holdout_base_wildcards_mmlu"] * 2
-    manifest = json.loads((tmp_path / "work/results/paper/holdout/data/mmlu/manifest.json").read_text())
-    assert (manifest["dataset"], manifest["split"], manifest["rows"]) == (str(hub), "test", 3)
+def test_holdout_snapshot_runs_where_snakemake_runs_and_the_gpu_job_reads_it(submitted):
+    """The hub snapshot is a local rule: it runs in the Snakemake process, never through sbatch; only the
+    holdout job is submitted."""
+    assert set(submitted) == {"rule_train_wildcards_42_es_sequential_1_countdown", "rule_table_accuracy",
+                              "rule_holdout_base_wildcards_mmlu", "snapshot"}
+    assert len(submitted["rule_holdout_base_wildcards_mmlu"]) == 2
+    manifest = submitted["snapshot"][0]
+    assert (manifest["dataset"], manifest["split"], manifest["rows"]) == (manifest["hub"], "test", 3)
 
 
 def test_train_rule_launches_torchrun_per_method_processes(tmp_path):

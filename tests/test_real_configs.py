@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from test_workflow import check_run_files
 from esft.config import load_config
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -197,28 +198,38 @@ def test_paper_holdout_jobs_read_the_snapshot_of_the_hub_dataset(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL)
-def test_twin_runs_end_to_end(tmp_path, name):
-    """The twin runs every stage; the es_lora twin trains full-parameter ES under torchrun with 2 gloo
-    ranks, the ea4llm twin scores a local corpus prepared by prepare_corpus with ES and AdamW, on the same
-    minibatches, and draws their loss curves."""
-    files = configs(name, True)
-    if name in ("es_lora", "ea4llm"):
-        extra = tmp_path / "extra.yaml"
-        if name == "es_lora":
-            extra.write_text("train: {processes: {es: 2}}\n")
-        else:
-            corpus = tmp_path / "texts.jsonl"
-            corpus.write_text("".join(json.dumps({"text": f"text {i}: the quick brown fox."}) + "\n" for i in range(8)))
-            extra.write_text(json.dumps({"corpus": {"dataset": "json", "data_files": str(corpus), "split": "train",
-                                                    "n_texts": 6}}))
-        files.append(extra)
-    start = time.perf_counter()
-    snakemake(tmp_path, files, "--cores", "2")
-    print(f"{name} twin: {time.perf_counter() - start:.0f} s")
+def test_twin_runs_end_to_end(tmp_path, name, request):
+    """The twin runs every stage (the paper twin's run is the session's shared one, which test_workflow.py
+    checks in depth); the es_lora twin trains full-parameter ES under torchrun with 2 gloo ranks, the ea4llm
+    twin scores a local corpus prepared by prepare_corpus with ES and AdamW, on the same minibatches, and
+    draws their loss curves; every method writes the same run files."""
+    if name == "paper":
+        tmp_path = request.getfixturevalue("paper_twin")
+    else:
+        files = configs(name, True)
+        if name in ("es_lora", "ea4llm"):
+            extra = tmp_path / "extra.yaml"
+            if name == "es_lora":
+                extra.write_text("train: {processes: {es: 2}}\n")
+            else:
+                corpus = tmp_path / "texts.jsonl"
+                corpus.write_text("".join(json.dumps({"text": f"text {i}: the quick brown fox."}) + "\n"
+                                          for i in range(8)))
+                extra.write_text(json.dumps({"corpus": {"dataset": "json", "data_files": str(corpus), "split": "train",
+                                                        "n_texts": 6}}))
+            files.append(extra)
+        start = time.perf_counter()
+        snakemake(tmp_path, files, "--cores", "2")
+        print(f"{name} twin: {time.perf_counter() - start:.0f} s")
     out = tmp_path / "results" / f"{name}_twin"
     assert (out / "tables" / "accuracy.md").exists() and (out / "figures" / "training_fitness.png").exists()
-    runs = sorted(p.parent.relative_to(out / "train").as_posix() for p in (out / "train").glob("*/*/*/*/run.jsonl"))
+    run_dirs = sorted(p.parent for p in (out / "train").glob("*/*/*/*/run.jsonl"))
+    runs = [r.relative_to(out / "train").as_posix() for r in run_dirs]
     assert len(runs) == {"paper": 9, "lbes": 4, "es_lora": 2, "ea4llm": 3}[name]
+    if name == "lbes":
+        check_run_files(out, run_dirs)
+        for run in (r for r in run_dirs if "/lbes/" in r.as_posix()):  # batch_size prompts × n_samples each
+            assert all(json.loads(line)["rollouts"] == 4 * 4 for line in (run / "run.jsonl").read_text().splitlines())
     if name == "es_lora":
         assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
         logs = tmp_path / "logs/es_lora_twin/train/seed-0"

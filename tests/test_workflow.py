@@ -1,4 +1,5 @@
-"""End to end: the Snakemake workflow on a small embedded config, its caching and its config errors."""
+"""End to end: the workflow's run of the paper twin (shared with test_real_configs.py), its caching, its
+report and its config errors; the recovery after a crash and the dry runs use the small embedded config."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import PAPER_TWIN, REPO, run_snakemake
 
 SMALL = REPO / "tests" / "data" / "small.yaml"
 pytestmark = pytest.mark.slow
@@ -23,15 +24,12 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, *args: str, extra: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run Snakemake on the small config (plus an `extra` config file layered on top) in `workdir`."""
-    configs = [str(SMALL)] + ([str(extra)] if extra else [])
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", *configs, *args]
-    # rules call `esft`: make the console script of this interpreter's environment visible
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_snakemake(workdir, [SMALL] + ([extra] if extra else []), *args, check=check)
+
+
+def twin(workdir: Path, *args: str, extra: Path | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake on the paper twin (plus an `extra` config file layered on top) in `workdir`."""
+    return run_snakemake(workdir, PAPER_TWIN + ([extra] if extra else []), *args)
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -47,95 +45,9 @@ def read_run(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("workflow")
-    snakemake(wd, "--cores", "2")
-    return wd
-
-
-def test_run_produces_figures_tables_and_logs(workdir):
-    out = workdir / "results" / "small"
-    for fig in ("accuracy_sequential.png", "training_fitness.png"):
-        assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with open(out / "tables" / "accuracy.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    stages = [(r["method"], r["schedule"], r["stage"]) for r in rows]
-    assert stages == [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es", "single", "1"),
-                      ("grpo", "sequential", "1"), ("grpo", "sequential", "2"), ("grpo", "single", "1"),
-                      ("lbes", "single", "1")]
-    assert {"chemistry", "boolq", "conciseness"} <= set(rows[0])
-    for row in rows:  # each cell is the fraction of its checkpoint's graded completions, recounted here
-        label = "base" if row["method"] == "base" else f"seed-0/{row['method']}/{row['schedule']}/{row['stage']}-" \
-            f"{row['trained_task']}"
-        scores = [c["score"] for c in map(json.loads, (out / "eval" / label / "completions.jsonl").read_text().splitlines())
-                  if c["task"] == "chemistry"]
-        assert len(scores) == 16 and float(row["chemistry"]) == pytest.approx(sum(scores) / 16), label
-    assert "| method" in (out / "tables" / "accuracy.md").read_text()
-    with open(out / "geometry" / "update_norms.csv") as fh:
-        norms = {r["checkpoint"].removeprefix("seed-0/"): float(r["update_norm"]) for r in csv.DictReader(fh)}
-    # a checkpoint moved exactly when some iteration of its chain had a non-zero update weight
-    chains = {"es/sequential/1-chemistry": ["sequential/1-chemistry"],
-              "es/sequential/2-boolq": ["sequential/1-chemistry", "sequential/2-boolq"],
-              "es/single/1-conciseness": ["single/1-conciseness"]}
-    for label, runs in chains.items():
-        moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train/seed-0/es" / run / "run.jsonl"))
-        assert (norms[label] > 0) == moved, label
-    assert norms["es/single/1-conciseness"] > 0  # length rewards always separate members
-    # KL to the base is zero exactly where the weights did not move; stage 1's previous model is the base
-    with open(out / "eval" / "kl.csv") as fh:
-        kl = list(csv.DictReader(fh))
-    assert list(kl[0]) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
-                           "n_prompts", "n_tokens", "direction", "estimator"]
-    assert {(r["direction"], r["estimator"]) for r in kl} == {("forward", "exact")}  # Figure 2's KL
-    assert {r["seed"] for r in kl} == {"0"}
-    assert len(kl) == 7 * 2 * 3  # checkpoints × references × evaluated tasks
-    by = {(f"{r['method']}/{r['schedule']}/{r['stage']}-{r['trained_task']}", r["reference"], r["eval_task"]): r
-          for r in kl}
-    for (label, reference, task), row in by.items():
-        # the per-token KL is the mean of the completions' summed KL over their tokens, recounted here
-        records = [c for c in map(json.loads, (out / "eval" / f"seed-0/{label}" / f"kl_{reference}_completions.jsonl")
-                                  .read_text().splitlines()) if c["task"] == task] if reference == "base" or \
-            "/sequential/2-" in label else None
-        if records:
-            assert int(row["n_tokens"]) == sum(c["n_tokens"] for c in records) > 0
-            assert float(row["kl"]) == pytest.approx(sum(c["kl_sum"] for c in records) / int(row["n_tokens"]))
-        assert int(row["n_prompts"]) == (8 if task == "conciseness" else 16)
-        if reference == "base":
-            assert (float(row["kl"]) > 0) == (norms[label] > 0), (label, task)
-    for ext in ("png", "pdf"):
-        assert (out / "figures" / f"kl_sequential.{ext}").stat().st_size > 1000
-    completion = json.loads((out / "eval/base/completions.jsonl").read_text().splitlines()[0])
-    assert completion["prompt_ids"] and completion["completion_ids"]
-    run = read_run(out / "train/seed-0/es/sequential/1-chemistry/run.jsonl")
-    assert [r["iteration"] for r in run] == [0, 1]
-    assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
-    log = (workdir / "logs/small/train/seed-0/es/sequential/1-chemistry.log").read_text()
-    assert "iter 2/2" in log and "tok/s" in log
-    # holdouts (Table 2) of the base and every sequential stage, through lm-eval
-    with open(out / "tables" / "holdout.csv") as fh:
-        holdout = list(csv.DictReader(fh))
-    assert [(r["method"], r["schedule"], r["stage"]) for r in holdout] == [s for s in stages if s[1] != "single"]
-    for row in holdout:  # Table 2 holds each checkpoint's lm-eval record
-        label = "base" if row["method"] == "base" else f"seed-0/{row['method']}/{row['schedule']}/{row['stage']}-" \
-            f"{row['trained_task']}"
-        for benchmark, metric in (("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")):
-            record = json.loads((out / "holdout" / label / f"{benchmark}.json").read_text())
-            assert float(row[f"{benchmark} {metric}"]) == pytest.approx(record["metrics"][metric]), (label, benchmark)
-    assert "ifeval inst_level_loose_acc" in holdout[0]
-    for label in ("base", "seed-0/es/sequential/2-boolq"):
-        record = json.loads((out / "holdout" / label / "ifeval.json").read_text())
-        assert record["n"] == 8 and record["task_versions"] == {"ifeval": 4.0} and record["lm_eval_version"]
-    with open(out / "eval" / "holdout.csv") as fh:
-        assert {(r["benchmark"], r["metric"]) for r in csv.DictReader(fh)} >= {("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")}
-    assert not (out / "holdout" / "seed-0" / "es" / "single").exists()
-    # resume state is cleaned up once the outputs exist
-    assert not list((out / "state").rglob("state.safetensors"))
-
-
-def test_every_method_writes_the_same_run_files(workdir):
-    """es, grpo and lbes runs each hold weights loadable by plain transformers, run.jsonl with the common
-    fields, and drift.parquet."""
+def check_run_files(out: Path, runs: list[Path]) -> None:
+    """Each run holds weights loadable by plain transformers into the base model (fp32, every tensor but the
+    tied head), run.jsonl with the common fields and consecutive iterations, and drift.parquet."""
     import pandas as pd
     import torch
     from safetensors.torch import load_file
@@ -143,28 +55,125 @@ def test_every_method_writes_the_same_run_files(workdir):
 
     from esft.runs import COMMON_FIELDS
 
-    out = workdir / "results" / "small"
-    runs = sorted(p.parent for p in (out / "train").glob("seed-0/*/*/*/run.jsonl"))
-    assert {r.relative_to(out / "train").parts[1] for r in runs} == {"es", "grpo", "lbes"} and len(runs) == 7
+    model = AutoModelForCausalLM.from_pretrained(out / "model" / "base")
     for run in runs:
         records = read_run(run / "run.jsonl")
         assert records and all(set(COMMON_FIELDS) <= set(r) for r in records), run
         assert [r["iteration"] for r in records] == list(range(len(records)))
         drift = pd.read_parquet(run / "drift.parquet")
         assert list(drift.columns) == ["iteration", "parameter", "drift_sq"] and len(drift) > 0
-        model = AutoModelForCausalLM.from_pretrained(out / "model" / "base")
         state = load_file(str(run / "weights.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, run  # tied to the embedding
         assert all(t.dtype == torch.float32 for t in state.values())
-    grpo = read_run(out / "train/seed-0/grpo/sequential/1-chemistry/run.jsonl")
-    assert all(r["rollouts"] == 8 and "loss" in r for r in grpo)  # 8 completions per step (4 per prompt)
-    lbes = read_run(out / "train/seed-0/lbes/single/1-boolq/run.jsonl")
-    assert all(r["rollouts"] == 8 * 4 for r in lbes)  # B prompts × n samples
+
+
+OUT = Path("results") / "paper_twin"
+SEED = "seed-42"
+STAGES = [("base", "-", "0"), ("es", "sequential", "1"), ("es", "sequential", "2"), ("es_300", "sequential", "1"),
+          ("es_300", "sequential", "2"), ("es_300", "single", "1"), ("es_500", "single", "1"),
+          ("grpo", "sequential", "1"), ("grpo", "sequential", "2"), ("grpo", "single", "1")]
+"""Table rows of the twin: ES-100, ES-300 and GRPO in sequence (chemistry, boolq), ES-300 and GRPO on boolq
+alone, and ES-500 on chemistry alone."""
+
+
+@pytest.fixture(scope="module")
+def workdir(paper_twin) -> Path:
+    return paper_twin
+
+
+def _label(row: dict) -> str:
+    return "base" if row["method"] == "base" else f"{SEED}/{row['method']}/{row['schedule']}/{row['stage']}-{row['trained_task']}"
+
+
+def test_run_produces_figures_tables_and_logs(workdir):
+    out = workdir / OUT
+    for fig in ("accuracy_sequential.png", "training_fitness.png"):
+        assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "tables" / "accuracy.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    stages = [(r["method"], r["schedule"], r["stage"]) for r in rows]
+    assert stages == STAGES
+    tasks = ("countdown", "math", "chemistry", "boolq")
+    assert set(tasks) <= set(rows[0])
+    for row in rows:  # each cell is the fraction of its checkpoint's graded completions, recounted here
+        completions = [json.loads(line) for line in (out / "eval" / _label(row) / "completions.jsonl").read_text().splitlines()]
+        for task in tasks:
+            scores = [c["score"] for c in completions if c["task"] == task]
+            assert len(scores) == 8 and float(row[task]) == pytest.approx(sum(scores) / 8), (row, task)
+    assert max(float(row[task]) for row in rows for task in tasks) > 0  # the warm-started base answers some
+    assert "| method" in (out / "tables" / "accuracy.md").read_text()
+    with open(out / "geometry" / "update_norms.csv") as fh:
+        norms = {r["checkpoint"].removeprefix(f"{SEED}/"): float(r["update_norm"]) for r in csv.DictReader(fh)}
+    # an ES checkpoint moved exactly when some iteration of its chain had a non-zero update weight
+    chains = {"es/sequential/1-chemistry": ["es/sequential/1-chemistry"],
+              "es/sequential/2-boolq": ["es/sequential/1-chemistry", "es/sequential/2-boolq"],
+              "es_300/single/1-boolq": ["es_300/single/1-boolq"], "es_500/single/1-chemistry": ["es_500/single/1-chemistry"]}
+    for label, runs in chains.items():
+        moved = any(any(r["shaped"]) for run in runs for r in read_run(out / "train" / SEED / run / "run.jsonl"))
+        assert (norms[label] > 0) == moved, label
+    assert norms["es/sequential/1-chemistry"] > 0 and norms["es_500/single/1-chemistry"] > 0  # rewards differ
+    # KL to the base is zero exactly where the weights did not move; stage 1's previous model is the base
+    with open(out / "eval" / "kl.csv") as fh:
+        kl = list(csv.DictReader(fh))
+    assert list(kl[0]) == ["seed", "method", "schedule", "stage", "trained_task", "eval_task", "reference", "kl",
+                           "n_prompts", "n_tokens", "direction", "estimator"]
+    assert {(r["direction"], r["estimator"]) for r in kl} == {("forward", "exact")}  # Figure 2's KL
+    assert {r["seed"] for r in kl} == {"42"}
+    assert len(kl) == 9 * 2 * 4  # checkpoints × references × evaluated tasks
+    for row in kl:
+        label = f"{row['method']}/{row['schedule']}/{row['stage']}-{row['trained_task']}"
+        reference, task = row["reference"], row["eval_task"]
+        # the per-token KL is the mean of the completions' summed KL over their tokens, recounted here
+        if reference == "base" or row["stage"] == "2":
+            records = [c for c in map(json.loads, (out / "eval" / SEED / label / f"kl_{reference}_completions.jsonl")
+                                      .read_text().splitlines()) if c["task"] == task]
+            assert int(row["n_tokens"]) == sum(c["n_tokens"] for c in records) > 0
+            assert float(row["kl"]) == pytest.approx(sum(c["kl_sum"] for c in records) / int(row["n_tokens"]))
+        assert int(row["n_prompts"]) == 8  # every test prompt (fewer than prompts_per_task)
+        if reference == "base":
+            assert (float(row["kl"]) > 0) == (norms[label] > 0), (label, task)
+    for ext in ("png", "pdf"):
+        assert (out / "figures" / f"kl_sequential.{ext}").stat().st_size > 1000
+    completion = json.loads((out / "eval/base/completions.jsonl").read_text().splitlines()[0])
+    assert completion["prompt_ids"] and completion["completion_ids"]
+    run = read_run(out / "train" / SEED / "es/sequential/1-chemistry/run.jsonl")
+    assert [r["iteration"] for r in run] == [0, 1]
+    assert len(run[0]["fitness"]) == 4 and run[0]["tokens"] > 0
+    log = (workdir / "logs/paper_twin/train" / SEED / "es/sequential/1-chemistry.log").read_text()
+    assert "iter 2/2" in log and "tok/s" in log
+    # holdouts (Table 2) of the base and every sequential stage, through lm-eval
+    with open(out / "tables" / "holdout.csv") as fh:
+        holdout = list(csv.DictReader(fh))
+    assert [(r["method"], r["schedule"], r["stage"]) for r in holdout] == [s for s in stages if s[1] != "single"]
+    for row in holdout:  # Table 2 holds each checkpoint's lm-eval record
+        for benchmark, metric in (("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")):
+            record = json.loads((out / "holdout" / _label(row) / f"{benchmark}.json").read_text())
+            assert float(row[f"{benchmark} {metric}"]) == pytest.approx(record["metrics"][metric]), (row, benchmark)
+    assert "ifeval inst_level_loose_acc" in holdout[0]
+    for label in ("base", f"{SEED}/es/sequential/2-boolq"):
+        record = json.loads((out / "holdout" / label / "ifeval.json").read_text())
+        assert record["n"] == 8 and record["task_versions"] == {"ifeval": 4.0} and record["lm_eval_version"]
+    with open(out / "eval" / "holdout.csv") as fh:
+        assert {(r["benchmark"], r["metric"]) for r in csv.DictReader(fh)} >= {("mmlu", "acc"), ("ifeval", "prompt_level_strict_acc")}
+    assert not (out / "holdout" / SEED / "es_300" / "single").exists()
+    # resume state is cleaned up once the outputs exist
+    assert not list((out / "state").rglob("state.safetensors"))
+
+
+def test_every_method_writes_the_same_run_files(workdir):
+    """es, es_300, es_500 and grpo runs all write the same run files (lbes: the lbes twin's test)."""
+    out = workdir / OUT
+    runs = sorted(p.parent for p in (out / "train").glob(f"{SEED}/*/*/*/run.jsonl"))
+    assert {r.relative_to(out / "train").parts[1] for r in runs} == {"es", "es_300", "es_500", "grpo"} and len(runs) == 9
+    check_run_files(out, runs)
+    grpo = read_run(out / "train" / SEED / "grpo/sequential/1-chemistry/run.jsonl")
+    # 8 completions per optimizer step: 4 per prompt, 4 per device batch, 2 accumulation steps
+    assert all(r["rollouts"] == 8 and "loss" in r for r in grpo)
 
 
 def test_second_dry_run_has_nothing_to_do(workdir):
-    assert planned_jobs(snakemake(workdir, "-n")) == {}
+    assert planned_jobs(twin(workdir, "-n")) == {}
 
 
 def _override(workdir: Path, name: str, data: dict) -> Path:
@@ -175,63 +184,69 @@ def _override(workdir: Path, name: str, data: dict) -> Path:
 
 def test_es_change_reruns_only_training_and_dependents(workdir):
     extra = _override(workdir, "sigma.yaml", {"es": {"sigma": 0.02}})
-    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    # the seed's checkpoints are evaluated together: one evaluation, KL and holdout (per benchmark) job
-    assert jobs["train"] == 3 and jobs["evaluate"] == 1 and jobs["kl"] == 1
+    jobs = planned_jobs(twin(workdir, "-n", extra=extra))
+    # es's 2 sequential stages (es_300 and es_500 have their own sections); the seed's checkpoints are
+    # evaluated together: one evaluation, KL and holdout (per benchmark) job
+    assert jobs["train"] == 2 and jobs["evaluate"] == 1 and jobs["kl"] == 1
     assert jobs["holdout"] == 2 and "evaluate_base" not in jobs and "holdout_base" not in jobs
     assert "prepare_task" not in jobs and "base_model" not in jobs and "holdout_data" not in jobs
 
 
 def test_grpo_change_reruns_only_grpo_training_and_dependents(workdir):
     extra = _override(workdir, "lr.yaml", {"grpo": {"learning_rate": 0.002}})
-    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
-    assert jobs["train"] == 3 and jobs["evaluate"] == 1
+    jobs = planned_jobs(twin(workdir, "-n", extra=extra))
+    assert jobs["train"] == 3 and jobs["evaluate"] == 1  # 2 sequential stages and boolq alone
 
 
 def test_figure_change_reruns_only_figures(workdir):
     extra = _override(workdir, "dpi.yaml", {"figures": {"dpi": 80}})
-    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    jobs = planned_jobs(twin(workdir, "-n", extra=extra))
     assert set(jobs) == {"figure_accuracy_sequential", "figure_kl_sequential", "figure_training_fitness",
                          "figure_training_curves", "figure_drift", "figure_interpolation", "figure_probes",
                          "figure_probes_holdout", "all"}
 
 
 def test_kl_change_reruns_only_kl(workdir):
-    extra = _override(workdir, "kl.yaml", {"evaluate": {"generation_batch_size": 64, "kl": {"temperature": 0.7}}})
-    jobs = planned_jobs(snakemake(workdir, "-n", extra=extra))
+    extra = _override(workdir, "kl.yaml", {"evaluate": {"kl": {"temperature": 0.7}}})
+    jobs = planned_jobs(twin(workdir, "-n", extra=extra))
     assert jobs == {"kl": 1, "collect_kl": 1, "figure_kl_sequential": 1, "table_findings": 1, "all": 1}
 
 
 def test_geometry_and_table1_outputs(workdir):
     """es and grpo both trained: the pair stages are measured; Table 1 holds the replayed ES budget beside
     every method's final single-task checkpoint."""
-    out = workdir / "results" / "small"
+    out = workdir / OUT
     for fig in ("drift", "training_curves", "interpolation", "probes", "probes_holdout"):
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
     with open(out / "tables" / "single_task.csv") as fh:
         rows = {r["task"]: r for r in csv.DictReader(fh)}
-    assert list(rows["conciseness"]) == ["task", "seed", "base", "es (1 steps)", "es (2 steps)", "grpo (2 steps)",
-                                         "lbes (2 steps)"]
-    assert rows["conciseness"]["seed"] == "0"
-    assert rows["conciseness"]["lbes (2 steps)"] == "" and rows["boolq"]["es (2 steps)"] == ""  # lbes trains boolq
+    # ES-300 on boolq replayed after 1 of its 3 iterations; ES-500 on chemistry after 1 and 3 of its 5, in
+    # ES-300's columns (tables.single_task.columns); GRPO trains boolq alone
+    assert list(rows) == ["boolq", "chemistry"]
+    assert list(rows["boolq"]) == ["task", "seed", "base", "es_300 (1 steps)", "es_300 (3 steps)", "es_300 (5 steps)",
+                                   "grpo (2 steps)"]
+    assert {r["seed"] for r in rows.values()} == {"42"}
+    assert rows["boolq"]["es_300 (5 steps)"] == "" and rows["chemistry"]["grpo (2 steps)"] == ""
+    assert all(rows[t][c] != "" for t, c in [("boolq", "es_300 (1 steps)"), ("boolq", "es_300 (3 steps)"),
+                                              ("chemistry", "es_300 (1 steps)"), ("chemistry", "es_300 (5 steps)")])
     with open(out / "tables" / "findings.csv") as fh:
         verdicts = {r["finding"]: r["verdict"] for r in csv.DictReader(fh)}
     assert verdicts["es update norm >> grpo norm (Table 3)"] != "not measured"
     assert verdicts["es drift linear in steps, slope ~ a^2 D/N (Figure 6)"] != "not measured"
     assert verdicts["es direction ~ random on holdouts (Figure 5)"] != "not measured"
-    # holdouts along directions at the last sequential pair only: θ₀ and 2 methods × 4 directions × 4 scales
+    # holdouts along directions at the last sequential pair only: 2 methods × 4 directions (its own, 3 random) ×
+    # 4 points (the twin's 3 absolute distances c, and the checkpoint's own) × 6 metrics (MMLU 2, IFEval 4)
     with open(out / "geometry" / "probes_holdout.csv") as fh:
         along = list(csv.DictReader(fh))
     assert {(r["schedule"], r["stage"], r["trained_task"]) for r in along} == {("sequential", "2", "boolq")}
-    assert {r["benchmark"] for r in along} == {"mmlu", "ifeval"} and len(along) == 2 * 4 * 5 * (2 + 4)
+    assert {r["benchmark"] for r in along} == {"mmlu", "ifeval"} and len(along) == 2 * 4 * 4 * (2 + 4)
     for table in ("single_task", "holdout", "norm_ratio"):
         assert "\\toprule" in (out / "tables" / f"{table}.tex").read_text()
 
 
 def test_holdout_change_reruns_only_that_benchmark_and_the_holdouts_along_directions(workdir):
-    small = yaml.safe_load(SMALL.read_text())
-    small["holdout"]["benchmarks"]["ifeval"]["n"] = 6
-    jobs = planned_jobs(snakemake(workdir, "-n", extra=_override(workdir, "ifeval.yaml", {"holdout": small["holdout"]})))
+    extra = _override(workdir, "ifeval.yaml", {"holdout": {"benchmarks": {"ifeval": {"n": 6}}}})
+    jobs = planned_jobs(twin(workdir, "-n", extra=extra))
     assert set(jobs) == {"holdout_data", "holdout_base", "holdout", "collect_holdout", "table_holdout",
                          "geometry_probe_holdout", "figure_probes_holdout", "table_findings", "all"}
     # the base, and the 2 sequential stages of es and grpo in the seed's one job
@@ -258,21 +273,21 @@ def report_json(html: str, name: str):
 def test_report_lists_every_figure_and_table_with_rendered_captions(workdir):
     """The report holds each figure and table the run produced, in its category, each with a caption whose
     config values were filled in."""
-    snakemake(workdir, "--report", str(workdir / "report.html"))
+    twin(workdir, "--report", str(workdir / "report.html"))
     html = (workdir / "report.html").read_text()
     results, categories = report_json(html, "results"), report_json(html, "categories")
     listed = {c: {Path(p).name for sub in subs.values() for p in sub} for c, subs in categories.items()}
     assert listed == REPORT_CATEGORIES
-    out = workdir / "results" / "small"
+    out = workdir / OUT
     produced = {p.name for p in (out / "figures").glob("*.png")} | {p.name for p in (out / "tables").glob("*.md")}
     assert {Path(p).name for p in results} == produced
     for path, result in results.items():
         caption = result["caption"]
         assert len(caption) > 100 and "{{" not in caption and "{%" not in caption, path
     captions = {Path(p).name: " ".join(r["caption"].split()) for p, r in results.items()}
-    assert "chemistry 16, boolq 16, conciseness 8" in captions["accuracy.md"]
-    assert "64 prompts per generation batch" in captions["accuracy.md"]
-    assert "This run: 16 prompts per task, 2 samples per prompt" in captions["kl_sequential.png"]
+    assert "countdown 8, math 8, chemistry 8, boolq 8" in captions["accuracy.md"]
+    assert "32 prompts per generation batch" in captions["accuracy.md"]
+    assert "This run: 200 prompts per task, 2 samples per prompt" in captions["kl_sequential.png"]
 
 
 def test_bad_config_key_stops_with_one_line(tmp_path):
@@ -299,7 +314,7 @@ def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
     overlay = {"model": {"tiny": {"warmstart_steps": 0}},
                "train": {"methods": ["es"], "sequential": [], "single": ["chemistry"],
                          "per_method": {"lbes": {"sequential": [], "single": []}}},
-               "es": {"iterations": 30, "checkpoint_every": 5}}
+               "es": {"iterations": 12, "checkpoint_every": 3}}
     target = "results/small/train/seed-0/es/single/1-chemistry/weights.safetensors"
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
     for wd in (crashed, clean):
