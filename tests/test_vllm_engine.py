@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
 from esft.es.config import ESConfig
@@ -296,15 +296,17 @@ def test_backend_vllm_without_vllm_is_one_line_naming_the_extra(monkeypatch, bas
     assert isinstance(model, torch.nn.Module)
 
 
-def test_a_prefix_cache_that_cannot_reset_stops_the_run():
+def test_a_prefix_cache_that_cannot_reset_stops_the_run(tmp_path):
     """vLLM's reset_prefix_cache returns False while blocks are held: generating then would reuse KV computed
     with the previous weights, so the write raises instead of going on."""
+    weights = tmp_path / "weights.safetensors"
+    save_file({}, str(weights))  # its header is read before the write
     llm = SimpleNamespace(collective_rpc=lambda method, args: [None], reset_prefix_cache=lambda: False)
     engine = VllmEngine(llm, SimpleNamespace, None, [], [])
     with pytest.raises(EsftError, match=r"could not reset its prefix cache after esft_load_weights"):
-        engine.load_weights("weights.safetensors")
+        engine.load_weights(weights)
     llm.reset_prefix_cache = lambda: True
-    engine.load_weights("weights.safetensors")
+    engine.load_weights(weights)
 
 
 def test_max_model_len_is_the_longest_request_unless_set(monkeypatch, base, tokenizer):

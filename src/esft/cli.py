@@ -11,7 +11,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -29,10 +29,35 @@ def _cfg(value: str) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise argparse.ArgumentTypeError(f"not a JSON object: {err}") from None
     else:
-        data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"{value}: {err.strerror} (expected a JSON object or a YAML file)") \
+                from None
+        except yaml.YAMLError as err:
+            raise argparse.ArgumentTypeError(f"{value}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError(f"expected a mapping, got {type(data).__name__}")
     return data
+
+
+def _slice(cfg: dict[str, Any], where: str, *parts: str, option: str = "--cfg") -> dict[str, Any]:
+    """A stage's config slice validated as the workflow's config is (config/schema.yaml, defaults filled):
+    `parts` as `esft.config.slice_schema` takes them, `where` the slice's place in a workflow config."""
+    from esft.config import slice_schema, validate_slice
+
+    return validate_slice(cfg, slice_schema(*parts), where, option)
+
+
+def _tasks_slice(cfg: dict[str, Any], task: str | None = None, option: str = "--tasks-cfg") -> dict[str, Any]:
+    """The tasks slice (or one task's, `--task-cfg`) of a stage that reads the rows prepare-task wrote: it
+    needs max_new_tokens (and format_bonus), never where the rows came from, so only max_new_tokens is
+    required of each task."""
+    from esft.config import slice_schema, validate_slice
+
+    schema = slice_schema("tasks" if task is None else "tasks.*")
+    (schema if task else schema["additionalProperties"])["required"] = ["max_new_tokens"]
+    return validate_slice(cfg, schema, "tasks" if task is None else f"tasks.{task}", option)
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -57,25 +82,29 @@ def cmd_check_config(args) -> None:
 def cmd_prepare_task(args) -> None:
     from esft.tasks.prepare import prepare_task
 
+    _slice(args.cfg, f"tasks.{args.task}", "tasks.*")
     prepare_task(args.task, args.cfg, args.out)
 
 
 def cmd_base_model(args) -> None:
-    from esft.io import read_jsonl
     from esft.models import build_base_model
-    from esft.tasks import get_task
+    from esft.tasks import get_task, read_rows
 
+    _slice(args.cfg, "model", "model")
     held_out = set()
     for test_file in args.held_out:
         task = get_task(Path(test_file).parent.name)
-        held_out.update(task.user_prompt(r) for r in read_jsonl(test_file))
+        held_out.update(task.user_prompt(r) for r in read_rows(task, test_file))
     build_base_model(args.cfg["source"], args.out, args.cfg.get("tiny"), held_out, args.cfg.get("revision"),
                      args.cfg.get("pad_token"), args.prebuilt)
 
 
 def cmd_train(args) -> None:
-    from esft.training import TrainJob, train
+    from esft.training import METHODS, TrainJob, train
 
+    if args.method in METHODS:  # an unknown one is train's error
+        _slice(args.cfg, args.run_id.split("/", 1)[0] or args.method, f"$defs.{args.method}")
+    _tasks_slice(args.task_cfg, args.task, "--task-cfg")
     train(TrainJob(
         method=args.method, task=args.task, base=args.base, data=Path(args.data), task_cfg=args.task_cfg,
         cfg=args.cfg, out=Path(args.out), init=args.init, run_id=args.run_id,
@@ -87,6 +116,7 @@ def cmd_train(args) -> None:
 def cmd_prepare_corpus(args) -> None:
     from esft.tasks.corpus import prepare_corpus
 
+    _slice(args.cfg, "corpus", "corpus")
     prepare_corpus(args.cfg, args.out)
 
 
@@ -97,7 +127,7 @@ def cmd_replay(args) -> None:
     from esft.models import load_model
     from esft.runs import save_weights
 
-    records = read_jsonl(args.run)
+    records = read_jsonl(args.run, "the run's run.jsonl")
     if not records:
         raise EsftError(f"{args.run}: the run log has no iterations")
     if args.iterations is not None:
@@ -126,6 +156,8 @@ def cmd_evaluate(args) -> None:
     from esft.evaluate.accuracy import (evaluate_tasks, load_evaluated, reload_weights, task_requests,
                                         write_evaluation)
 
+    _slice(args.cfg, "evaluate", "evaluate:generation_batch_size", "evaluate:backend", "evaluate:vllm")
+    _tasks_slice(args.tasks_cfg)
     data = {k: Path(v) for k, v in _pairs(args.data).items()}
     model = tokenizer = None
     for weights, out in _checkpoints(args):
@@ -151,6 +183,7 @@ def cmd_prompt_rewards(args) -> None:
     from esft.evaluate.prompts import prompt_rewards
     from esft.io import atomic_open
 
+    _tasks_slice(args.tasks_cfg)
     df = prompt_rewards(_pairs(args.completions), _pairs(args.data), args.tasks_cfg)
     with atomic_open(args.out) as fh:
         df.to_csv(fh, index=False)
@@ -163,15 +196,16 @@ def cmd_accuracy_curves(args) -> None:
     from esft.evaluate.curves import accuracy_curve
     from esft.io import atomic_open, read_json, read_jsonl
 
-    base = read_json(args.base_accuracy)
-    runs = {label: read_jsonl(path) for label, path in _pairs(args.runs).items()}
+    base = read_json(args.base_accuracy, "the base model's accuracy.json")
+    runs = {label: read_jsonl(path, "a run's run.jsonl") for label, path in _pairs(args.runs).items()}
     points: dict[str, dict[int, float]] = {label: {} for label in runs}
     for key, path in _pairs(args.points).items():
         label, sep, k = key.rpartition("@")
         if not sep or label not in runs:
             raise SystemExit(f"esft: expected LABEL@K=accuracy.json with LABEL one of --runs, got {key}")
         task = checkpoint_fields(label)["trained_task"]
-        points[label][len(runs[label]) if k == "final" else int(k)] = read_json(path)[task]["accuracy"]
+        accuracy = read_json(path, "a checkpoint's accuracy.json")[task]["accuracy"]
+        points[label][len(runs[label]) if k == "final" else int(k)] = accuracy
     df = pd.concat([accuracy_curve(label, records, base[checkpoint_fields(label)["trained_task"]]["accuracy"],
                                    points[label]) for label, records in runs.items()], ignore_index=True)
     with atomic_open(args.out) as fh:
@@ -186,6 +220,8 @@ def cmd_kl(args) -> None:
     if not len(args.weights) == len(args.reference or args.weights) == len(args.completions) == len(args.out):
         raise SystemExit("esft kl: --weights, --reference (if given), --completions and --out take one path per "
                          "checkpoint")
+    _slice(args.cfg, "evaluate.kl", "evaluate.kl")
+    _tasks_slice(args.tasks_cfg)
     data = {k: Path(v) for k, v in _pairs(args.data).items()}
     references = [None if r == "base" else r for r in args.reference or ["base"] * len(args.weights)]
     for reference_weights, weights, completions, out in zip(references, args.weights, args.completions, args.out):
@@ -211,15 +247,22 @@ def cmd_collect_kl(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def _benchmark_slice(args) -> dict[str, Any]:
+    """--cfg of a holdout stage: the benchmark's section under holdout.benchmarks."""
+    return _slice(args.cfg, f"holdout.benchmarks.{args.benchmark}", f"holdout.benchmarks.{args.benchmark}")
+
+
 def cmd_holdout_data(args) -> None:
     from esft.evaluate.holdout_data import write_holdout_data
 
+    _benchmark_slice(args)
     write_holdout_data(args.benchmark, args.cfg, args.out)
 
 
 def cmd_holdout_snapshot(args) -> None:
     from esft.evaluate.holdout_data import snapshot_holdout
 
+    _benchmark_slice(args)
     snapshot_holdout(args.benchmark, args.cfg, args.out)
 
 
@@ -232,6 +275,7 @@ def cmd_nltk_data(args) -> None:
 def cmd_holdout(args) -> None:
     from esft.evaluate.punkt import use_nltk_data
 
+    _benchmark_slice(args)
     # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
     punkt = use_nltk_data(args.nltk_data) if args.nltk_data else None
     from esft.evaluate.holdout import run_holdout, write_holdout
@@ -268,6 +312,10 @@ def cmd_norms(args) -> None:
         df.to_csv(fh, index=False)
 
 
+GENERATION = ("geometry:generation_batch_size", "geometry:variants_per_pass")
+"""The evaluation settings both pair stages' slices share (the rules' geometry_cfg)."""
+
+
 def _geometry_inputs(args):
     """(model, tokenizer, θ₀, {label: (Δ_a, Δ_b)} loaded lazily, pair paths) for the pair stages."""
     from esft.geometry.variants import base_weights
@@ -299,6 +347,8 @@ def cmd_interpolate(args) -> None:
     from esft.geometry.variants import evaluate_variants, load_delta
     from esft.io import atomic_open
 
+    _slice(args.cfg, "geometry.interpolation", *GENERATION, "geometry.interpolation")
+    _tasks_slice(args.tasks_cfg)
     model, tokenizer, theta0, pairs = _geometry_inputs(args)
     data = {k: Path(v) for k, v in _pairs(args.data).items()}
     variants = interpolation_variants(args.cfg["grid"])
@@ -325,6 +375,8 @@ def cmd_probe(args) -> None:
     from esft.geometry.variants import evaluate_variants, load_delta
     from esft.io import atomic_open
 
+    _slice(args.cfg, "geometry.probes", *GENERATION, "geometry.probes")
+    _tasks_slice(args.tasks_cfg)
     model, tokenizer, theta0, pairs = _geometry_inputs(args)
     data = {k: Path(v) for k, v in _pairs(args.data).items()}
     randoms = random_directions(theta0, args.cfg["random_directions"], args.cfg["seed"])
@@ -346,6 +398,8 @@ def cmd_probe(args) -> None:
 def cmd_probe_holdout(args) -> None:
     from esft.evaluate.punkt import use_nltk_data
 
+    _slice(args.cfg, "geometry.probes", "geometry.probes")
+    _slice(args.holdout_cfg, "holdout", "holdout:batch_size", "holdout:benchmarks", option="--holdout-cfg")
     # before lm-eval's IFEval modules are imported: their import tries to download punkt_tab otherwise
     if args.nltk_data:
         use_nltk_data(args.nltk_data)
@@ -378,18 +432,17 @@ def cmd_probe_holdout(args) -> None:
 
 def cmd_drift(args) -> None:
     import pandas as pd
-    from safetensors import safe_open
 
     from esft.geometry.drift import fit_run, summarize_kinds
-    from esft.io import atomic_open, read_jsonl
+    from esft.io import atomic_open, open_weights, read_jsonl, read_parquet
 
     series, fits, params = [], [], []
     for label, run_dir in _pairs(args.runs).items():
         run_dir = Path(run_dir)
-        with safe_open(str(run_dir / "weights.safetensors"), "pt") as fh:
+        with open_weights(run_dir / "weights.safetensors") as fh:
             sizes = {n: math.prod(fh.get_slice(n).get_shape()) for n in fh.keys()}
-        s, f, p = fit_run(label, pd.read_parquet(run_dir / "drift.parquet"), read_jsonl(run_dir / "run.jsonl"),
-                          sizes)
+        s, f, p = fit_run(label, read_parquet(run_dir / "drift.parquet", "the run's drift.parquet"),
+                          read_jsonl(run_dir / "run.jsonl", "the run's run.jsonl"), sizes)
         series.append(s)
         fits.append(f)
         params.append(p)
@@ -400,17 +453,22 @@ def cmd_drift(args) -> None:
             df.to_csv(fh, index=False)
 
 
-def cmd_figure(args) -> None:
-    import pandas as pd
+FIGURE_OPTIONS = ("training", "pretraining", "interpolation", "probes", "probes_holdout", "drift", "lora_training")
+"""Figures with their own section under figures: (the others take dpi only)."""
 
+
+def cmd_figure(args) -> None:
+    from esft.io import read_csv
     from esft.plots import figures
 
+    own = args.kind.replace("-", "_")
+    _slice(args.cfg, "figures", "figures:dpi", *([f"figures.{own}"] if own in FIGURE_OPTIONS else []))
     cfg = dict(args.cfg)
     dpi = cfg.pop("dpi", 120)
     if args.kind == "accuracy":
-        figures.accuracy_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
+        figures.accuracy_sequential(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "kl":
-        figures.kl_sequential(pd.read_csv(args.inputs[0]), args.out, dpi)
+        figures.kl_sequential(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "fitness":
         figures.training_fitness(_pairs(args.inputs), args.out, dpi)
     elif args.kind == "training":
@@ -418,33 +476,35 @@ def cmd_figure(args) -> None:
     elif args.kind == "pretraining":
         figures.pretraining_loss(_pairs(args.inputs), args.out, dpi, **cfg)
     elif args.kind == "interpolation":
-        figures.interpolation(pd.read_csv(args.inputs[0]), args.methods, args.out, dpi, **cfg)
+        figures.interpolation(read_csv(args.inputs[0]), args.methods, args.out, dpi, **cfg)
     elif args.kind == "probes":
-        figures.probes(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
+        figures.probes(read_csv(args.inputs[0]), args.out, dpi, **cfg)
     elif args.kind == "lora-rewards":
-        figures.lora_prompt_rewards(pd.read_csv(args.inputs[0]), args.out, dpi)
+        figures.lora_prompt_rewards(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "lora-cumulative":
-        figures.lora_cumulative_reward(pd.read_csv(args.inputs[0]), args.out, dpi)
+        figures.lora_cumulative_reward(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "lora-training":
         figures.lora_training(_pairs(args.inputs), args.out, dpi, **cfg)
     elif args.kind == "accuracy-cost":
-        figures.accuracy_vs_cost(pd.read_csv(args.inputs[0]), args.out, dpi)
+        figures.accuracy_vs_cost(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "probes-holdout":
-        figures.probes_holdout(pd.read_csv(args.inputs[0]), args.out, dpi, **cfg)
+        figures.probes_holdout(read_csv(args.inputs[0]), args.out, dpi, **cfg)
     else:
-        params = pd.read_csv(args.inputs[2]) if len(args.inputs) > 2 else None
-        figures.drift(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out, dpi, params=params, **cfg)
+        params = read_csv(args.inputs[2]) if len(args.inputs) > 2 else None
+        figures.drift(read_csv(args.inputs[0]), read_csv(args.inputs[1]), args.out, dpi, params=params, **cfg)
 
 
 def cmd_table(args) -> None:
     import pandas as pd
 
-    from esft.io import read_jsonl
+    from esft.io import read_csv, read_jsonl
     from esft.plots import tables
 
     from esft.labels import checkpoint_fields
 
-    df = pd.read_csv(args.input)
+    own = {"single-task": ["tables.single_task"], "time-to-accuracy": ["tables.time_to_accuracy"]}.get(args.kind, [])
+    _slice(args.cfg, "tables", *(["tables"] if args.kind == "holdout" else ["tables:float_format", *own]))
+    df = read_csv(args.input)
     float_format = args.cfg.get("float_format", ".3f")
     keys = tables.CHECKPOINT_KEYS
     if args.kind == "accuracy":
@@ -453,7 +513,7 @@ def cmd_table(args) -> None:
         fields = pd.DataFrame([checkpoint_fields(label) for label in df["checkpoint"]]).drop(columns="seed")
         df = tables.by_checkpoint(pd.concat([fields, df.drop(columns="checkpoint")], axis=1))
     elif args.kind == "single-task":
-        steps = {label: len(read_jsonl(path)) for label, path in _pairs(args.runs).items()}
+        steps = {label: len(read_jsonl(path, "a run's run.jsonl")) for label, path in _pairs(args.runs).items()}
         df, keys = tables.single_task(df, steps, _pairs(args.budgets), args.cfg.get("columns")), ["task"]
     elif args.kind == "norm-ratio":
         df, keys = tables.norm_ratio(df), ["stage", "task"]
@@ -470,11 +530,11 @@ def cmd_table(args) -> None:
 
 
 def cmd_findings(args) -> None:
-    import pandas as pd
-
+    from esft.io import read_csv
     from esft.plots.tables import findings, write_table
 
-    inputs = {name: pd.read_csv(getattr(args, name)) for name in FINDINGS_INPUTS if getattr(args, name)}
+    _slice(args.cfg, "geometry.findings", "geometry.findings")
+    inputs = {name: read_csv(getattr(args, name)) for name in FINDINGS_INPUTS if getattr(args, name)}
     write_table(findings(args.methods, args.cfg, **inputs), args.csv, args.md)
 
 
@@ -482,8 +542,15 @@ FINDINGS_INPUTS = ("deltas", "interpolation", "drift_fits", "probes", "probes_ho
 
 
 # --- parser -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esft", description=__doc__)
+    parser = _Parser(prog="esft", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="stage", required=True)

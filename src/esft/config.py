@@ -6,6 +6,7 @@ Defaults written in the schema are filled in, so a config file only needs the ke
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import jsonschema
 import yaml
 
 from esft.errors import EsftError
+from esft.io import input_file
 
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,13 @@ def _describe(schema: dict[str, Any]) -> str:
         parts.append(f"matching {schema['pattern']}")
     if "minItems" in schema:
         parts.append(f"at least {schema['minItems']} item(s)")
+    if "minProperties" in schema:
+        parts.append(f"with at least {schema['minProperties']} key(s)")
     return " ".join(parts) or "see config/schema.yaml"
 
 
-def _message(error: jsonschema.ValidationError) -> str:
-    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+def _message(error: jsonschema.ValidationError, root: str = "") -> str:
+    where = ".".join(([root] if root else []) + [str(p) for p in error.absolute_path]) or "<top level>"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         patterns = list(error.schema.get("patternProperties", {}))
@@ -73,13 +77,29 @@ def _message(error: jsonschema.ValidationError) -> str:
     return f"config error: {where} = {error.instance!r} is not allowed; allowed: {_describe(error.schema)}"
 
 
+def _first_error(config: Any, schema: dict[str, Any]) -> jsonschema.ValidationError | None:
+    """The shallowest problem (defaults filled into `config` on the way), or None."""
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    return errors[0] if errors else None
+
+
+def read_yaml(path: str | Path, expected: str) -> Any:
+    """A YAML file the user named; missing or unparsable is one line naming it."""
+    with input_file(path, expected):
+        text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]}; expected {expected})") from None
+
+
 def validate_config(config: dict[str, Any], schema: str | Path | dict[str, Any]) -> dict[str, Any]:
     """Fill schema defaults into `config` in place and raise ConfigError on the first problem."""
     if not isinstance(schema, dict):
-        schema = yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        raise ConfigError(_message(errors[0]))
+        schema = read_yaml(schema, "the config schema")
+    error = _first_error(config, schema)
+    if error is not None:
+        raise ConfigError(_message(error))
     _check_references(config)
     unpinned = unpinned_revisions(config)
     if unpinned:
@@ -170,5 +190,55 @@ def load_config(paths: str | Path | list[str | Path], schema: str | Path) -> dic
     """Validated config of one file, or of several layered in order (`snakemake --configfile A B`)."""
     config: dict[str, Any] = {}
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        config = merge(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        layer = read_yaml(path, "a workflow config (YAML mapping)") or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping, got {type(layer).__name__}")
+        config = merge(config, layer)
     return validate_config(config, schema)
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+"""The workflow's config schema in this checkout: every stage's slice is validated against it too."""
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return read_yaml(SCHEMA, "the config schema")
+
+
+def schema_at(pointer: str) -> dict[str, Any]:
+    """A copy of the schema of the config at a dotted path: `evaluate.kl`; `*` is any key of a mapping
+    (`tasks.*`: one task), `$defs.es` a method's section."""
+    root = _schema()
+    if pointer.startswith("$defs."):
+        return copy.deepcopy(root["$defs"][pointer.removeprefix("$defs.")])
+    node = root
+    for key in pointer.split("."):
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    return copy.deepcopy(node)
+
+
+def slice_schema(*parts: str) -> dict[str, Any]:
+    """The schema of a stage's config slice, built as its rule builds the slice: each part a section whose
+    keys the slice holds (`geometry.probes`) or `section:key`, one key of it (`geometry:variants_per_pass`).
+    A single section is its own schema (its conditions included)."""
+    if len(parts) == 1 and ":" not in parts[0]:
+        out = schema_at(parts[0])
+    else:
+        out = {"type": "object", "additionalProperties": False, "properties": {}, "required": []}
+        for part in parts:
+            pointer, _, key = part.partition(":")
+            section = schema_at(pointer)
+            keys = [key] if key else list(section["properties"])
+            out["properties"].update({k: section["properties"][k] for k in keys})
+            out["required"] += [k for k in section.get("required", []) if k in keys]
+    return {**out, "$defs": _schema()["$defs"]}
+
+
+def validate_slice(cfg: Any, schema: dict[str, Any], where: str, option: str = "--cfg") -> Any:
+    """Fill schema defaults into a stage's config slice in place; ConfigError naming the option and the key
+    (`where`: the slice's place in a workflow config, as the message shows it)."""
+    error = _first_error(cfg, schema)
+    if error is not None:
+        raise ConfigError(f"{option}: {_message(error, where)}")
+    return cfg

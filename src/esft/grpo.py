@@ -29,7 +29,7 @@ from transformers import PrinterCallback, TrainerCallback
 from esft.errors import EsftError
 from esft.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from esft.runs import Budget, Drift, input_fingerprint, write_run
-from esft.tasks import Task, get_task
+from esft.tasks import Task, get_task, read_rows
 from esft.training import TrainJob
 
 log = logging.getLogger(__name__)
@@ -453,7 +453,7 @@ def train(job: TrainJob) -> None:
     check_special_tokens(tokenizer)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     train_file = job.data / "train.jsonl"
-    rows = read_jsonl(train_file)
+    rows = read_rows(task, train_file)
     prompts = [task.messages(row) for row in rows]
     # The row index rather than the row's fields: a field may itself be called `prompt` (conciseness).
     dataset = Dataset.from_dict({"prompt": prompts, "row": list(range(len(rows)))})

@@ -47,9 +47,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         fh.write("\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+@contextmanager
+def input_file(path: str | os.PathLike, expected: str) -> Iterator[None]:
+    """Turn a missing or unreadable input file into one line naming it and what was expected there.
+
+    Wrap only the reading of a file the user (or an earlier stage) gave: elsewhere an OSError is a bug."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise EsftError(f"{path}: no such file (expected {expected})") from None
+    except IsADirectoryError:
+        raise EsftError(f"{path}: is a directory (expected {expected})") from None
+    except UnicodeDecodeError as err:
+        raise EsftError(f"{path}: not UTF-8 text at byte {err.start} (expected {expected})") from None
+
+
+def read_json(path: str | os.PathLike, expected: str = "a JSON file") -> Any:
+    with input_file(path, expected), open(path, encoding="utf-8") as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as err:
+            raise EsftError(f"{path}:{err.lineno}: not valid JSON ({err.msg}; expected {expected})") from None
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -58,14 +76,65 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, expected: str = "a JSON-lines file") -> list[dict]:
+    """The objects of a JSON-lines file, blank lines skipped; a line that is not a JSON object is an error
+    naming the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with input_file(path, expected), open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise EsftError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                raise EsftError(f"{path}:{lineno}: not valid JSON ({err.msg}; expected {expected})") from None
+            if not isinstance(row, dict):
+                raise EsftError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
+
+
+def read_csv(path: str | os.PathLike, expected: str = "a CSV table"):
+    """A pandas DataFrame of a CSV file an earlier stage wrote; missing or empty is one line naming it."""
+    import pandas as pd
+
+    with input_file(path, expected):
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise EsftError(f"{path}: empty (expected {expected})") from None
+        except pd.errors.ParserError as err:
+            raise EsftError(f"{path}: not a CSV table ({str(err).strip()}; expected {expected})") from None
+
+
+def read_parquet(path: str | os.PathLike, expected: str = "a parquet table"):
+    """A pandas DataFrame of a parquet file an earlier stage wrote; missing or not parquet is one line."""
+    import pandas as pd
+    import pyarrow
+
+    with input_file(path, expected):
+        try:
+            return pd.read_parquet(path)
+        except pyarrow.ArrowInvalid as err:
+            raise EsftError(f"{path}: not a parquet file ({err}; expected {expected})") from None
+
+
+def open_weights(path: str | os.PathLike):
+    """`safe_open` of a checkpoint (a context manager): a missing, empty or garbage file is one line naming
+    it, not safetensors' "header too small"."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = "a weights.safetensors checkpoint"
+    if Path(path).is_dir():
+        raise EsftError(f"{path}: is a directory (expected {expected})")
+    with input_file(path, expected):
+        try:
+            return safe_open(str(path), "pt")
+        except SafetensorError as err:
+            raise EsftError(f"{path}: not a safetensors file ({err}; expected {expected})") from None
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """Every tensor of a checkpoint file (safetensors' `load_file`, with `open_weights`' errors)."""
+    with open_weights(path) as fh:
+        return {name: fh.get_tensor(name) for name in fh.keys()}

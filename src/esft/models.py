@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 import shutil
 import string
 from dataclasses import asdict, dataclass, field
@@ -19,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from esft.errors import EsftError
-from esft.io import read_json, write_json
+from esft.io import read_json, read_weights, write_json
 from esft.rollout import pad_batch
 
 log = logging.getLogger(__name__)
@@ -262,13 +262,35 @@ def base_manifest(base: str | Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+"""What a hub repository id looks like (NAME or ORG/NAME): anything else that does not exist is a missing path."""
+
+
 def resolve_source(base: str | Path) -> str:
-    """The path or hub id behind a base-model directory (or the argument itself if it is not one)."""
+    """The path or hub id behind a base-model directory (or the argument itself if it is not one).
+
+    A missing path or a directory without a model is one line naming it, not HF's complaint about a repo id."""
     found = base_manifest(base)
-    if found is None:
-        return str(base)
-    directory, manifest = found
-    return str(directory / manifest["path"]) if "path" in manifest else manifest["source"]
+    if found is not None:
+        directory, manifest = found
+        return str(directory / manifest["path"]) if "path" in manifest else manifest["source"]
+    path = Path(base)
+    if path.is_dir() and not (path / "config.json").exists():
+        raise EsftError(f"{base}: not a base-model directory (expected model.json, written by `esft base-model`, "
+                        "or a Hugging Face model's config.json)")
+    if not path.exists() and not HUB_ID.fullmatch(str(base)):
+        raise EsftError(f"{base}: no such base-model directory (expected a directory with model.json, a model "
+                        "directory or a hub id)")
+    return str(base)
+
+
+def _pretrained(loader, source: str, **kwargs):
+    """`loader.from_pretrained(source)`; a model that cannot be read or fetched is one line naming it."""
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise EsftError(f"{source}: cannot load the model ({first})") from None
 
 
 def load_model(base: str | Path, weights: str | Path | None = None, dtype: str = "float32",
@@ -277,7 +299,7 @@ def load_model(base: str | Path, weights: str | Path | None = None, dtype: str =
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(base)
-    model = AutoModelForCausalLM.from_pretrained(resolve_source(base), dtype=getattr(torch, dtype)).to(device)
+    model = _pretrained(AutoModelForCausalLM, resolve_source(base), dtype=getattr(torch, dtype)).to(device)
     if weights is not None:
         load_weights(model, weights)
     model.eval()
@@ -289,7 +311,7 @@ def load_tokenizer(base: str | Path):
     from transformers import AutoTokenizer
 
     source = resolve_source(base)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = _pretrained(AutoTokenizer, source)
     tokenizer.padding_side = "left"
     pad_token = (base_manifest(base) or (None, {}))[1].get("pad_token")
     if pad_token:
@@ -301,7 +323,7 @@ def load_tokenizer(base: str | Path):
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     """Copy a checkpoint's tensors into `model`; every trainable parameter must be present."""
-    state = load_file(str(weights))
+    state = read_weights(weights)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(state))
     unknown = sorted(set(state) - set(params))

@@ -239,9 +239,8 @@ class AdamWRun:
 
 
 def train(job: TrainJob) -> None:
-    from esft.io import read_jsonl
     from esft.models import load_model
-    from esft.tasks import get_task
+    from esft.tasks import get_task, read_rows
     from esft.tasks.corpus import training_texts
 
     settings = AdamWSettings.from_dict(job.cfg)
@@ -251,7 +250,7 @@ def train(job: TrainJob) -> None:
     model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     train_file = job.data / "train.jsonl"
-    ids = encode_texts(training_texts(job.corpus, task, read_jsonl(train_file), tokenizer), tokenizer)
+    ids = encode_texts(training_texts(job.corpus, task, read_rows(task, train_file), tokenizer), tokenizer)
     if not ids:
         raise EsftError("adamw: no texts to train on")
     fingerprint = json.dumps([job.task, job.task_cfg, str(job.base),

@@ -271,17 +271,16 @@ class LBESTrainer(ESTrainer):
 def train(job: TrainJob) -> None:
     from esft.es.distributed import init_distributed
     from esft.es.memory import check_run
-    from esft.io import read_jsonl
     from esft.models import load_model
     from esft.runs import input_fingerprint
-    from esft.tasks import get_task
+    from esft.tasks import get_task, read_rows
 
     if job.corpus:
         raise EsftError("lbes scores its own samples of the task's prompts: it takes no --corpus")
     init_distributed(job.device)  # a no-op unless launched by torchrun
     model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
-    rows = read_jsonl(job.data / "train.jsonl")
+    rows = read_rows(task, job.data / "train.jsonl")
     cfg = LBESConfig.from_dict(job.cfg)
     # members only prefill; the largest batch is the sampling one: B·n rows of prompt + completion
     check_run(model, {n: p for n, p in model.named_parameters() if p.requires_grad}, job.section,

@@ -10,8 +10,7 @@ from esft.es.config import ESConfig
 from esft.es.fitness import CorpusFitness, TaskFitness
 from esft.es.memory import ESMemoryPlan
 from esft.es.modes import Fitness
-from esft.io import read_jsonl
-from esft.tasks import Task, get_task
+from esft.tasks import Task, get_task, read_rows
 from esft.tasks.corpus import training_texts
 from esft.training import TrainJob
 
@@ -68,7 +67,7 @@ def train(job: TrainJob) -> None:
     init_distributed(job.device)  # a no-op unless launched by torchrun
     model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
-    rows = read_jsonl(job.data / "train.jsonl")
+    rows = read_rows(task, job.data / "train.jsonl")
     fitness, n_rows = build_fitness(cfg, task, rows, tokenizer, job.task_cfg["max_new_tokens"], job.corpus)
     check_memory(model, cfg, fitness, n_rows, job.task_cfg["max_new_tokens"], job.section)
     fingerprint = json.dumps([job.task, job.task_cfg, input_fingerprint([job.init, job.corpus])])

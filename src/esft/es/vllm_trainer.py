@@ -135,15 +135,14 @@ def engine_memory(layout: Sequence[Shard], dtype: str, cfg: ESConfig, capacity: 
 
 def train(job: TrainJob, cfg: ESConfig) -> None:
     """One ES stage on a vLLM engine (es.run.train dispatches here for `es.backend: vllm`)."""
-    from esft.io import read_jsonl
     from esft.rollout.vllm_backend import open_engine
     from esft.runs import input_fingerprint
-    from esft.tasks import get_task
+    from esft.tasks import get_task, read_rows
 
     if job.corpus:
         raise EsftError("es.backend vllm trains on task rewards: it takes no --corpus")
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
-    rows = read_jsonl(job.data / "train.jsonl")
+    rows = read_rows(task, job.data / "train.jsonl")
     engine = open_engine(job.base, job.dtype, cfg.vllm, [([task.messages(r) for r in rows],
                                                           job.task_cfg["max_new_tokens"])], seed=cfg.seed)
     if job.init:

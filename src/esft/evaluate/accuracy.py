@@ -10,21 +10,25 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from esft.io import read_json, read_jsonl, write_json, write_jsonl
+from esft.io import read_json, write_json, write_jsonl
 from esft.labels import checkpoint_fields
 from esft.rollout import encode_prompts, generate
 from esft.es.memory import generation_rows
 from esft.memory import device_capacity
 from esft.rollout.vllm_backend import VllmEngine, VllmOptions, open_engine
-from esft.tasks import get_task
+from esft.tasks import get_task, read_rows
 
 log = logging.getLogger(__name__)
 
 
 def task_requests(data_dirs: dict[str, Path], task_cfgs: dict[str, dict[str, Any]]) -> list[tuple[list, int]]:
     """(conversations of the test split, max_new_tokens) of each task: what an evaluation engine serves."""
-    return [([get_task(name).messages(r) for r in read_jsonl(Path(d) / "test.jsonl")],
-             task_cfgs[name]["max_new_tokens"]) for name, d in data_dirs.items()]
+    requests = []
+    for name, d in data_dirs.items():
+        task = get_task(name)
+        requests.append(([task.messages(r) for r in read_rows(task, Path(d) / "test.jsonl")],
+                         task_cfgs[name]["max_new_tokens"]))
+    return requests
 
 
 def load_evaluated(base: str | Path, weights: str | Path | None, dtype: str, device: str, cfg: dict[str, Any],
@@ -66,7 +70,7 @@ def evaluate_tasks(model, tokenizer, data_dirs: dict[str, Path], task_cfgs: dict
     completions: list[dict[str, Any]] = []
     for name, data_dir in data_dirs.items():
         task = get_task(name)
-        rows = read_jsonl(Path(data_dir) / "test.jsonl")
+        rows = read_rows(task, Path(data_dir) / "test.jsonl")
         start = time.perf_counter()
         prompts = encode_prompts(tokenizer, [task.messages(r) for r in rows])
         order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))

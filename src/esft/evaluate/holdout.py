@@ -104,6 +104,8 @@ def dataset_overrides(task: HoldoutTask, cfg: dict[str, Any], data: Path | None)
     if cfg["source"] == "synthetic":
         if data is None:
             raise EsftError("holdout: source synthetic needs the rows written by `esft holdout-data` (--data)")
+        if not Path(data).is_file():
+            raise EsftError(f"{data}: no such file (expected the rows written by `esft holdout-data`)")
         return {"dataset_path": "json", "dataset_name": None,
                 "dataset_kwargs": {"data_files": {task.split: str(Path(data).resolve())}}}
     dataset = cfg["dataset"]

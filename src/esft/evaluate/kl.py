@@ -41,10 +41,10 @@ from tqdm import tqdm
 
 from esft.errors import EsftError
 from esft.labels import checkpoint_fields
-from esft.io import read_json, read_jsonl
+from esft.io import read_json
 from esft.rollout import encode_prompts, pad_batch, stop_ids
 from esft.rollout.scoring import check_plain_head
-from esft.tasks import get_task
+from esft.tasks import get_task, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def kl_on_tasks(reference, model, tokenizer, data_dirs: dict[str, Path], task_cf
     for name, data_dir in data_dirs.items():
         start = time.perf_counter()
         task = get_task(name)
-        rows = read_jsonl(Path(data_dir) / "test.jsonl")
+        rows = read_rows(task, Path(data_dir) / "test.jsonl")
         chosen = kl_prompt_indices(len(rows), cfg["prompts_per_task"], cfg["seed"], name)
         encoded = encode_prompts(tokenizer, [task.messages(rows[i]) for i in chosen])
         pairs = [(i, p, s) for i, p in zip(chosen, encoded) for s in range(cfg["samples_per_prompt"])]

@@ -17,7 +17,7 @@ import pandas as pd
 from esft.errors import EsftError
 from esft.labels import checkpoint_fields
 from esft.io import read_jsonl
-from esft.tasks import get_task
+from esft.tasks import get_task, read_rows
 
 COLUMNS = ["checkpoint", "method", "schedule", "stage", "trained_task", "task", "index", "prompt", "reward",
            "score"]
@@ -28,7 +28,7 @@ def prompt_rewards(completions: Mapping[str, str | Path], data_dirs: Mapping[str
     """One row per checkpoint and test prompt of each task in `data_dirs`: the task's reward and score of
     the checkpoint's greedy completion. `completions`: checkpoint label -> its completions.jsonl."""
     tasks = {name: get_task(name, format_bonus=tasks_cfg.get(name, {}).get("format_bonus")) for name in data_dirs}
-    rows = {name: read_jsonl(Path(d) / "test.jsonl") for name, d in data_dirs.items()}
+    rows = {name: read_rows(tasks[name], Path(d) / "test.jsonl") for name, d in data_dirs.items()}
     out = []
     for label, path in completions.items():
         seen = {name: 0 for name in tasks}

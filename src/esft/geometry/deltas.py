@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 
 from esft.errors import EsftError
+from esft.io import open_weights
 from esft.labels import split_seed
 
 
@@ -35,7 +35,7 @@ def compare_deltas(theta0: Mapping[str, torch.Tensor], pairs: Mapping[str, tuple
     rows = []
     for label, (path_a, path_b) in pairs.items():
         dot = sq_a = sq_b = 0.0
-        with safe_open(str(path_a), "pt") as fa, safe_open(str(path_b), "pt") as fb:
+        with open_weights(path_a) as fa, open_weights(path_b) as fb:
             present = set(fa.keys()) & set(fb.keys())
             for name, theta in theta0.items():
                 if name not in present:

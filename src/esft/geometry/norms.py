@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from safetensors.torch import load_file
 
 from esft.params import GROUPS, param_group
 from esft.errors import EsftError
+from esft.io import read_weights
 from esft.labels import split_seed
 
 
@@ -18,7 +18,7 @@ def update_norms(theta0: dict, checkpoints: dict[str, str | Path]) -> pd.DataFra
     base_sq = sum(float(t.double().pow(2).sum()) for t in theta0.values())
     rows = []
     for label, path in checkpoints.items():
-        state = load_file(str(path))
+        state = read_weights(path)
         per_group = dict.fromkeys(GROUPS, 0.0)
         for name, theta in state.items():
             if name not in theta0:

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
 
 from esft.errors import EsftError
 from esft.evaluate.accuracy import evaluate_tasks
-from esft.io import read_jsonl
+from esft.io import open_weights
 from esft.rollout import decode_completions, encode_prompts, stop_ids
-from esft.tasks import get_task
+from esft.tasks import get_task, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def base_weights(model: torch.nn.Module) -> Weights:
 
 def load_delta(theta0: Mapping[str, torch.Tensor], path: str | Path) -> Weights:
     """θ − θ₀ of a checkpoint (fp32, every parameter of θ₀)."""
-    with safe_open(str(path), "pt") as fh:
+    with open_weights(path) as fh:
         names = set(fh.keys())
         missing = sorted(set(theta0) - names)
         if missing:
@@ -149,7 +148,10 @@ def _population(decoder, model, tokenizer, theta0, directions, variants, data_di
     from esft.es.batched import MemberStack
 
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
-    tasks = {name: (get_task(name), read_jsonl(Path(d) / "test.jsonl")) for name, d in data_dirs.items()}
+    tasks = {}
+    for name, data_dir in data_dirs.items():
+        task = get_task(name)
+        tasks[name] = (task, read_rows(task, Path(data_dir) / "test.jsonl"))
     prompts = {name: encode_prompts(tokenizer, [task.messages(r) for r in rows]) for name, (task, rows) in tasks.items()}
     stops = stop_ids(model, tokenizer)
     results: list[dict[str, TaskScore]] = []

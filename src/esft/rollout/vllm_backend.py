@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from esft.errors import EsftError
+from esft.io import open_weights
 from esft.rollout.hf import Generations, decode_completions, stop_ids
 from esft.rollout.vllm_names import Shard, fused_layout
 
@@ -125,6 +126,8 @@ class VllmEngine:
 
     def load_weights(self, path: str | Path) -> None:
         """Write an HF-named checkpoint (weights.safetensors) into the engine."""
+        with open_weights(path):  # its header checked here: a bad file is one line, not an error in the worker
+            pass
         self.write("esft_load_weights", str(path), self.shards())
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 0.0,

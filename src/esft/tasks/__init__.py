@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from esft.errors import EsftError
+from esft.io import read_jsonl
 from esft.tasks.base import RowError, Task
 from esft.tasks.boolq import BoolQ
 from esft.tasks.chemistry import Chemistry
@@ -24,4 +28,18 @@ def get_task(name: str, **options) -> Task:
     return cls(**options)
 
 
-__all__ = ["TASKS", "RowError", "Task", "get_task"]
+def read_rows(task: Task, path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A task's rows from a jsonl file (train.jsonl, test.jsonl), each checked against the task's schema:
+    a wrong-typed field is an error naming the file, row and field, not a row silently scored 0."""
+    rows = read_jsonl(path, f"{task.name} rows, one JSON object a line")
+    if not rows:
+        raise EsftError(f"{path}: no rows (expected {task.name} rows, one JSON object a line)")
+    for number, row in enumerate(rows, 1):
+        try:
+            task.validate_row(row, number)
+        except RowError as err:
+            raise RowError(f"{path}: {err} ({task.name} rows)") from None
+    return rows
+
+
+__all__ = ["TASKS", "RowError", "Task", "get_task", "read_rows"]
