@@ -83,6 +83,45 @@ def test_replay_rebuilds_the_trained_weights_bitwise(base, tmp_path, cfg, extra)
     _assert_same_weights(tmp_path / "replayed.safetensors", trained)
 
 
+def test_test_curve_evaluates_the_replayed_weights_and_ends_on_the_checkpoint(base, tmp_path):
+    """`esft test-curve` rebuilds θ_k in one pass and evaluates it: at k = 2 as evaluating `esft replay
+    --iterations 2`'s weights, at k = T = 3 as the run's own checkpoint (full-parameter and LoRA runs)."""
+    from esft.es.trainer import replayed
+    from esft.models import load_model
+    from esft.tasks.conciseness import embedded_rows
+
+    data = tmp_path / "data"
+    write_jsonl(data / "test.jsonl", embedded_rows("blog")["test"][:4])
+    runs = {"full": {"population": 4, "sigma": 0.2, "alpha": 0.5, "iterations": 3, "seed": 1},
+            "lora": {"population": 4, "sigma": 0.2, "alpha": 0.5, "iterations": 3, "seed": 1,
+                     "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "up_proj"]}}}
+    common = ["--base", str(base / "base"), "--data", f"conciseness={data}",
+              "--tasks-cfg", json.dumps({"conciseness": TASK_CFG})]
+    for name, cfg in runs.items():
+        main(_train_args(base, cfg, tmp_path / name))
+    main(["test-curve", *common, "--runs", *(str(tmp_path / n / "run.jsonl") for n in runs),
+          "--cfg", json.dumps({"generation_batch_size": 4, "every": 2}),
+          "--out", *(str(tmp_path / n / "curve.jsonl") for n in runs)])
+    for name in runs:
+        main(["replay", "--base", str(base / "base"), "--run", str(tmp_path / name / "run.jsonl"), "--iterations", "2",
+              "--out", str(tmp_path / name / "k2.safetensors")])
+        main(["evaluate", *common, "--weights", str(tmp_path / name / "k2.safetensors"),
+              str(tmp_path / name / "weights.safetensors"), "--cfg", '{"generation_batch_size": 4}',
+              "--out", *(str(tmp_path / name / k / "accuracy.json") for k in ("2", "3"))])
+        curve = read_jsonl(tmp_path / name / "curve.jsonl")
+        assert [r["iteration"] for r in curve] == [2] * 4 + [3] * 4
+        # the one-pass replay's θ_2 and θ_3: the weights `esft replay` rebuilds, and the run's checkpoint
+        model, _ = load_model(base / "base")
+        for (k, weights), saved in zip(replayed(model, read_jsonl(tmp_path / name / "run.jsonl"), [3, 2]),
+                                       ("k2.safetensors", "weights.safetensors")):
+            expected = load_file(str(tmp_path / name / saved))
+            assert weights.keys() == expected.keys() and all(weights[n].equal(expected[n]) for n in expected), (name, k)
+        for k in (2, 3):
+            evaluated = [(r["index"], r["completion"], r["score"]) for r in read_jsonl(tmp_path / name / str(k) /
+                                                                                          "completions.jsonl")]
+            assert [(r["index"], r["completion"], r["score"]) for r in curve if r["iteration"] == k] == evaluated
+
+
 def test_replay_uses_the_runs_recorded_dtype(base, tmp_path):
     """A bfloat16 run records its dtype; replay without --dtype rebuilds it bitwise, float32 would not."""
     cfg = {"population": 4, "sigma": 0.1, "alpha": 0.05, "iterations": 3, "seed": 4}

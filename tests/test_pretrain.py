@@ -138,6 +138,23 @@ def test_follows_the_es_runs_minibatches_and_starts_at_its_loss(base, tmp_path):
     assert all(e["loss"] > 0 and e["loss"] != -e["fitness_mean"] for e in es_run)
 
 
+def test_text_length_truncates_what_es_and_adamw_score(base, tmp_path):
+    """EA4LLM §4.1 scores texts of 256 tokens: with text_length 9 each (34-character) text keeps 8 characters
+    and eos, so 8 tokens are scored per text, by ES's fitness and AdamW's loss alike."""
+    corpus = _corpus(tmp_path)
+    es = {"population": 2, "sigma": 0.05, "alpha": 0.02, "iterations": 1, "batch_size": 3, "fitness": "loglik",
+          "text_length": 9}
+    main(_train_args(base, "es", es, tmp_path / "es", corpus))
+    main(_train_args(base, "adamw", {**FAST, "iterations": 1, "text_length": 9, "minibatches_of": "es", "seed": 0},
+                     tmp_path / "adamw", corpus))
+    main(_train_args(base, "adamw", {**FAST, "iterations": 1, "minibatches_of": "es", "seed": 0},
+                     tmp_path / "whole", corpus))
+    es_run, adamw_run, whole = (read_jsonl(tmp_path / name / "run.jsonl") for name in ("es", "adamw", "whole"))
+    assert adamw_run[0]["prompt_tokens"] == 3 * 8 and es_run[0]["prompt_tokens"] == 3 * 3 * 8  # N + 1 scorings
+    assert es_run[0]["loss"] == pytest.approx(adamw_run[0]["loss"], rel=1e-6)
+    assert whole[0]["prompt_tokens"] == 3 * len(TEXTS[0])  # default 512: every character and eos
+
+
 def test_refuses_low_precision_weights(base, tmp_path):
     with pytest.raises(SystemExit):
         main([*_train_args(base, "adamw", FAST, tmp_path / "out", _corpus(tmp_path)), "--dtype", "bfloat16"])

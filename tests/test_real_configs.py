@@ -96,6 +96,9 @@ def test_paper_settings():
     assert (lora["es"]["sigma"], lora["es"]["alpha"]) == (0.001, 0.0005)
     assert (lora["es_lora"]["sigma"], lora["es_lora"]["alpha"], lora["es_lora"]["lora"]["r"]) == (0.0075, 0.005, 256)
     assert lora["model"]["source"] == "Qwen/Qwen2.5-7B-Instruct"  # the blog's model
+    # the blog's test prompts, seed, and model selection: evaluated every 10 iterations, reported at the best
+    assert (lora["tasks"]["conciseness"]["prompts"], lora["seeds"], lora["evaluate"]["test_curve"]) == \
+        ("blog", [33], {"every": 10})
 
 
 def test_lbes_and_ea4llm_settings():
@@ -114,6 +117,8 @@ def test_lbes_and_ea4llm_settings():
     assert (es["population"], es["sigma"], es["alpha"], es["iterations"], cfg["corpus"]["n_texts"]) == \
         (30, 1e-3, 5e-4, 1000, 5000)
     assert (es["antithetic"], es["step"], es["loglik_average"]) == ("signed", "nes", "sample")  # eqs. 10, 14, 2-3
+    # §4.1 "samples of length 256": every ES run and the AdamW baseline score the same 256 tokens per text
+    assert {cfg[m]["text_length"] for m in cfg["train"]["methods"]} == {256}
     tiny = cfg["model"]["tiny"]
     attn = tiny["hidden_size"] * tiny["head_dim"] * (2 * tiny["num_attention_heads"] + 2 * tiny["num_key_value_heads"])
     params = tiny["num_hidden_layers"] * (attn + 3 * tiny["hidden_size"] * tiny["intermediate_size"])
@@ -231,13 +236,14 @@ def test_twin_runs_end_to_end(tmp_path, name, request):
         for run in (r for r in run_dirs if "/lbes/" in r.as_posix()):  # batch_size prompts × n_samples each
             assert all(json.loads(line)["rollouts"] == 4 * 4 for line in (run / "run.jsonl").read_text().splitlines())
     if name == "es_lora":
-        assert runs == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
-        logs = tmp_path / "logs/es_lora_twin/train/seed-0"
+        assert runs == ["seed-33/es/single/1-conciseness", "seed-33/es_lora/single/1-conciseness"]
+        logs = tmp_path / "logs/es_lora_twin/train/seed-33"
         # each process logs its memory plan: two for the torchrun job, one for the other
         assert (logs / "es/single/1-conciseness.log").read_text().count("memory plan: on device") == 2
         assert (logs / "es_lora/single/1-conciseness.log").read_text().count("memory plan: on device") == 1
     # each study's own figures and table appear exactly in its twin
-    lora = ["figures/lora_prompt_rewards.png", "figures/lora_cumulative_reward.pdf", "figures/lora_training.png"]
+    lora = ["figures/lora_prompt_rewards.png", "figures/lora_cumulative_reward.pdf", "figures/lora_training.png",
+            "tables/lora_rewards.md"]
     lbes = ["figures/accuracy_vs_cost.png", "figures/accuracy_vs_cost.pdf", "tables/time_to_accuracy.tex"]
     for path in lora + lbes:
         assert (out / path).exists() == (path in {"es_lora": lora, "lbes": lbes}.get(name, [])), path
@@ -246,10 +252,24 @@ def test_twin_runs_end_to_end(tmp_path, name, request):
         assert set(acc.loc[acc["schedule"] == "sequential", "method"]) == {"es", "es_300", "grpo"}
         assert (out / "figures" / "accuracy_sequential.png").exists()
     if name == "es_lora":
+        from esft.tasks.conciseness import embedded_rows
+
+        assert [json.loads(line) for line in (out / "data/conciseness/test.jsonl").read_text().splitlines()] == \
+            embedded_rows("blog")["test"]  # the blog's 8 test prompts
+        curves = pd.read_csv(out / "eval/lora_test_curves.csv")
+        assert curves.groupby("method")["iteration"].apply(list).to_dict() == {"base": [0], "es": [1, 2],
+                                                                               "es_lora": [1, 2]}
+        best = curves[curves["best"]].set_index("method")["iteration"]
+        assert sorted(best.index) == ["es", "es_lora"]
         rewards = pd.read_csv(out / "eval/lora_prompt_rewards.csv")
         assert rewards.groupby("method").size().to_dict() == {"base": 8, "es": 8, "es_lora": 8}
+        assert rewards.groupby("method")["iteration"].first().to_dict() == {"base": 0, **best.to_dict()}
         # the reward recomputed from each completion (−gap) matches the evaluate stage's score 1/(1 + gap)
         assert rewards["score"].tolist() == pytest.approx((1 / (1 - rewards["reward"])).tolist())
+        for run in runs:  # the curve's last point is the run's own checkpoint, evaluated alike
+            final = [r["completion"] for r in map(json.loads, (out / "eval" / run / "completions.jsonl").open())]
+            curve = [r["completion"] for r in map(json.loads, (out / "eval" / run / "test_curve.jsonl").open())]
+            assert curve[8:] == final
     if name == "lbes":
         curves = pd.read_csv(out / "eval/accuracy_curves.csv")
         # base, iteration 1 replayed, final (iteration 2) for each method and task, at growing cost

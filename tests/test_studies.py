@@ -1,5 +1,6 @@
-"""The other studies' tables and figures from small synthetic inputs with known answers: per-prompt rewards
-(ES with LoRA), accuracy along training at cumulative cost and time to accuracy (LBES vs ES)."""
+"""The other studies' tables and figures from small synthetic inputs with known answers: per-prompt rewards,
+the test curve and its best iteration (ES with LoRA), accuracy along training at cumulative cost and time to
+accuracy (LBES vs ES)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from esft.cli import main
 from esft.errors import EsftError
 from esft.evaluate.curves import accuracy_curve
 from esft.evaluate.prompts import prompt_rewards
+from esft.evaluate.test_curve import at_best, curve_points, curve_rewards, summarise
 from esft.io import write_json, write_jsonl
 from esft.plots import figures, style, tables
 
@@ -117,11 +119,69 @@ def test_prompt_rewards_recompute_the_task_reward(tmp_path):
         prompt_rewards(files, {"conciseness": data}, {"conciseness": {}})
 
 
+def test_prompt_rewards_by_iteration_need_every_row_at_every_iteration(tmp_path):
+    data = tmp_path / "data"
+    write_jsonl(data / "test.jsonl", TEST_ROWS)
+    curve = tmp_path / "curve.jsonl"
+    records = [{"iteration": k, "task": "conciseness", "index": i, "completion": c, "score": 0.0}
+               for k, texts in ((10, ["Paris", "42"]), (20, ["P", "4"])) for i, c in enumerate(texts)]
+    write_jsonl(curve, records)
+    df = prompt_rewards({"seed-3/es/single/1-conciseness": curve}, {"conciseness": data}, {}, by="iteration")
+    assert df[["iteration", "reward"]].values.tolist() == [[10, 0.0], [10, 0.0], [20, -4.0], [20, -1.0]]
+    assert set(df["seed"]) == {3}
+    write_jsonl(curve, records[:-1])
+    with pytest.raises(EsftError, match="1 completions of conciseness at iteration 20, but its test split has 2"):
+        prompt_rewards({"es/single/1-conciseness": curve}, {"conciseness": data}, {}, by="iteration")
+
+
+def test_curve_points_every_k_iterations_and_the_last():
+    assert curve_points(25, 10) == [10, 20, 25] and curve_points(20, 10) == [10, 20]
+    assert curve_points(2, 1) == [1, 2] and curve_points(3, 10) == [3] and curve_points(0, 10) == []
+
+
+def _curve(tmp_path, label: str, rewards: dict[int, list[int]]) -> str:
+    """A test-curve file whose completions are |r| characters longer than TEST_ROWS' targets (reward r <= 0)."""
+    path = tmp_path / f"{label.replace('/', '_')}.jsonl"
+    write_jsonl(path, [{"iteration": k, "task": "conciseness", "index": i, "completion": "x" * (len(row["target"]) - r),
+                        "score": 0.0} for k, rs in rewards.items() for i, (row, r) in enumerate(zip(TEST_ROWS, rs))])
+    return str(path)
+
+
+def test_best_iteration_is_the_highest_mean_test_reward_earliest_of_equals(tmp_path):
+    """The blog's rule: es is best at 20 (mean −1), es_lora at 10 (−2 ties 30's −2: the earliest); the base
+    (mean −8) is never a candidate, and the table reports each at its best and at its end."""
+    data = tmp_path / "data"
+    write_jsonl(data / "test.jsonl", TEST_ROWS)
+    base = tmp_path / "base.jsonl"
+    write_jsonl(base, [{"task": "conciseness", "index": i, "completion": "x" * (len(r["target"]) + 8), "score": 0.0}
+                       for i, r in enumerate(TEST_ROWS)])
+    curves = {"seed-0/es/single/1-conciseness": _curve(tmp_path, "es", {10: [-4, -4], 20: [0, -2], 30: [-3, -3]}),
+              "seed-0/es_lora/single/1-conciseness": _curve(tmp_path, "lora", {10: [-1, -3], 20: [-5, -5], 30: [-2, -2]})}
+    rewards = curve_rewards(base, curves, {"conciseness": data}, {})
+    summary = summarise(rewards)
+    best = summary[summary["best"]].set_index("method")
+    assert best["iteration"].to_dict() == {"es": 20, "es_lora": 10} and best["reward"].to_dict() == {"es": -1, "es_lora": -2}
+    assert summary.loc[summary["method"] == "base", ["iteration", "reward", "best"]].values.tolist() == [[0, -8.0, False]]
+    chosen = at_best(rewards, summary)
+    assert chosen.groupby("method")["iteration"].unique().map(list).to_dict() == {"base": [0], "es": [20], "es_lora": [10]}
+    assert chosen.loc[chosen["method"] == "es", "reward"].tolist() == [0.0, -2.0]
+    table = tables.lora_rewards(summary).set_index("method")
+    assert table.loc["es", ["best_iteration", "reward", "total", "final_iteration", "final_reward"]].tolist() == \
+        [20, -1.0, -2.0, 30, -3.0]
+    assert table.loc["es", "sem"] == pytest.approx(1.0)  # std of (0, −2) / √2
+    assert table.loc["base", ["best_iteration", "final_iteration", "reward"]].tolist() == [0, 0, -8.0]
+
+
 def test_study_figures_write_png_and_pdf(tmp_path):
     rewards = pd.DataFrame([{"checkpoint": c, "method": c.split("/")[0], "task": "conciseness", "index": i,
-                             "prompt": r["prompt"], "reward": -float(i + len(c) % 3), "score": 0.5}
+                             "prompt": r["prompt"], "reward": -float(i + len(c) % 3), "score": 0.5,
+                             "iteration": 0 if c == "base" else 3}
                             for c in ("base", "es/single/1-conciseness", "es_lora/single/1-conciseness")
                             for i, r in enumerate(TEST_ROWS)])
+    curves = pd.DataFrame([{"checkpoint": c, "seed": pd.NA, "method": c.split("/")[0], "task": "conciseness",
+                            "trained_task": "-" if c == "base" else "conciseness", "iteration": k, "reward": -float(k),
+                            "best": k == 3} for c, ks in (("base", [0]), ("es/single/1-conciseness", [3, 5]),
+                                                          ("es_lora/single/1-conciseness", [3, 5])) for k in ks])
     runs = {}
     for method in ("es", "es_lora"):
         runs[f"{method}/single/1-conciseness"] = tmp_path / f"{method}.jsonl"
@@ -129,7 +189,7 @@ def test_study_figures_write_png_and_pdf(tmp_path):
     draws = {
         "rewards": lambda out: figures.lora_prompt_rewards(rewards, out, 50),
         "cumulative": lambda out: figures.lora_cumulative_reward(rewards, out, 50),
-        "training": lambda out: figures.lora_training(runs, out, 50, smooth=2),
+        "training": lambda out: figures.lora_training(runs, curves, out, 50, smooth=2),
         "cost": lambda out: figures.accuracy_vs_cost(_curves(), out, 50),
     }
     for name, draw in draws.items():

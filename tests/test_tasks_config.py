@@ -68,3 +68,32 @@ def test_unknown_task_in_config_lists_the_known_ones():
     cfg["tasks"]["mmlu"] = cfg["tasks"]["math"]
     with pytest.raises(ConfigError, match="unknown key 'mmlu'.*'gsm8k'"):
         validate_config(cfg, SCHEMA)
+
+
+def test_conciseness_ships_its_own_and_the_blogs_test_prompts(tmp_path):
+    """tasks.conciseness.prompts: esft's 8 test prompts by default, the ES-with-LoRA blog's (its code's; the
+    file names its source) with `blog`, the same 2 train prompts; other tasks have no prompt sets."""
+    import json
+    from importlib import resources
+
+    from esft.errors import EsftError
+    from esft.io import read_json, read_jsonl
+    from esft.tasks.conciseness import embedded_rows
+    from esft.tasks.prepare import prepare_task
+
+    cfg = {"source": "embedded", "n_train": 2, "n_test": 8, "max_new_tokens": 8}
+    prepare_task("conciseness", cfg, tmp_path / "esft")
+    prepare_task("conciseness", {**cfg, "prompts": "blog"}, tmp_path / "blog")
+    ours, blog = (read_jsonl(tmp_path / name / "test.jsonl") for name in ("esft", "blog"))
+    assert ours == embedded_rows()["test"] and blog == embedded_rows("blog")["test"]
+    assert [r["target"] for r in blog] == ["Paris", "84", "True", "10", "Hola", "30", "Red", "7"]
+    assert blog[1]["prompt"] == "Calculate: 12×7=" and blog[3]["prompt"] == "What comes next in the sequence: 2,4,6,8, ?"
+    assert sum(a != b for a, b in zip(ours, blog)) == 7  # only "What is the capital of France?" is shared
+    assert read_jsonl(tmp_path / "esft" / "train.jsonl") == read_jsonl(tmp_path / "blog" / "train.jsonl")
+    assert read_json(tmp_path / "blog" / "manifest.json")["prompts"] == "blog"
+    source = json.loads(resources.files("esft.tasks").joinpath("conciseness_blog.json").read_text())["source"]
+    assert "Bhoy1/ES_LLM_1" in source and "cvllm3.py" in source
+    with pytest.raises(EsftError, match="not a prompt set"):
+        prepare_task("boolq", {**cfg, "source": "synthetic", "prompts": "blog"}, tmp_path / "boolq")
+    with pytest.raises(EsftError, match="unknown prompt set"):
+        embedded_rows("paper")

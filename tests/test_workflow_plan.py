@@ -62,23 +62,29 @@ def _plan(tmp_path, name: str, overlay: dict) -> tuple[dict[str, int], str]:
     return planned_jobs(proc), proc.stdout + proc.stderr
 
 
-STUDY_RULES = {"collect_prompt_rewards", "figure_lora_prompt_rewards", "figure_lora_cumulative_reward",
-               "figure_lora_training", "collect_accuracy_curves", "figure_accuracy_vs_cost", "table_time_to_accuracy"}
+LORA_RULES = {"test_curve", "collect_prompt_rewards", "figure_lora_prompt_rewards", "figure_lora_cumulative_reward",
+              "figure_lora_training", "table_lora_rewards"}
+STUDY_RULES = LORA_RULES | {"collect_accuracy_curves", "figure_accuracy_vs_cost", "table_time_to_accuracy"}
 
 
 def test_lora_figures_need_lora_and_full_parameter_es_on_one_single_task(tmp_path):
     """small.yaml trains es (full-parameter) and lbes on different single tasks: neither study appears;
-    an es_lora variant on es's single task brings the three ES-with-LoRA figures, and only those."""
+    an es_lora variant on es's single task brings the ES-with-LoRA test curves, figures and table, and only
+    those: one test-curve job per seed, evaluating both runs every evaluate.test_curve.every iterations."""
     jobs, _ = _plan(tmp_path, "none", {})
     assert not STUDY_RULES & set(jobs)
     lora = {"population": 4, "sigma": 0.05, "alpha": 0.005, "iterations": 2, "lora": {"r": 2, "alpha": 4}}
     overlay = {"train": {"methods": ["es", "grpo", "lbes", "es_lora"]}, "es_lora": lora}
     jobs, text = _plan(tmp_path, "lora", overlay)
-    assert {r for r in STUDY_RULES if r in jobs} == {"collect_prompt_rewards", "figure_lora_prompt_rewards",
-                                                     "figure_lora_cumulative_reward", "figure_lora_training"}
+    assert {r for r in STUDY_RULES if r in jobs} == LORA_RULES and jobs["test_curve"] == 1
+    curve = next(line for line in text.splitlines() if " test-curve --base " in line)
+    assert re.findall(r"--runs (\S+) (\S+) ", curve) == [("results/small/train/seed-0/es/single/1-conciseness/run.jsonl",
+                                                          "results/small/train/seed-0/es_lora/single/1-conciseness/run.jsonl")]
+    assert '"every": 10' in curve and "--data conciseness=results/small/data/conciseness " in curve
     collect = next(line for line in text.splitlines() if "esft prompt-rewards" in line)
-    labels = re.findall(r"(\S+)=results/small/eval/\S+/completions.jsonl", collect)
-    assert labels == ["base", "seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
+    labels = re.findall(r"(\S+)=results/small/eval/\S+/test_curve.jsonl", collect)
+    assert labels == ["seed-0/es/single/1-conciseness", "seed-0/es_lora/single/1-conciseness"]
+    assert "--base results/small/eval/base/completions.jsonl " in collect
     assert "--data conciseness=results/small/data/conciseness " in collect
     # LoRA alone (no full-parameter es-kind run on that task) compares nothing
     alone = {**overlay, "train": {**overlay["train"], "per_method": {"lbes": {"sequential": [], "single": ["boolq"]},

@@ -179,14 +179,33 @@ def cmd_collect_accuracy(args) -> None:
         df.to_csv(fh, index=False)
 
 
+def cmd_test_curve(args) -> None:
+    from esft.evaluate.test_curve import evaluate_along
+    from esft.io import read_jsonl, write_jsonl
+    from esft.models import load_model
+
+    if len(args.runs) != len(args.out):
+        raise SystemExit(f"esft test-curve: --runs and --out take one path per run ({len(args.runs)} runs, "
+                         f"{len(args.out)} outputs)")
+    _slice(args.cfg, "evaluate", "evaluate:generation_batch_size", "evaluate.test_curve")
+    _tasks_slice(args.tasks_cfg)
+    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    model, tokenizer = load_model(args.base, dtype=args.dtype, device=args.device)
+    for run, out in zip(args.runs, args.out):
+        write_jsonl(out, evaluate_along(args.base, read_jsonl(run, "a run's run.jsonl"), model, tokenizer, data, args.tasks_cfg,
+                                        args.cfg["generation_batch_size"], args.cfg["every"]))
+
+
 def cmd_prompt_rewards(args) -> None:
-    from esft.evaluate.prompts import prompt_rewards
+    from esft.evaluate.test_curve import at_best, curve_rewards, summarise
     from esft.io import atomic_open
 
     _tasks_slice(args.tasks_cfg)
-    df = prompt_rewards(_pairs(args.completions), _pairs(args.data), args.tasks_cfg)
-    with atomic_open(args.out) as fh:
-        df.to_csv(fh, index=False)
+    rewards = curve_rewards(args.base, _pairs(args.curves), _pairs(args.data), args.tasks_cfg)
+    summary = summarise(rewards)
+    for df, out in ((summary, args.curve_out), (at_best(rewards, summary), args.out)):
+        with atomic_open(out) as fh:
+            df.to_csv(fh, index=False)
 
 
 def cmd_accuracy_curves(args) -> None:
@@ -484,7 +503,7 @@ def cmd_figure(args) -> None:
     elif args.kind == "lora-cumulative":
         figures.lora_cumulative_reward(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "lora-training":
-        figures.lora_training(_pairs(args.inputs), args.out, dpi, **cfg)
+        figures.lora_training(_pairs(args.inputs), read_csv(args.test_curves), args.out, dpi, **cfg)
     elif args.kind == "accuracy-cost":
         figures.accuracy_vs_cost(read_csv(args.inputs[0]), args.out, dpi)
     elif args.kind == "probes-holdout":
@@ -524,6 +543,8 @@ def cmd_table(args) -> None:
     if args.kind == "time-to-accuracy":
         df = tables.time_to_accuracy(df, args.cfg["fraction"], args.cfg.get("targets"))
         tables.write_table(df, args.csv, args.md, float_format, args.tex)
+    elif args.kind == "lora-rewards":
+        tables.write_table(tables.lora_rewards(df), args.csv, args.md, float_format, args.tex)
     else:
         csv, display = tables.over_seeds(df, keys, float_format)
         tables.write_table(csv, args.csv, args.md, float_format, args.tex, display=display)
@@ -627,12 +648,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="LABEL=metrics.json ...")
     p.add_argument("--out", required=True)
 
-    p = add("prompt-rewards", cmd_prompt_rewards, "per test prompt: the task's reward of each checkpoint's "
-            "evaluated completion (recomputed from completions.jsonl and the test rows), one CSV")
-    p.add_argument("--completions", nargs="+", required=True, help="LABEL=completions.jsonl ...")
+    p = add("test-curve", cmd_test_curve, "evaluate runs along training: each run's weights after every "
+            "`every` iterations and at its end, rebuilt from run.jsonl (replay), on every task's test split")
+    model_args(p)
+    p.add_argument("--runs", nargs="+", required=True, help="run.jsonl of each run (single stage from the base)")
+    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
+    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    p.add_argument("--cfg", type=_cfg, required=True, help="{generation_batch_size, every}")
+    p.add_argument("--out", nargs="+", required=True, help="test-curve jsonl of each run (completions with their "
+                   "iteration)")
+
+    p = add("prompt-rewards", cmd_prompt_rewards, "per test prompt: the task's reward of the base and of runs "
+            "along their test curves (recomputed from the completions and the test rows); the mean test reward "
+            "per iteration with each run's best iteration, and the per-prompt rewards there")
+    p.add_argument("--base", required=True, help="the base model's completions.jsonl (iteration 0)")
+    p.add_argument("--curves", nargs="*", default=[], help="LABEL=test_curve.jsonl ...")
     p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (the tasks kept)")
     p.add_argument("--tasks-cfg", type=_cfg, required=True, help="the tasks' config (format_bonus)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--curve-out", required=True, help="CSV: mean test reward per checkpoint, task and iteration")
+    p.add_argument("--out", required=True, help="CSV: per-prompt rewards of the base and each run at its best")
 
     p = add("accuracy-curves", cmd_accuracy_curves, "test accuracy along single-task runs at their cumulative "
             "wall time and generated tokens: the base, replayed iterations and the final checkpoint, one CSV")
@@ -746,13 +780,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "drift_kinds.csv [drift_params.csv], lora_prompt_rewards.csv (lora-rewards, lora-cumulative), accuracy_curves.csv "
                    "(accuracy-cost), or LABEL=run.jsonl ... (fitness, training, pretraining, lora-training)")
     p.add_argument("--methods", nargs=2, help="interpolation: the methods at λ = 0 and 1")
+    p.add_argument("--test-curves", help="lora-training: lora_test_curves.csv (esft prompt-rewards --curve-out)")
     p.add_argument("--cfg", type=_cfg, default={}, help="dpi and the figure's own options")
     p.add_argument("--out", nargs="+", required=True)
 
     p = add("table", cmd_table, "write a table as CSV, Markdown and (with --tex) LaTeX")
-    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio", "holdout", "time-to-accuracy"])
+    p.add_argument("kind", choices=["accuracy", "norms", "single-task", "norm-ratio", "holdout", "time-to-accuracy",
+                                    "lora-rewards"])
     p.add_argument("--input", required=True,
-                   help="accuracy.csv, update_norms.csv, deltas.csv, holdout.csv or accuracy_curves.csv")
+                   help="accuracy.csv, update_norms.csv, deltas.csv, holdout.csv, accuracy_curves.csv or "
+                   "lora_test_curves.csv")
     p.add_argument("--runs", nargs="*", default=[], help="single-task: LABEL=run.jsonl of each single run")
     p.add_argument("--budgets", nargs="*", default=[], help="single-task: LABEL@K=accuracy.json ...")
     p.add_argument("--cfg", type=_cfg, default={})

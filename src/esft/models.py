@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import string
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,12 +324,17 @@ def load_tokenizer(base: str | Path):
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     """Copy a checkpoint's tensors into `model`; every trainable parameter must be present."""
-    state = read_weights(weights)
+    copy_weights(model, read_weights(weights), str(weights))
+
+
+def copy_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy `state` (standard parameter names, any dtype) into `model`, each tensor cast to the parameter's
+    dtype; `state` must name exactly the model's parameters (`source` names it in the error)."""
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(state))
     unknown = sorted(set(state) - set(params))
     if missing or unknown:
-        raise EsftError(f"{weights}: missing {missing[:5]} unknown {unknown[:5]} parameters")
+        raise EsftError(f"{source}: missing {missing[:5]} unknown {unknown[:5]} parameters")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name].to(param.dtype))

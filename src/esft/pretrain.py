@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from esft.errors import EsftError
-from esft.rollout.scoring import encode_texts, logprob_sums
+from esft.rollout.scoring import MAX_LENGTH, encode_texts, logprob_sums
 from esft.runs import (Budget, Drift, ResumeState, input_fingerprint, minibatch, run_seed, run_steps, runtime_of,
                        write_run)
 from esft.training import TrainJob
@@ -69,6 +69,8 @@ class AdamWSettings:
     loglik_average: Literal["token", "sample"] = "token"
     """token: the mean NLL over every scored token of the step (the usual LM loss); sample: each text's
     mean token NLL averaged over texts, the objective of ES's loglik fitness with es.loglik_average sample."""
+    text_length: int = MAX_LENGTH
+    """Tokens kept of each text, eos included: es.text_length of the ES run it is compared with."""
     checkpoint_every: int = 10
     """Steps between resumable state snapshots."""
 
@@ -92,6 +94,8 @@ class AdamWSettings:
         for name in ("batch_size", "micro_batch_size", "max_prompt_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EsftError(f"adamw.{name} must be >= 1 or null, got {getattr(self, name)}")
+        if self.text_length < 2:
+            raise EsftError(f"adamw.text_length must be >= 2 (a token and eos), got {self.text_length}")
         if self.checkpoint_every < 1:
             raise EsftError(f"adamw.checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
@@ -250,7 +254,8 @@ def train(job: TrainJob) -> None:
     model, tokenizer = load_model(job.base, job.init, dtype=job.dtype, device=job.device)
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     train_file = job.data / "train.jsonl"
-    ids = encode_texts(training_texts(job.corpus, task, read_rows(task, train_file), tokenizer), tokenizer)
+    ids = encode_texts(training_texts(job.corpus, task, read_rows(task, train_file), tokenizer), tokenizer,
+                       settings.text_length)
     if not ids:
         raise EsftError("adamw: no texts to train on")
     fingerprint = json.dumps([job.task, job.task_cfg, str(job.base),

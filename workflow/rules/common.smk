@@ -174,8 +174,9 @@ def train_init(wildcards):
 
 
 def accuracy_config():
-    """The evaluate slice without `kl`, so that KL options do not rerun the accuracy evaluation."""
-    return {key: value for key, value in config["evaluate"].items() if key != "kl"}
+    """The evaluate slice without `kl` and `test_curve`, so that their options do not rerun the accuracy
+    evaluation."""
+    return {key: value for key, value in config["evaluate"].items() if key not in ("kl", "test_curve")}
 
 
 def kl_pairs():
@@ -473,13 +474,20 @@ def lora_study():
     return study
 
 
-def lora_checkpoints():
-    """Checkpoint labels the per-prompt reward figures compare: the base, then each study run."""
-    return ["base"] + [run_label(*run) for run in lora_runs()]
-
-
 def lora_runs():
     return [Run(s, m, "single", 1, t) for s in SEEDS for t, methods in lora_study().items() for m in methods]
+
+
+def lora_names():
+    """METHOD/single/1-TASK of the study runs, the same in every seed (the test-curve job evaluates a seed's)."""
+    return [without_seed(run_label(*run)) for run in lora_runs() if run.seed == SEEDS[0]]
+
+
+def test_curve_cfg():
+    """The test-curve stage's slice: the evaluation's batch size and evaluate.test_curve."""
+    return js(
+        {"generation_batch_size": config["evaluate"]["generation_batch_size"], **config["evaluate"]["test_curve"]}
+    )
 
 
 def lbes_study():
@@ -517,6 +525,7 @@ def study_targets():
     figures, tables = [], []
     if lora_study():
         figures += ["lora_prompt_rewards", "lora_cumulative_reward", "lora_training"]
+        tables.append("lora_rewards")
     if lbes_study():
         figures.append("accuracy_vs_cost")
         tables.append("time_to_accuracy")

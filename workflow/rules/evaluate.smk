@@ -209,21 +209,49 @@ rule collect_holdout:
         "esft collect-holdout --results {params.records} --out {output} > {log} 2>&1"
 
 
-# ES with LoRA: each test prompt's reward, base vs the compared runs (recomputed from their completions)
+if lora_runs():
+
+    # ES with LoRA: each study run of one seed evaluated along training (weights replayed from run.jsonl)
+    rule test_curve:
+        input:
+            base=f"{R}/model/base",
+            runs=lambda w: [f"{R}/train/seed-{w.seed}/{name}/run.jsonl" for name in lora_names()],
+            data=[f"{R}/data/{t}/test.jsonl" for t in lora_study()],
+        output:
+            [f"{R}/eval/seed-{{seed}}/{name}/test_curve.jsonl" for name in lora_names()],
+        log:
+            f"{LOGS}/test_curve/seed-{{seed}}.log",
+        conda:
+            "../../envs/esft.yaml"
+        threads: RUNTIME["threads"]
+        params:
+            cfg=test_curve_cfg(),
+            tasks_cfg=js({t: config["tasks"][t] for t in lora_study()}),
+            data=" ".join(f"{t}={R}/data/{t}" for t in lora_study()),
+            runtime=f"--device {RUNTIME['device']} --dtype {RUNTIME['dtype']}",
+        shell:
+            "esft --threads {threads} test-curve --base {input.base} --runs {input.runs} {params.runtime} "
+            "--data {params.data} --tasks-cfg {params.tasks_cfg:q} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+
+
+# ES with LoRA: the mean test reward along each study run with its best iteration, and each test prompt's
+# reward there (and the base's), recomputed from the completions
 rule collect_prompt_rewards:
     input:
-        completions=[f"{R}/eval/{label}/completions.jsonl" for label in lora_checkpoints()],
+        base=f"{R}/eval/base/completions.jsonl",
+        curves=[f"{R}/eval/{run_label(*run)}/test_curve.jsonl" for run in lora_runs()],
         data=[f"{R}/data/{t}/test.jsonl" for t in lora_study()],
     output:
-        f"{R}/eval/lora_prompt_rewards.csv",
+        curves=f"{R}/eval/lora_test_curves.csv",
+        rewards=f"{R}/eval/lora_prompt_rewards.csv",
     log:
         f"{LOGS}/collect_prompt_rewards.log",
     conda:
         "../../envs/esft.yaml"
     params:
-        completions=" ".join(f"{label}={R}/eval/{label}/completions.jsonl" for label in lora_checkpoints()),
+        curves=" ".join(f"{run_label(*run)}={R}/eval/{run_label(*run)}/test_curve.jsonl" for run in lora_runs()),
         data=" ".join(f"{t}={R}/data/{t}" for t in lora_study()),
         tasks_cfg=js({t: config["tasks"][t] for t in lora_study()}),
     shell:
-        "esft prompt-rewards --completions {params.completions} --data {params.data} "
-        "--tasks-cfg {params.tasks_cfg:q} --out {output} > {log} 2>&1"
+        "esft prompt-rewards --base {input.base} --curves {params.curves} --data {params.data} "
+        "--tasks-cfg {params.tasks_cfg:q} --curve-out {output.curves} --out {output.rewards} > {log} 2>&1"

@@ -307,7 +307,8 @@ rule figure_lora_cumulative_reward:
 
 rule figure_lora_training:
     input:
-        [f"{run_dir(*run)}/run.jsonl" for run in lora_runs()],
+        runs=[f"{run_dir(*run)}/run.jsonl" for run in lora_runs()],
+        curves=f"{R}/eval/lora_test_curves.csv",
     output:
         png=report(f"{R}/figures/lora_training.png", caption="../report/lora_training.rst", category="ES with LoRA"),
         pdf=f"{R}/figures/lora_training.pdf",
@@ -319,7 +320,26 @@ rule figure_lora_training:
         cfg=figure_cfg("lora_training"),
         runs=" ".join(f"{run_label(*run)}={run_dir(*run)}/run.jsonl" for run in lora_runs()),
     shell:
-        "esft figure lora-training --inputs {params.runs} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+        "esft figure lora-training --inputs {params.runs} --test-curves {input.curves} --cfg {params.cfg:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule table_lora_rewards:
+    input:
+        f"{R}/eval/lora_test_curves.csv",
+    output:
+        csv=f"{R}/tables/lora_rewards.csv",
+        md=report(f"{R}/tables/lora_rewards.md", caption="../report/lora_rewards.rst", category="ES with LoRA"),
+        tex=f"{R}/tables/lora_rewards.tex",
+    log:
+        f"{LOGS}/tables/lora_rewards.log",
+    conda:
+        "../../envs/esft.yaml"
+    params:
+        cfg=table_cfg(),
+    shell:
+        "esft table lora-rewards --input {input} --cfg {params.cfg:q} --csv {output.csv} --md {output.md} "
+        "--tex {output.tex} > {log} 2>&1"
 
 
 rule figure_accuracy_vs_cost:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from esft.errors import EsftError
 from esft.params import GROUPS
+from esft.rollout.scoring import MAX_LENGTH
 from esft.rollout.vllm_backend import VllmOptions
 
 Shaping = Literal["zscore", "rank", "raw"]
@@ -104,6 +105,8 @@ class ESConfig:
     loglik_average: LoglikAverage = "sample"
     """loglik fitness: sample (EA4LLM eqs. 2-3) averages each text's token log-likelihoods, then the
     texts; token pools every scored token of the minibatch, so long texts weigh more."""
+    text_length: int = MAX_LENGTH
+    """loglik fitness: tokens kept of each text, eos included (EA4LLM §4.1 scores samples of length 256)."""
     lora: LoRAConfig | None = None
     """Evolve LoRA adapters instead of the full parameters."""
     temperature: float = 0.0
@@ -166,6 +169,8 @@ class ESConfig:
                 raise EsftError(f"es.{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.mode not in ("inplace", "batched", "lowrank"):
             raise EsftError(f"es.mode must be one of inplace, batched, lowrank; got {self.mode!r}")
+        if self.text_length < 2:
+            raise EsftError(f"es.text_length must be >= 2 (a token and eos), got {self.text_length}")
         if self.rank < 1 or (self.members_per_pass is not None and self.members_per_pass < 1):
             raise EsftError("es.rank and es.members_per_pass must be >= 1")
         if self.mode != "inplace" and (self.fitness != "task" or self.lora is not None):

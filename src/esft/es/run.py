@@ -25,7 +25,8 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
                            cfg.top_p), len(rows)
     if cfg.fitness == "loglik":
         texts = training_texts(corpus, task, rows, tokenizer)
-        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size, average=cfg.loglik_average), len(texts)
+        return CorpusFitness(texts, tokenizer, cfg.generation_batch_size, max_length=cfg.text_length,
+                             average=cfg.loglik_average), len(texts)
     return None, len(rows)
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +86,32 @@ def export_weights(model: torch.nn.Module, population: Population, cfg: ESConfig
     return dict(population.master)
 
 
-def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """θ_T rebuilt from θ_0 (the weights in `model`) and a run's records, without evaluating anything."""
+def replayed(model: torch.nn.Module, records: list[dict[str, Any]],
+             at: Iterable[int]) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(k, θ_k) for each k of `at` in ascending order: the weights after k logged updates, rebuilt from θ_0
+    (the weights in `model`) and a run's records without evaluating anything, in one pass over the records.
+
+    Full-parameter θ_k are the live master tensors: use them before drawing the next k."""
     if not records:
         raise EsftError("replay: the run log has no iterations")
     if [r["iteration"] for r in records] != list(range(len(records))):
         raise EsftError("replay: the run log must hold iterations 0, 1, ... without gaps")
     if "config" not in records[0]:
         raise EsftError("replay: the run log has no ES config (it predates replay support)")
+    wanted = sorted(set(at))
+    if wanted and not 1 <= wanted[0] <= wanted[-1] <= len(records):
+        raise EsftError(f"replay: iterations {wanted} outside 1..{len(records)} (the run's length)")
     cfg = ESConfig.from_dict(records[0]["config"])
     model, population = build_population(model, cfg, records[0].get("run_id", ""))
-    for record in records:
+    for record in records[:wanted[-1] if wanted else 0]:
         apply_update(population, cfg, record["iteration"], record["shaped"], record["alpha"], record["sigma"])
-    return export_weights(model, population, cfg)
+        if record["iteration"] + 1 in wanted:
+            yield record["iteration"] + 1, export_weights(model, population, cfg)
+
+
+def replay(model: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """θ_T rebuilt from θ_0 (the weights in `model`) and a run's records, without evaluating anything."""
+    return next(replayed(model, records, [len(records)]))[1]
 
 
 class ESTrainer:

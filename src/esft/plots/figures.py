@@ -11,7 +11,7 @@ import pandas as pd
 
 from esft.geometry.drift import GROUPS, KINDS
 from esft.io import read_jsonl
-from esft.labels import checkpoint_fields, split_seed
+from esft.labels import split_seed
 from esft.plots import style
 from esft.plots.style import plt
 
@@ -427,9 +427,15 @@ def _checkpoints(df: pd.DataFrame) -> list[str]:
     return sorted(labels, key=lambda label: label != "base")
 
 
+def _named(rows: pd.DataFrame) -> str:
+    """A checkpoint's legend entry: its method, with the iteration of a trained model."""
+    method = rows["method"].iloc[0]
+    return method if method == "base" else f"{method} @ {int(rows['iteration'].iloc[0])}"
+
+
 def lora_prompt_rewards(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
-    """Reward of each test prompt's greedy completion, base vs each method's final model: grouped bars,
-    one panel per task (rows of esft.evaluate.prompts)."""
+    """Reward of each test prompt's greedy completion, base vs each method's model at its best iteration
+    (rows of esft.evaluate.test_curve.at_best): grouped bars, one panel per task."""
     tasks = list(dict.fromkeys(df["task"]))
     n_prompts = max(df.groupby("task")["index"].nunique())
     fig, axes = plt.subplots(len(tasks), 1, squeeze=False, figsize=style.figsize(max(1.0, 0.25 * n_prompts),
@@ -440,9 +446,8 @@ def lora_prompt_rewards(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):
             rows = on_task[on_task["checkpoint"] == label].sort_values("index")
-            method = rows["method"].iloc[0]
             ax.bar(rows["index"] + (i - (len(labels) - 1) / 2) * width, rows["reward"], width,
-                   color=style.method_color(method), label=method)
+                   color=style.method_color(rows["method"].iloc[0]), label=_named(rows))
         prompts = on_task.drop_duplicates("index").sort_values("index")
         ax.set_xticks(prompts["index"], [p if len(p) <= 24 else p[:23] + "…" for p in prompts["prompt"]],
                       rotation=30, ha="right")
@@ -456,7 +461,7 @@ def lora_prompt_rewards(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
 
 def lora_cumulative_reward(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
     """Running total of the test reward over the task's test prompts in file order, base vs each method's
-    final model; the last point is the model's total test reward (in the legend)."""
+    model at its best iteration; the last point is the model's total test reward (in the legend)."""
     tasks = list(dict.fromkeys(df["task"]))
     fig, axes = plt.subplots(1, len(tasks), squeeze=False, figsize=style.figsize(max(1.0, 0.8 * len(tasks)), 2.4))
     for ax, task in zip(axes[0], tasks):
@@ -464,9 +469,8 @@ def lora_cumulative_reward(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
         for label in _checkpoints(on_task):
             rows = on_task[on_task["checkpoint"] == label].sort_values("index")
             total = rows["reward"].cumsum()
-            method = rows["method"].iloc[0]
-            ax.plot(np.arange(1, len(rows) + 1), total, color=style.method_color(method), marker="o",
-                    drawstyle="steps-post", label=f"{method} (total {total.iloc[-1]:.4g})")
+            ax.plot(np.arange(1, len(rows) + 1), total, color=style.method_color(rows["method"].iloc[0]), marker="o",
+                    drawstyle="steps-post", label=f"{_named(rows)} (total {total.iloc[-1]:.4g})")
         ax.set_xlabel(f"{task} test prompts counted")
         ax.set_ylabel(f"cumulative {_reward_label(task)}")
         ax.legend(loc="best")
@@ -474,23 +478,37 @@ def lora_cumulative_reward(df: pd.DataFrame, out: Outs, dpi: int = 120) -> None:
     style.save(fig, out, dpi)
 
 
-def lora_training(runs: Mapping[str, str | Path], out: Outs, dpi: int = 120, smooth: int = 1) -> None:
-    """Mean training reward per iteration of each compared run (run.jsonl), one panel per trained task.
+def lora_training(runs: Mapping[str, str | Path], curves: pd.DataFrame, out: Outs, dpi: int = 120,
+                  smooth: int = 1) -> None:
+    """Per trained task (a row): the mean training reward per iteration of each compared run (run.jsonl;
+    left) beside its mean test reward along training (esft.evaluate.test_curve summary: the base at 0, the
+    best iteration starred; right).
 
-    `smooth`: trailing moving-average window in iterations (1 = raw)."""
+    `smooth`: trailing moving-average window of the training reward in iterations (1 = raw)."""
     by_task = {trained.split("-", 1)[1]: methods for trained, methods in _runs_by_training(runs).items()}
-    fig, axes = plt.subplots(1, len(by_task), squeeze=False,
-                             figsize=style.figsize(max(1.0, 0.8 * len(by_task)), 2.4))
-    for ax, (task, methods) in zip(axes[0], by_task.items()):
+    fig, axes = plt.subplots(len(by_task), 2, squeeze=False, sharex="row",
+                             figsize=style.figsize(1.6, 2.4 * len(by_task)))
+    for (train_ax, test_ax), (task, methods) in zip(axes, by_task.items()):
         for method, seeds in methods.items():
             for i, records in enumerate(seeds):
                 reward = _smoothed(records, "reward_mean", smooth)
-                ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method),
-                        label=method if i == 0 else None)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(f"training {_reward_label(task)}\n(population mean)")
-        ax.set_title(task)
-        ax.legend(loc="best")
+                train_ax.plot([r["iteration"] + 1 for r in records], reward, color=style.method_color(method),
+                              label=method if i == 0 else None)
+        on_task = curves[curves["task"] == task]
+        base = on_task[on_task["checkpoint"] == "base"]
+        for i, (label, rows) in enumerate(on_task[on_task["trained_task"] == task].groupby("checkpoint", sort=False)):
+            rows = pd.concat([base, rows]).sort_values("iteration")
+            color = style.method_color(rows["method"].iloc[-1])
+            test_ax.plot(rows["iteration"], rows["reward"], color=color, marker=".")
+            best = rows[rows["best"].astype(bool)]
+            test_ax.plot(best["iteration"], best["reward"], color=color, marker="*", ms=10, ls="none",
+                         label=f"{rows['method'].iloc[-1]}: best {int(best['iteration'].iloc[0])}")
+        train_ax.set_ylabel(f"training {_reward_label(task)}\n(population mean)")
+        test_ax.set_ylabel(f"test {_reward_label(task)}\n(mean over prompts)")
+        for ax, what in ((train_ax, "training"), (test_ax, "test")):
+            ax.set_xlabel("iteration")
+            ax.set_title(f"{task}: {what}")
+            ax.legend(loc="best")
     fig.tight_layout()
     style.save(fig, out, dpi)
 

@@ -327,3 +327,22 @@ def time_to_accuracy(curves: pd.DataFrame, fraction: float, targets: Mapping[str
             rows.append(row)
     df = pd.DataFrame(rows)
     return df.astype({"seed": "Int64", "iteration": "Int64", "tokens": "Int64"})
+
+
+def lora_rewards(summary: pd.DataFrame) -> pd.DataFrame:
+    """The ES-with-LoRA blog's table, per seed, task and method: the mean test reward, its standard error over
+    the test prompts and their total at the run's best iteration, and the mean at its final iteration (the
+    base model: its own, at iteration 0). `summary`: esft.evaluate.test_curve.summarise rows."""
+    rows = []
+    for checkpoint, points in summary.groupby("checkpoint", sort=False):
+        for task, on_task in points.groupby("task", sort=False):
+            if checkpoint != "base" and task != on_task["trained_task"].iloc[0]:
+                continue
+            on_task = on_task.sort_values("iteration")
+            best = on_task[on_task["best"].astype(bool)] if checkpoint != "base" else on_task
+            first, last = best.iloc[0], on_task.iloc[-1]
+            rows.append({"seed": first["seed"], "task": task, "method": first["method"],
+                         "best_iteration": int(first["iteration"]), "reward": float(first["reward"]),
+                         "sem": float(first["sem"]), "total": float(first["total"]),
+                         "final_iteration": int(last["iteration"]), "final_reward": float(last["reward"])})
+    return pd.DataFrame(rows).astype({"seed": "Int64"})

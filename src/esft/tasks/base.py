@@ -47,6 +47,8 @@ class Task(ABC):
     reward_label: ClassVar[str] = "reward (score + format bonus)"
     """What `reward` measures, with its unit: the axis label of per-prompt reward figures."""
     """The hub dataset whose raw rows `from_raw` maps (None: the task has only its stand-in)."""
+    prompt_sets: ClassVar[tuple[str, ...]] = ()
+    """Names of shipped prompt sets the offline stand-in can serve (tasks.<name>.prompts; none: no choice)."""
 
     def __init__(self, format_bonus: float | None = None) -> None:
         self.format_bonus = self.default_format_bonus if format_bonus is None else format_bonus

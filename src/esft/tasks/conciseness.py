@@ -11,19 +11,32 @@ import random
 from importlib import resources
 from typing import Any
 
+from esft.errors import EsftError
 from esft.tasks.base import Task, tail
 
 
-def embedded_rows() -> dict[str, list[dict[str, str]]]:
-    """The 2 train and 8 test prompts shipped with esft."""
-    text = resources.files("esft.tasks").joinpath("conciseness.json").read_text(encoding="utf-8")
-    return json.loads(text)
+PROMPT_SETS = {"esft": "conciseness.json", "blog": "conciseness_blog.json"}
+"""Shipped prompt sets: esft's own, and the ES-with-LoRA blog's (its code's; the file names its source)."""
+
+
+def embedded_rows(prompts: str = "esft") -> dict[str, list[dict[str, str]]]:
+    """The 2 train and 8 test prompts of a shipped set (`PROMPT_SETS`)."""
+    if prompts not in PROMPT_SETS:
+        raise EsftError(f"conciseness: unknown prompt set {prompts!r}; shipped: {', '.join(PROMPT_SETS)}")
+    text = resources.files("esft.tasks").joinpath(PROMPT_SETS[prompts]).read_text(encoding="utf-8")
+    rows = json.loads(text)
+    return {split: rows[split] for split in ("train", "test")}
 
 
 class Conciseness(Task):
     name = "conciseness"
     fields = {"prompt": str, "target": str}
     reward_label = "reward −|length − target| (characters)"
+    prompt_sets = tuple(PROMPT_SETS)
+
+    def __init__(self, format_bonus: float | None = None, prompts: str = "esft") -> None:
+        super().__init__(format_bonus)
+        self.prompts = prompts
 
     def user_prompt(self, row: dict[str, Any]) -> str:
         return row["prompt"]
@@ -47,6 +60,7 @@ class Conciseness(Task):
         return [rng.choice(pool) for _ in range(n)]
 
     def stand_in(self, n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
-        """The study's own split: its 2 train and 8 test prompts (sizes beyond those are capped)."""
-        rows = embedded_rows()
+        """The study's own split: the 2 train and 8 test prompts of the task's prompt set (sizes beyond those
+        are capped)."""
+        rows = embedded_rows(self.prompts)
         return rows["train"][:n_train], rows["test"][:n_test]

@@ -25,8 +25,11 @@ def _sha256(path: Path) -> str:
 
 def prepare_task(name: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Write `train.jsonl`, `test.jsonl` and `manifest.json` for task `name` under `out_dir`."""
-    task = get_task(name)
     source = cfg.get("source", "synthetic")
+    if "prompts" in cfg and (source == "hf" or cfg["prompts"] not in get_task(name).prompt_sets):
+        raise EsftError(f"task {name}: prompts {cfg['prompts']!r} is not a prompt set of its source {source} "
+                        f"(sets: {', '.join(get_task(name).prompt_sets) or 'none'})")
+    task = get_task(name, **({"prompts": cfg["prompts"]} if "prompts" in cfg else {}))
     report = LoadReport()
     if source in ("synthetic", "embedded"):
         train, test = task.stand_in(cfg["n_train"], cfg["n_test"], cfg.get("seed", 0))
@@ -52,6 +55,7 @@ def prepare_task(name: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[st
         "task": name,
         "source": source,
         "seed": cfg.get("seed", 0),
+        **({"prompts": cfg["prompts"]} if "prompts" in cfg else {}),
         "counts": {"train": len(train), "test": len(test)},
         "sha256": {s: _sha256(out / f"{s}.jsonl") for s in ("train", "test")},
         "skipped_rows": report.skipped_rows,
