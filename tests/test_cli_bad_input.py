@@ -77,6 +77,8 @@ TRAIN = "train --method $method --task countdown --run-id $method/single/1-count
 TRAIN_CFG = {"es": '{"population": "8"}', "lbes": '{"population": "8"}', "grpo": '{"learning_rate": "3e-6"}',
              "adamw": '{"lr": "1e-3"}'}
 EVALUATE = "evaluate --tasks-cfg $tasks --out $out/accuracy.json"
+CURVE = '\'{"generation_batch_size": 4, "every": 1}\''
+REWARDS_OUT = "--curve-out $out/c.csv --out $out/p.csv"
 KL = "kl --tasks-cfg $tasks --completions $out/kl.jsonl --out $out/kl.json"
 PAIRS = "--methods es grpo --out $out/pairs.csv"
 INTERPOLATE = f"interpolate {PAIRS} --tasks-cfg $tasks --cfg '{{\"grid\": [0, 1]}}'"
@@ -157,14 +159,20 @@ CASES = [
      "$missing/a.json: no such file"),
     ("collect-accuracy", "garbage metrics", "collect-accuracy --metrics base=$garbage --out $out/a.csv",
      "$garbage:1: not valid JSON"),
-    ("prompt-rewards", "missing completions", "prompt-rewards --completions base=$missing/c.jsonl "
-     "--data countdown=$data --tasks-cfg $tasks --out $out/p.csv", "$missing/c.jsonl: no such file"),
-    ("prompt-rewards", "missing data dir", "prompt-rewards --completions base=$run --data countdown=$missing/countdown "
-     "--tasks-cfg $tasks --out $out/p.csv", "$missing/countdown/test.jsonl: no such file"),
-    ("prompt-rewards", "wrong-typed row", "prompt-rewards --completions base=$run --data countdown=$bad "
-     "--tasks-cfg $tasks --out $out/p.csv", "$bad/test.jsonl: row 2: field 'numbers'"),
-    ("prompt-rewards", "wrong-typed --tasks-cfg", "prompt-rewards --completions base=$run --data countdown=$data "
-     f"--tasks-cfg {WRONG_TASKS} --out $out/p.csv", "--tasks-cfg: config error: tasks.countdown.max_new_tokens"),
+    ("test-curve", "missing base dir", "test-curve --base $missing/base --runs $run --data countdown=$data "
+     f"--tasks-cfg $tasks --cfg {CURVE} --out $out/t.jsonl", "$missing/base: no such base-model directory"),
+    ("test-curve", "missing run log", "test-curve --base $base --runs $missing/run.jsonl --data countdown=$data "
+     f"--tasks-cfg $tasks --cfg {CURVE} --out $out/t.jsonl", "$missing/run.jsonl: no such file (expected a run's run.jsonl)"),
+    ("test-curve", "wrong-typed --cfg", "test-curve --base $base --runs $run --data countdown=$data --tasks-cfg $tasks "
+     "--cfg '{\"generation_batch_size\": 4, \"every\": \"1\"}' --out $out/t.jsonl", "--cfg: config error: evaluate.every"),
+    ("prompt-rewards", "missing completions", "prompt-rewards --base $missing/c.jsonl "
+     f"--data countdown=$data --tasks-cfg $tasks {REWARDS_OUT}", "$missing/c.jsonl: no such file"),
+    ("prompt-rewards", "missing data dir", "prompt-rewards --base $run --data countdown=$missing/countdown "
+     f"--tasks-cfg $tasks {REWARDS_OUT}", "$missing/countdown/test.jsonl: no such file"),
+    ("prompt-rewards", "wrong-typed row", "prompt-rewards --base $run --data countdown=$bad "
+     f"--tasks-cfg $tasks {REWARDS_OUT}", "$bad/test.jsonl: row 2: field 'numbers'"),
+    ("prompt-rewards", "wrong-typed --tasks-cfg", "prompt-rewards --base $run --data countdown=$data "
+     f"--tasks-cfg {WRONG_TASKS} {REWARDS_OUT}", "--tasks-cfg: config error: tasks.countdown.max_new_tokens"),
     ("accuracy-curves", "missing base accuracy", "accuracy-curves --base-accuracy $missing/a.json "
      "--runs es/single/1-countdown=$run --points es/single/1-countdown@final=$accuracy --out $out/c.csv",
      "$missing/a.json: no such file (expected the base model's accuracy.json)"),
