@@ -290,6 +290,7 @@ def test_esft_evaluate_on_the_engine_writes_the_hf_accuracy(shared_engine, micro
     assert len({len(c["completion_ids"]) for c in completions}) > 1  # rows stopped at different lengths
 
 
+@pytest.mark.slow  # ~70 s of CPU: each rank starts vLLM's three processes (driver, engine core, worker)
 def test_two_ranks_with_an_engine_each_train_the_one_process_run(micro, full_run, tmp_path):
     """`torchrun --nproc-per-node 2 -m esft.cli train` with es.backend vllm: each rank opens its own engine
     (vLLM's default engine processes, launcher variables hidden), evaluates its block of the 5 members and

@@ -105,7 +105,7 @@ class VllmEngine:
     """A vLLM engine on one device whose weights esft writes in place (HF names, `layout`).
 
     llm: a `vllm.LLM` built with `WORKER_EXTENSION`; sampling_params: `vllm.SamplingParams` (passed in, so
-    that a stand-in engine serves the CPU tests).
+    that the backend's own logic is tested without vLLM).
     """
 
     def __init__(self, llm, sampling_params: Callable[..., Any], tokenizer, stops: Sequence[int],
