@@ -21,13 +21,14 @@ if not os.environ.get("CI"):
     pytest.importorskip("vllm", reason="vLLM is not installed (bash setup.sh --vllm-cpu)")
 
 from esft.es.config import ESConfig  # noqa: E402
+from esft.evaluate import accuracy  # noqa: E402
 from esft.es.fitness import TaskFitness  # noqa: E402
 from esft.es.noise import tensor_noise  # noqa: E402
 from esft.es.trainer import ESTrainer, replay  # noqa: E402
 from esft.es.vllm_trainer import VllmESTrainer  # noqa: E402
 from esft.io import read_jsonl, write_jsonl  # noqa: E402
 from esft.models import load_model  # noqa: E402
-from esft.rollout import generate  # noqa: E402
+from esft.rollout import generate, vllm_backend  # noqa: E402
 from esft.runs import save_weights  # noqa: E402
 from esft.tasks import get_task  # noqa: E402
 from esft.tasks.conciseness import embedded_rows  # noqa: E402
@@ -74,16 +75,16 @@ def engine(micro):
 
     from esft.rollout.vllm_backend import VllmOptions, open_engine
 
-    set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in its process
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in {**QUIET, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}.items():
-            env.setenv(key, value)
-        conversations = [get_task("conciseness").messages(r) for r in embedded_rows()["train"]]
-        engine = open_engine(micro / "base", "float32", VllmOptions(**ENGINE), [(conversations, 8)])
-        yield engine
-        engine.llm.llm_engine.engine_core.shutdown()
-        cleanup_dist_env_and_memory()
+    set_num_threads, environ = torch.set_num_threads, dict(os.environ)  # vLLM's CPU worker changes both
+    os.environ.update(QUIET, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    conversations = [get_task("conciseness").messages(r) for r in embedded_rows()["train"]]
+    engine = open_engine(micro / "base", "float32", VllmOptions(**ENGINE), [(conversations, 8)])
+    yield engine
+    engine.llm.llm_engine.engine_core.shutdown()
+    cleanup_dist_env_and_memory()
     torch.set_num_threads = set_num_threads
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture()
@@ -93,8 +94,8 @@ def shared_engine(engine, micro, monkeypatch):
         engine.load_weights(micro / "base" / "model.safetensors")
         return engine
 
-    monkeypatch.setattr("esft.rollout.vllm_backend.open_engine", reopened)
-    monkeypatch.setattr("esft.evaluate.accuracy.open_engine", reopened)
+    monkeypatch.setattr(vllm_backend, "open_engine", reopened)
+    monkeypatch.setattr(accuracy, "open_engine", reopened)  # imported before: it must not bind `reopened`
     return engine
 
 
@@ -255,7 +256,7 @@ def full_run(engine, micro, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("full") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("esft.rollout.vllm_backend.open_engine",
+        patch.setattr(vllm_backend, "open_engine",
                       lambda *a, **k: engine.load_weights(micro / "base" / "model.safetensors") or engine)
         train(_job(micro, out))
     return _run(out)
