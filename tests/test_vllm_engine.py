@@ -287,20 +287,23 @@ def test_a_killed_engine_run_resumes_to_the_same_weights(shared_engine, micro, f
 
 
 def test_esft_evaluate_on_the_engine_writes_the_hf_accuracy(shared_engine, micro, tmp_path):
-    """`esft evaluate` with evaluate.backend vllm and with hf, on the base and on the lively checkpoint: the
-    same accuracy.json and completions.jsonl, byte for byte."""
+    """`esft evaluate` of two checkpoints (the base weights, then the lively ones, written into the same
+    engine) with evaluate.backend vllm and with hf: the same accuracy.json and completions.jsonl, byte for
+    byte."""
     from esft.cli import main
 
     tasks = json.dumps({"conciseness": {"max_new_tokens": 24}})
+    weights = [str(micro / "base" / "model.safetensors"), str(micro / "lively.safetensors")]
     for backend in ("hf", "vllm"):
-        main(["evaluate", "--base", str(micro / "base"), "--weights", str(micro / "lively.safetensors"),
-              str(micro / "lively.safetensors"), "--data", f"conciseness={micro / 'conciseness'}", "--tasks-cfg", tasks,
-              "--cfg", json.dumps({"generation_batch_size": 4, "backend": backend, "vllm": ENGINE}),
-              "--out", str(tmp_path / backend / "a" / "accuracy.json"), str(tmp_path / backend / "b" / "accuracy.json")])
-    for name in ("a/accuracy.json", "a/completions.jsonl", "b/accuracy.json"):
+        cfg = json.dumps({"generation_batch_size": 4, "backend": backend, "vllm": ENGINE})
+        main(["evaluate", "--base", str(micro / "base"), "--weights", *weights, "--tasks-cfg", tasks, "--cfg", cfg,
+              "--data", f"conciseness={micro / 'conciseness'}",
+              "--out", *(str(tmp_path / backend / c / "accuracy.json") for c in "ab")])
+    for name in ("a/accuracy.json", "a/completions.jsonl", "b/accuracy.json", "b/completions.jsonl"):
         assert (tmp_path / "vllm" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes(), name
-    completions = read_jsonl(tmp_path / "vllm" / "a" / "completions.jsonl")
+    completions = read_jsonl(tmp_path / "vllm" / "b" / "completions.jsonl")
     assert len({len(c["completion_ids"]) for c in completions}) > 1  # rows stopped at different lengths
+    assert read_jsonl(tmp_path / "vllm" / "a" / "completions.jsonl") != completions
 
 
 @pytest.mark.slow  # ~70 s of CPU: each rank starts vLLM's three processes (driver, engine core, worker)
