@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -309,16 +310,20 @@ def test_esft_evaluate_on_the_engine_writes_the_hf_accuracy(shared_engine, micro
 @pytest.mark.slow  # ~70 s of CPU: each rank starts vLLM's three processes (driver, engine core, worker)
 def test_two_ranks_with_an_engine_each_train_the_one_process_run(micro, full_run, tmp_path):
     """`torchrun --nproc-per-node 2 -m esft.cli train` with es.backend vllm: each rank opens its own engine
-    (vLLM's default engine processes, launcher variables hidden), evaluates its block of the 5 members and
-    all_gathers the fitness scalars; rank 0 writes the weights and log of the one-process run, bit for bit."""
+    (vLLM's default engine processes, launcher variables hidden), evaluates its block of the 5 members (0-2,
+    3-4: their debug lines) and all_gathers the fitness scalars; rank 0 writes the weights and log of the
+    one-process run, bit for bit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     env.update(QUIET, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     job = _job(micro, tmp_path / "run")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "esft.cli", "train", "--method", "es", "--task", "conciseness", "--base", job.base,
-                    "--data", str(job.data), "--task-cfg", json.dumps(job.task_cfg), "--cfg", json.dumps(job.cfg),
-                    "--out", str(job.out), "--init", job.init, "--run-id", RUN_ID],
-                   check=True, env=env, timeout=600, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "esft.cli", "--log-level", "DEBUG", "train", "--method", "es", "--task", "conciseness",
+                           "--base", job.base, "--data", str(job.data), "--task-cfg", json.dumps(job.task_cfg),
+                           "--cfg", json.dumps(job.cfg), "--out", str(job.out), "--init", job.init, "--run-id", RUN_ID],
+                          env=env, timeout=600, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks = re.findall(r"iteration (\d): members (\[[\d, ]*\]) on this engine \(rank (\d)\)", done.stderr)
+    assert sorted(blocks) == sorted((str(i), str(m), str(r)) for i in range(3) for r, m in ((0, [0, 1, 2]), (1, [3, 4])))
     weights, records = _run(tmp_path / "run")
     assert records == full_run[1] and all(torch.equal(weights[n], full_run[0][n]) for n in weights)
     assert any(len(set(r["fitness"])) > 1 for r in records)

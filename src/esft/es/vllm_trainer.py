@@ -54,6 +54,9 @@ class VllmEvaluator:
         fitness = self.fitness
         prompts = [fitness.prompt_ids[i] for i in indices]
         seed = noise_key(self.seed, iteration, -1, "sampling") if fitness.temperature > 0 else None
+        members = list(members)
+        log.debug("iteration %d: members %s on this engine (rank %d)", iteration, members,
+                  torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
         results = []
         try:
             for member in members:
