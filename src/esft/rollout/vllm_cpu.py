@@ -2,11 +2,11 @@
 
 After loading, vLLM's CPU platform repacks each linear layer's weight into a kernel-specific copy and
 empties `layer.weight` (`dispatch_cpu_unquantized_gemm` with `remove_weight=True`; the LM head keeps its
-weight but computes from a packed copy). esft writes members and checkpoints into the weights in place, so
-the packed copies would never see them. This worker loads the model with that dispatch replaced by vLLM's
-own fallback, `cpu_linear = F.linear` on the kept weight (what vLLM does for MLA's kv_b_proj,
-`_cpu_skip_gemm_dispatch`). `open_engine` names it only when vLLM's platform is the CPU: CUDA workers keep
-their weights as loaded and never import this module, which imports vLLM.
+weight, but oneDNN's handle may hold a reordered copy). esft writes members and checkpoints into the
+weights in place, so the packed copies would never see them. This worker loads the model with that dispatch
+replaced by vLLM's own fallback, `cpu_linear = F.linear` on the kept weight (what vLLM does for MLA's
+kv_b_proj, `_cpu_skip_gemm_dispatch`). `open_engine` names it only when vLLM's platform is the CPU: CUDA
+workers keep their weights as loaded and never import this module, which imports vLLM.
 """
 
 from __future__ import annotations
