@@ -76,9 +76,7 @@ def default():
          "config error: es.vllm.gpu_memory_utilization = 1.5 is not allowed; allowed: number > 0 <= 1"),
         (lambda c: c["evaluate"].update(vllm={"tensor_parallel_size": 2}),
          "config error: evaluate.vllm: unknown key(s) 'tensor_parallel_size'; allowed: enable_prefix_caching, "
-         "gpu_memory_utilization, max_model_len"),
-        (lambda c: c["train"].update(processes={"es": 2}) or c["es"].update(backend="vllm"),
-         "config error: train.processes.es = 2: es.backend vllm runs one engine in one process; use 1"),
+         "enforce_eager, gpu_memory_utilization, kv_cache_memory_bytes, max_model_len"),
         (lambda c: c["geometry"]["probe_holdout"].update(stages="first"),
          "config error: geometry.probe_holdout.stages = 'first' is not allowed; allowed: one of 'last', 'all'"),
         (lambda c: c["geometry"]["probe_holdout"].update(scales=[-1]),

@@ -182,6 +182,7 @@ def test_step_decay_schedules():
     ({"vllm": {"gpu_memory_utilization": 0}}, r"vllm.gpu_memory_utilization must be in \(0, 1\]"),
     ({"vllm": {"max_model_len": 0}}, "vllm.max_model_len must be >= 1"),
     ({"vllm": {"swap_space": 4}}, r"unknown vllm option\(s\) \['swap_space'\]"),
+    ({"vllm": {"kv_cache_memory_bytes": 0}}, "vllm.kv_cache_memory_bytes must be >= 1"),
 ])
 def test_config_rejects_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -206,7 +207,8 @@ def test_schema_mirrors_the_config_dataclasses():
             "temperature": 0.0, "top_p": 1.0, "mode": "inplace", "rank": 2, "members_per_pass": None,
             "max_rollouts": 100, "max_tokens": None, "max_prompt_tokens": 500, "seed": 1, "generation_batch_size": 8,
             "checkpoint_every": 2, "master_device": "cpu", "theta0_device": "model", "backend": "hf",
-            "vllm": {"gpu_memory_utilization": 0.7, "max_model_len": 2048, "enable_prefix_caching": False}}
+            "vllm": {"gpu_memory_utilization": 0.7, "max_model_len": 2048, "enable_prefix_caching": False,
+                     "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30}}
     jsonschema.validate(full, _es_schema())
     assert ESConfig.from_dict(full).to_dict() == full
     for bad in ({"antithetic": "both"}, {"group_alpha": {"ffn": 1.0}}, {"lora": {"order": "AC"}}):

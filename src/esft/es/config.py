@@ -146,8 +146,9 @@ class ESConfig:
     theta0_device: Placement = "model"
     """Where θ_0 (the drift log's reference, in the model's dtype) lives: model or cpu."""
     backend: Backend = "hf"
-    """Who generates: hf (transformers on the model's device) or vllm (a vLLM engine on one GPU whose
-    fused tensors are perturbed in place, esft.es.vllm_trainer; mode inplace, fitness task, no LoRA)."""
+    """Who generates: hf (transformers on the model's device) or vllm (a vLLM engine per process, on its own
+    device, whose fused tensors are perturbed in place, esft.es.vllm_trainer; mode inplace, fitness task, no
+    LoRA)."""
     vllm: VllmOptions = field(default_factory=VllmOptions)
     """Engine options of backend vllm."""
 

@@ -6,8 +6,10 @@ bookkeeping) and sends only plain arguments through `LLM.collective_rpc`: pertur
 update with these weights, save. The loop is ESTrainer's own, so records, run.jsonl and drift.parquet have
 the same fields, and for the same fitness values the weights equal those of the Hugging Face path at the
 same dtype and device (vLLM's completions, hence fitness, may differ from HF's).
-One engine on one GPU, in one process: members are evaluated one after another, each prompt batch
-scheduled by vLLM.
+Each process drives one engine on its own device (one GPU per torchrun rank; `engine_environment`) and
+evaluates its block of members one after another, each prompt batch scheduled by vLLM; ranks exchange only
+fitness scalars (`esft.es.distributed.ShardedEvaluator`) and apply the same update to their own engine, as
+the Hugging Face path's ranks do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from esft.errors import EsftError
 from esft.es.config import ESConfig
+from esft.es.distributed import ShardedEvaluator, init_distributed, is_main_process
 from esft.es.fitness import TaskFitness
 from esft.memory import GIB, HEADROOM
 from esft.es.noise import noise_key
@@ -51,6 +54,9 @@ class VllmEvaluator:
         fitness = self.fitness
         prompts = [fitness.prompt_ids[i] for i in indices]
         seed = noise_key(self.seed, iteration, -1, "sampling") if fitness.temperature > 0 else None
+        members = list(members)
+        log.debug("iteration %d: members %s on this engine (rank %d)", iteration, members,
+                  torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
         results = []
         try:
             for member in members:
@@ -67,15 +73,13 @@ class VllmESTrainer(ESTrainer):
 
     def __init__(self, engine: VllmEngine, fitness: TaskFitness, n_rows: int, cfg: ESConfig,
                  state_dir: str | Path | None = None, fingerprint: str = "", run_id: str = "") -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            raise EsftError("es.backend vllm runs one engine in one process: set train.processes to 1")
         self._start(fitness, n_rows, cfg, state_dir, fingerprint, run_id)
         self.engine = engine
         alpha_scale, sigma_scale = group_scales(cfg, [s.hf_name for s in engine.layout if not s.alias])
         options = {"antithetic": cfg.antithetic != "none", "alpha_scale": alpha_scale, "sigma_scale": sigma_scale,
                    "master_device": cfg.master_device, "theta0_device": cfg.theta0_device}
         self.runtime = engine.call("esft_setup", engine.shards(), self.seed, options)
-        self.evaluator = VllmEvaluator(engine, fitness, self.seed)
+        self.evaluator = ShardedEvaluator(VllmEvaluator(engine, fitness, self.seed))
         self.drift_rows: list[dict] = []
 
     def advance(self, iteration: int, weights: list[float], alpha: float, sigma: float) -> float:
@@ -85,7 +89,7 @@ class VllmESTrainer(ESTrainer):
         return sum(row["drift_sq"] for row in rows)
 
     def _save_state(self) -> None:
-        if self.state.path is not None:
+        if self.state.path is not None and is_main_process():
             self.engine.call("esft_save_state", str(self.state.path.parent), self.state.fingerprint,
                              {"records": self.records, "drift": self.drift_rows})
 
@@ -98,7 +102,10 @@ class VllmESTrainer(ESTrainer):
             log.info("resumed from %s at iteration %d", self.state.path, len(self.records))
 
     def write_outputs(self, out_dir: str | Path, dtype: str = "float32") -> None:
-        """weights.safetensors (written by the worker from the fp32 master, HF names), run.jsonl, drift.parquet."""
+        """weights.safetensors (written by the worker from the fp32 master, HF names), run.jsonl, drift.parquet;
+        by the main process only (every rank's engine holds the same θ)."""
+        if not is_main_process():
+            return
         self.engine.call("esft_save_weights", str(Path(out_dir) / "weights.safetensors"), dtype)
         write_log(out_dir, self.records, pd.DataFrame(self.drift_rows, columns=DRIFT_COLUMNS))
         self.state.clear()
@@ -134,20 +141,23 @@ def engine_memory(layout: Sequence[Shard], dtype: str, cfg: ESConfig, capacity: 
 
 
 def train(job: TrainJob, cfg: ESConfig) -> None:
-    """One ES stage on a vLLM engine (es.run.train dispatches here for `es.backend: vllm`)."""
+    """One ES stage on a vLLM engine (es.run.train dispatches here for `es.backend: vllm`); under torchrun
+    one engine per rank, members sharded over the ranks."""
     from esft.rollout.vllm_backend import open_engine
     from esft.runs import input_fingerprint
     from esft.tasks import get_task, read_rows
 
     if job.corpus:
         raise EsftError("es.backend vllm trains on task rewards: it takes no --corpus")
+    init_distributed(job.device)  # a no-op unless launched by torchrun
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     rows = read_rows(task, job.data / "train.jsonl")
     engine = open_engine(job.base, job.dtype, cfg.vllm, [([task.messages(r) for r in rows],
                                                           job.task_cfg["max_new_tokens"])], seed=cfg.seed)
     if job.init:
         engine.load_weights(job.init)
-    capacity = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
+        if torch.cuda.is_available() else None
     log.info("memory plan: %s", engine_memory(engine.layout, job.dtype, cfg, capacity, job.section))
     fitness = TaskFitness(task, rows, engine.tokenizer, job.task_cfg["max_new_tokens"], cfg.generation_batch_size,
                           cfg.temperature, cfg.top_p)

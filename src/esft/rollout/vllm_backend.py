@@ -11,7 +11,9 @@ same `decode_completions` as the Hugging Face path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from esft.rollout.hf import Generations, decode_completions, stop_ids
 from esft.rollout.vllm_names import Shard, fused_layout
 
 WORKER_EXTENSION = "esft.es.vllm_worker.ESWorkerExtension"
+CPU_WORKER = "esft.rollout.vllm_cpu.KeptWeightsCPUWorker"
 INSTALL = "pip install 'esft[gpu]'"
 
 
@@ -38,12 +41,19 @@ class VllmOptions:
     """Longest prompt + completion; None derives it from the requests the engine is opened for (the
     model's own maximum, 262,144 tokens for Qwen3-4B, needs a KV cache that does not fit beside ES)."""
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    """Run the model eagerly: no torch.compile, no CUDA graphs (slower decoding, faster start)."""
+    kv_cache_memory_bytes: int | None = None
+    """KV cache size in bytes; None sizes it from gpu_memory_utilization (on vLLM's CPU backend a share of
+    the NUMA node's memory, where a small share is refused as unavailable: set bytes there)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise EsftError(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise EsftError(f"vllm.max_model_len must be >= 1 or null, got {self.max_model_len}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
+            raise EsftError(f"vllm.kv_cache_memory_bytes must be >= 1 or null, got {self.kv_cache_memory_bytes}")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> VllmOptions:
@@ -92,10 +102,10 @@ def shape_model(source: str) -> torch.nn.Module:
 
 
 class VllmEngine:
-    """A vLLM engine on one GPU whose weights esft writes in place (HF names, `layout`).
+    """A vLLM engine on one device whose weights esft writes in place (HF names, `layout`).
 
     llm: a `vllm.LLM` built with `WORKER_EXTENSION`; sampling_params: `vllm.SamplingParams` (passed in, so
-    that a stand-in engine serves the CPU tests).
+    that the backend's own logic is tested without vLLM).
     """
 
     def __init__(self, llm, sampling_params: Callable[..., Any], tokenizer, stops: Sequence[int],
@@ -144,14 +154,45 @@ class VllmEngine:
         return decode_completions(self.tokenizer, [list(o.outputs[0].token_ids) for o in outputs], self.stops)
 
 
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets for a rank; an engine is a world of its own, so its processes never see them."""
+
+
+@contextmanager
+def engine_environment() -> Iterator[None]:
+    """The environment vLLM's engine processes inherit while one is built: under torchrun (WORLD_SIZE > 1)
+    without the launcher's variables and, on CUDA, with only this rank's GPU (LOCAL_RANK of the visible
+    devices) visible, so that each rank's engine runs on its own device; unchanged otherwise."""
+    saved = dict(os.environ)
+    if int(saved.get("WORLD_SIZE", "1")) > 1:
+        if saved.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            raise EsftError("VLLM_ENABLE_V1_MULTIPROCESSING=0 builds the engine inside this rank's process, where "
+                            "it would join torchrun's process group: unset it to run one engine per rank")
+        for key in LAUNCHER_VARIABLES:
+            os.environ.pop(key, None)
+        if torch.cuda.is_available():
+            visible = saved.get("CUDA_VISIBLE_DEVICES")
+            devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(saved.get("LOCAL_RANK", "0"))]
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def open_engine(base: str | Path, dtype: str, options: VllmOptions,
                 requests: Sequence[tuple[Sequence[list[dict[str, str]]], int]], seed: int = 0) -> VllmEngine:
     """A vLLM engine on a base-model directory (hub snapshot, local path or the tiny model's files).
 
     requests: (conversations, max_new_tokens) of each task the engine will serve; their longest prompt
-    plus its task's max_new_tokens is the engine's max_model_len unless options set one.
+    plus its task's max_new_tokens is the engine's max_model_len unless options set one. On vLLM's CPU
+    platform the engine's worker is `CPU_WORKER` (linear layers compute from the weights esft writes).
     """
     vllm = import_vllm()
+    from vllm.platforms import current_platform
+
     from esft.models import load_tokenizer, resolve_source
     from esft.rollout.hf import encode_prompts
 
@@ -161,6 +202,8 @@ def open_engine(base: str | Path, dtype: str, options: VllmOptions,
                  for conversations, new in requests)
     model = shape_model(source)
     layout = fused_layout(model.config, {n: p.shape for n, p in model.named_parameters()})
-    llm = vllm.LLM(model=source, dtype=dtype, seed=seed, tensor_parallel_size=1,
-                   worker_extension_cls=WORKER_EXTENSION, **options.engine_args(needed))
+    platform = {"worker_cls": CPU_WORKER} if current_platform.is_cpu() else {}
+    with engine_environment():
+        llm = vllm.LLM(model=source, dtype=dtype, seed=seed, tensor_parallel_size=1,
+                       worker_extension_cls=WORKER_EXTENSION, **platform, **options.engine_args(needed))
     return VllmEngine(llm, vllm.SamplingParams, tokenizer, stop_ids(model, tokenizer), layout)
