@@ -320,13 +320,17 @@ def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
     for wd in (crashed, clean):
         wd.mkdir()
         _override(wd, "one_run.yaml", overlay)
-    snakemake(clean, "--cores", "1", target, extra=clean / "one_run.yaml")
 
-    state = crashed / "results/small/state/train/seed-0/es/single/1-chemistry/state.safetensors"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(crashed), "--configfile",
-           str(SMALL), str(crashed / "one_run.yaml"), "--cores", "1", target]
+    def command(wd: Path) -> list[str]:
+        return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile",
+                str(SMALL), str(wd / "one_run.yaml"), "--cores", "1", target]
+
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+    # the uninterrupted run, on the other core meanwhile
+    uninterrupted = subprocess.Popen(command(clean), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+    state = crashed / "results/small/state/train/seed-0/es/single/1-chemistry/state.safetensors"
+    proc = subprocess.Popen(command(crashed), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -344,4 +348,6 @@ def test_recovery_after_a_crash_resumes_the_killed_training_job(tmp_path):
     snakemake(crashed, "--cores", "1", target, extra=crashed / "one_run.yaml")
     log = (crashed / "logs/small/train/seed-0/es/single/1-chemistry.log").read_text()
     assert "resumed from" in log
+    output = uninterrupted.communicate(timeout=600)[0]
+    assert uninterrupted.returncode == 0, output[-3000:]
     assert (crashed / target).read_bytes() == (clean / target).read_bytes()
