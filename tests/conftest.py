@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -144,20 +142,3 @@ def paper_twin(tmp_path_factory) -> Path:
     run_snakemake(workdir, PAPER_TWIN, "--cores", "2")
     print(f"paper twin: {time.perf_counter() - start:.0f} s")
     return workdir
-
-
-FAKE_SLURM = pytest.StashKey[tuple]()
-"""test_cluster.py's fake-SLURM runs, started at collection (see pytest_collection_finish)."""
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start test_cluster.py's fake-SLURM runs as soon as the session knows it will check them: they spend
-    their time asleep in the slurm plugin's status checks, so they finish while other tests use the cores."""
-    if not any(item.module.__name__ == "test_cluster" and "submitted" in getattr(item, "fixturenames", ())
-               for item in session.items if isinstance(item, pytest.Function)):
-        return
-    from test_cluster import launch_submissions
-
-    root = Path(tempfile.mkdtemp(prefix="esft-fake-slurm-"))
-    session.config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
-    session.config.stash[FAKE_SLURM] = launch_submissions(root)

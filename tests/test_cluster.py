@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_SLURM, REPO
+from conftest import REPO
 
 FAKES = {
     "sbatch": """#!/bin/sh
@@ -99,41 +99,33 @@ def parse(line: str) -> dict[str, str]:
 TRAIN_RUN = "results/paper/train/seed-42/es/sequential/1-countdown"
 
 
-def launch_submissions(root: Path) -> tuple[dict[Path, subprocess.Popen], Path]:
-    """Three fake-SLURM runs at once under `root`, one job each: a GPU training job; a CPU table job; and a
-    holdout job whose hub snapshot (a local rule) stands in for cais/mmlu from a local folder (hub offline).
-    The runs by directory, and the holdout run's directory."""
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory) -> dict[str, list[dict[str, str]]]:
+    """Three fake-SLURM runs at once, one job each: a GPU training job; a CPU table job; and a holdout job whose
+    hub snapshot (a local rule) stands in for cais/mmlu from a local folder (hub offline). The sbatch calls of
+    each job, and the snapshot's manifest."""
     from datasets import Dataset
 
     from esft.evaluate.holdout_data import mmlu_rows
 
-    train, table, holdout = (root / name for name in ("train", "table", "holdout"))
+    train, table, holdout = (tmp_path_factory.mktemp(name) for name in ("slurm-train", "slurm-table", "slurm-holdout"))
     hub = holdout / "hub-mmlu"
-    hub.mkdir(parents=True)
+    hub.mkdir()
     Dataset.from_list(mmlu_rows(3, seed=0)).to_parquet(str(hub / "test.parquet"))
     extra = holdout / "hub.yaml"
     extra.write_text(f"holdout: {{benchmarks: {{mmlu: {{dataset: '{hub}', config_name: null, revision: null}}}}}}\n")
     base = {"results/paper/model/base/model.json": '{"source": "Qwen/Qwen3-4B-Instruct-2507", "path": "hf"}'}
-    for path in (train, table):
-        path.mkdir()
-    return {
+    runs = {
         train: launch_fake_slurm(train, [f"{TRAIN_RUN}/weights.safetensors"],
                                  {**base, "results/paper/data/countdown/train.jsonl": "{}\n"}, ["config/paper.yaml"]),
         table: launch_fake_slurm(table, ["results/paper/tables/accuracy.csv"],
                                  {"results/paper/eval/accuracy.csv": "checkpoint,task,accuracy\n"}, ["config/paper.yaml"]),
         holdout: launch_fake_slurm(holdout, ["results/paper/holdout/base/mmlu.json"], base,
                                    ["config/paper.yaml", str(extra)]),
-    }, holdout
-
-
-@pytest.fixture(scope="module")
-def submitted(request, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
-    """The sbatch calls of each job of `launch_submissions` (started when the session was collected, see
-    conftest.py, or here), and the snapshot's manifest."""
-    runs, holdout = request.config.stash.get(FAKE_SLURM, None) or launch_submissions(tmp_path_factory.mktemp("slurm"))
+    }
     calls = {job: c for path, proc in runs.items() for job, c in sbatch_calls(path, proc).items()}
     manifest = json.loads((holdout / "work/results/paper/holdout/data/mmlu/manifest.json").read_text())
-    return {**calls, "snapshot": [{**manifest, "hub": str(holdout / "hub-mmlu")}]}
+    return {**calls, "snapshot": [{**manifest, "hub": str(hub)}]}
 
 
 @pytest.mark.slow
