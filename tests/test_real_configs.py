@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from test_workflow import check_run_files
 from esft.config import load_config
 
@@ -30,12 +28,7 @@ def configs(name: str, twin: bool) -> list[Path]:
 
 
 def snakemake(workdir: Path, files: list[Path], *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", *map(str, files), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return run_snakemake(workdir, files, *args, timeout=600)
 
 
 def test_every_config_has_a_twin():

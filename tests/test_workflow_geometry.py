@@ -10,26 +10,19 @@ params as a real run does.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from test_workflow import planned_jobs
 
 
 def _snakemake(workdir: Path, *args: str, configs: list[Path]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
-           *map(str, configs), *args]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return proc
+    return run_snakemake(workdir, configs, *args, timeout=300)
 
 
 def _write(path: Path, data: dict) -> Path:

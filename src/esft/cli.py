@@ -60,6 +60,13 @@ def _tasks_slice(cfg: dict[str, Any], task: str | None = None, option: str = "--
     return validate_slice(cfg, schema, "tasks" if task is None else f"tasks.{task}", option)
 
 
+def _task_data(args) -> dict[str, Path]:
+    """`--data TASK=DATA_DIR ...` of a stage that reads the rows prepare-task wrote, once its `--tasks-cfg` is
+    validated."""
+    _tasks_slice(args.tasks_cfg)
+    return {k: Path(v) for k, v in _pairs(args.data).items()}
+
+
 def _pairs(values: list[str]) -> dict[str, str]:
     """`label=path` arguments as an ordered dict."""
     out = {}
@@ -157,8 +164,7 @@ def cmd_evaluate(args) -> None:
                                         write_evaluation)
 
     _slice(args.cfg, "evaluate", "evaluate:generation_batch_size", "evaluate:backend", "evaluate:vllm")
-    _tasks_slice(args.tasks_cfg)
-    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    data = _task_data(args)
     model = tokenizer = None
     for weights, out in _checkpoints(args):
         if model is None or weights is None:
@@ -188,11 +194,11 @@ def cmd_test_curve(args) -> None:
         raise SystemExit(f"esft test-curve: --runs and --out take one path per run ({len(args.runs)} runs, "
                          f"{len(args.out)} outputs)")
     _slice(args.cfg, "evaluate", "evaluate:generation_batch_size", "evaluate.test_curve")
-    _tasks_slice(args.tasks_cfg)
-    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    data = _task_data(args)
     model, tokenizer = load_model(args.base, dtype=args.dtype, device=args.device)
     for run, out in zip(args.runs, args.out):
-        write_jsonl(out, evaluate_along(args.base, read_jsonl(run, "a run's run.jsonl"), model, tokenizer, data, args.tasks_cfg,
+        records = read_jsonl(run, "a run's run.jsonl")
+        write_jsonl(out, evaluate_along(args.base, records, model, tokenizer, data, args.tasks_cfg,
                                         args.cfg["generation_batch_size"], args.cfg["every"]))
 
 
@@ -200,8 +206,7 @@ def cmd_prompt_rewards(args) -> None:
     from esft.evaluate.test_curve import at_best, curve_rewards, summarise
     from esft.io import atomic_open
 
-    _tasks_slice(args.tasks_cfg)
-    rewards = curve_rewards(args.base, _pairs(args.curves), _pairs(args.data), args.tasks_cfg)
+    rewards = curve_rewards(args.base, _pairs(args.curves), _task_data(args), args.tasks_cfg)
     summary = summarise(rewards)
     for df, out in ((summary, args.curve_out), (at_best(rewards, summary), args.out)):
         with atomic_open(out) as fh:
@@ -240,8 +245,7 @@ def cmd_kl(args) -> None:
         raise SystemExit("esft kl: --weights, --reference (if given), --completions and --out take one path per "
                          "checkpoint")
     _slice(args.cfg, "evaluate.kl", "evaluate.kl")
-    _tasks_slice(args.tasks_cfg)
-    data = {k: Path(v) for k, v in _pairs(args.data).items()}
+    data = _task_data(args)
     references = [None if r == "base" else r for r in args.reference or ["base"] * len(args.weights)]
     for reference_weights, weights, completions, out in zip(references, args.weights, args.completions, args.out):
         reference, tokenizer = load_model(args.base, reference_weights, dtype=args.dtype, device=args.device)
@@ -367,9 +371,8 @@ def cmd_interpolate(args) -> None:
     from esft.io import atomic_open
 
     _slice(args.cfg, "geometry.interpolation", *GENERATION, "geometry.interpolation")
-    _tasks_slice(args.tasks_cfg)
+    data = _task_data(args)
     model, tokenizer, theta0, pairs = _geometry_inputs(args)
-    data = {k: Path(v) for k, v in _pairs(args.data).items()}
     variants = interpolation_variants(args.cfg["grid"])
     rows = []
     for label, (path_a, path_b) in pairs.items():
@@ -395,9 +398,8 @@ def cmd_probe(args) -> None:
     from esft.io import atomic_open
 
     _slice(args.cfg, "geometry.probes", *GENERATION, "geometry.probes")
-    _tasks_slice(args.tasks_cfg)
+    data = _task_data(args)
     model, tokenizer, theta0, pairs = _geometry_inputs(args)
-    data = {k: Path(v) for k, v in _pairs(args.data).items()}
     randoms = random_directions(theta0, args.cfg["random_directions"], args.cfg["seed"])
     rows = []
     for label, paths in pairs.items():
@@ -586,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="float32")
         p.add_argument("--device", default="cpu")
 
+    def task_data_args(p: argparse.ArgumentParser, data_help: str = "TASK=DATA_DIR ...",
+                       tasks_help: str | None = None) -> None:
+        """--data and --tasks-cfg of the stages that read the rows prepare-task wrote (`_task_data`)."""
+        p.add_argument("--data", nargs="+", required=True, help=data_help)
+        p.add_argument("--tasks-cfg", type=_cfg, required=True, help=tasks_help)
+
     p = add("check-config", cmd_check_config, "validate a workflow config file (or several, layered in order, "
             "as snakemake --configfile A B) against the schema")
     p.add_argument("config", nargs="+")
@@ -639,8 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--weights", nargs="+", default=None, help="weights.safetensors of each checkpoint (default: the "
                    "base model)")
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    task_data_args(p)
     p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate config slice")
     p.add_argument("--out", nargs="+", required=True, help="accuracy.json of each checkpoint (completions.jsonl beside)")
 
@@ -652,8 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`every` iterations and at its end, rebuilt from run.jsonl (replay), on every task's test split")
     model_args(p)
     p.add_argument("--runs", nargs="+", required=True, help="run.jsonl of each run (single stage from the base)")
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    task_data_args(p)
     p.add_argument("--cfg", type=_cfg, required=True, help="{generation_batch_size, every}")
     p.add_argument("--out", nargs="+", required=True, help="test-curve jsonl of each run (completions with their "
                    "iteration)")
@@ -663,8 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
             "per iteration with each run's best iteration, and the per-prompt rewards there")
     p.add_argument("--base", required=True, help="the base model's completions.jsonl (iteration 0)")
     p.add_argument("--curves", nargs="*", default=[], help="LABEL=test_curve.jsonl ...")
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (the tasks kept)")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True, help="the tasks' config (format_bonus)")
+    task_data_args(p, "TASK=DATA_DIR ... (the tasks kept)", "the tasks' config (format_bonus)")
     p.add_argument("--curve-out", required=True, help="CSV: mean test reward per checkpoint, task and iteration")
     p.add_argument("--out", required=True, help="CSV: per-prompt rewards of the base and each run at its best")
 
@@ -682,8 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="+", default=None, help="the earlier checkpoint's weights.safetensors, or "
                    "base, per checkpoint (default: the base)")
     p.add_argument("--weights", nargs="+", required=True, help="the later checkpoint's weights.safetensors, per pair")
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ...")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    task_data_args(p)
     p.add_argument("--cfg", type=_cfg, required=True, help="the evaluate.kl config slice")
     p.add_argument("--completions", nargs="+", required=True, help="jsonl of the sampled completions' token ids and "
                    "KL, per pair")
@@ -743,15 +747,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("interpolate", cmd_interpolate, "accuracy along θ(λ) = (1−λ)θ_a + λθ_b at each checkpoint pair")
     pair_args(p)
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (tasks evaluated)")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    task_data_args(p, "TASK=DATA_DIR ... (tasks evaluated)")
     p.add_argument("--cfg", type=_cfg, required=True,
                    help="{grid, generation_batch_size, variants_per_pass}")
 
     p = add("probe", cmd_probe, "accuracy on the trained task along normalised update and random directions")
     pair_args(p)
-    p.add_argument("--data", nargs="+", required=True, help="TASK=DATA_DIR ... (each pair's trained task)")
-    p.add_argument("--tasks-cfg", type=_cfg, required=True)
+    task_data_args(p, "TASK=DATA_DIR ... (each pair's trained task)")
     p.add_argument("--cfg", type=_cfg, required=True,
                    help="{scales, random_directions, seed, generation_batch_size, variants_per_pass}")
 
