@@ -39,8 +39,9 @@ from esft.evaluate.accuracy import evaluate_tasks
 from esft.evaluate.kl import kl_on_tasks
 from esft.geometry.deltas import compare_deltas
 from esft.geometry.variants import base_weights
+from esft.methods import train
 from esft.models import load_model
-from esft.training import TrainJob, train
+from esft.runs import TrainJob
 
 METHODS = ("es", "grpo")
 

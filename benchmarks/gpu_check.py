@@ -7,7 +7,7 @@ tiny character tokenizer, so only torch, transformers and esft are needed. It re
 - `modes`: a whole ES iteration (`ESTrainer.step`) in each population mode against pure inference of the
   same members × prompts rows with the unperturbed model (median of the timed iterations, each paired
   with a pure run just before it), and each mode's peak device memory against its memory plan
-  (`esft.es.run.check_memory`, the plan a training job logs and checks);
+  (`esft.methods.es.run.check_memory`, the plan a training job logs and checks);
 - `perturb_restore`: a member written into the model and restored from the fp32 master gives back the
   original weights bit for bit;
 - `bf16_rounding`: how much of a GRPO-sized update (1e-5 per weight) survives a bf16 round trip, on
@@ -56,7 +56,7 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype) -> torch.n
 
 def fitness_of(tokenizer, shape: dict):
     """Conciseness rewards (length against target) of numbered variants of the embedded prompts."""
-    from esft.es.fitness import TaskFitness
+    from esft.methods.es.fitness import TaskFitness
     from esft.tasks import get_task
     from esft.tasks.conciseness import embedded_rows
 
@@ -80,9 +80,9 @@ def release(device: torch.device) -> None:
 
 def mode_check(model, tokenizer, fitness, mode: str, shape: dict) -> dict:
     """One mode: seconds per ES iteration against pure inference, and peak memory against the plan."""
-    from esft.es import ESConfig
-    from esft.es.run import check_memory
-    from esft.es.trainer import ESTrainer
+    from esft.methods.es import ESConfig
+    from esft.methods.es.run import check_memory
+    from esft.methods.es.trainer import ESTrainer
 
     device = next(model.parameters()).device
     release(device)
@@ -116,8 +116,8 @@ def mode_check(model, tokenizer, fitness, mode: str, shape: dict) -> dict:
 
 def perturb_restore(model) -> dict:
     """A member's weights differ from θ; restoring from the master gives θ back bit for bit."""
-    from esft.es.population import Population
-    from esft.es.trainer import trainable
+    from esft.methods.es.population import Population
+    from esft.methods.es.trainer import trainable
 
     params = trainable(model)
     before = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--modes", nargs="+", default=["inplace", "batched", "lowrank"])
     args = parser.parse_args(argv)
-    import esft.es.trainer as trainer_module
+    import esft.methods.es.trainer as trainer_module
     from esft.models import build_tokenizer
 
     device = torch.device(args.device)

@@ -40,7 +40,7 @@ MODES = ("pure", "pure_hf", "inplace", "batched", "lowrank")
 
 
 def _setup(setting: dict, args: argparse.Namespace):
-    from esft.es.fitness import TaskFitness
+    from esft.methods.es.fitness import TaskFitness
     from esft.models import TinyModelConfig, build_tiny_model, build_tokenizer, supervised_warmstart, \
         warmstart_examples
     from esft.tasks import get_task
@@ -76,8 +76,8 @@ def _peak_rss_mb() -> float:
 
 def _pure(model, tokenizer, fitness, members: int, hf: bool) -> tuple[float, int]:
     """(seconds, generated tokens) of all members × prompts rows with the unperturbed model."""
-    from esft.es.decoder import PopulationDecoder, SharedWeights
     from esft.rollout import decode_completions, generate, stop_ids
+    from esft.rollout.decoder import PopulationDecoder, SharedWeights
 
     prompts = fitness.prompt_ids
     device = next(model.parameters()).device
@@ -145,10 +145,10 @@ def _device_name(device: torch.device) -> str:
 
 def measure(name: str, mode: str, args: argparse.Namespace) -> dict:
     """One mode in one setting: median seconds per ES iteration (or per pure generation)."""
-    import esft.es.fitness as fitness_module
-    import esft.es.trainer as trainer_module
-    from esft.es import ESConfig
-    from esft.es.trainer import ESTrainer
+    import esft.methods.es.fitness as fitness_module
+    import esft.methods.es.trainer as trainer_module
+    from esft.methods.es import ESConfig
+    from esft.methods.es.trainer import ESTrainer
 
     setting = SETTINGS[name]
     iterations, rank = args.iterations, args.rank

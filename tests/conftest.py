@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import subprocess
@@ -81,32 +80,6 @@ def sigkill_once_saved(args: list[str], saved: Path) -> int:
         proc.kill()
         proc.wait()
     return proc.returncode
-
-
-def _esft_imports(module: str) -> set[str]:
-    """esft modules that `module` imports anywhere in its source (lazy imports inside functions too)."""
-    path = REPO / "src" / Path(*module.split("."))
-    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names
-                         if (REPO / "src" / Path(*node.module.split(".")) / a.name).exists())
-    return {m for m in found if m.split(".")[0] == "esft"}
-
-
-def esft_import_closure(module: str) -> set[str]:
-    """Every esft module `module` reaches through imports: methods are peers that share only lower modules."""
-    seen, todo = set(), [module]
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            todo.extend(_esft_imports(current))
-    return seen
 
 
 def findings_defaults() -> dict:

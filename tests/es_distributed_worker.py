@@ -11,11 +11,11 @@ import sys
 
 import torch
 
-from esft.es import ESConfig
-from esft.es.distributed import ShardedEvaluator, init_distributed, is_main_process
-from esft.es.fitness import TaskFitness
-from esft.es.modes import MODES
-from esft.es.trainer import ESTrainer
+from esft.methods.es import ESConfig
+from esft.methods.es.distributed import ShardedEvaluator, init_distributed, is_main_process
+from esft.methods.es.fitness import TaskFitness
+from esft.methods.es.modes import MODES
+from esft.methods.es.trainer import ESTrainer
 from esft.models import TinyModelConfig, build_tiny_model, build_tokenizer
 from esft.tasks import get_task
 

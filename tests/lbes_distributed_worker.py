@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from esft.es.distributed import init_distributed
-from esft.es.lbes import LBESConfig, LBESTrainer
+from esft.methods.es.distributed import init_distributed
+from esft.methods.es.lbes import LBESConfig, LBESTrainer
 from esft.models import TinyModelConfig, build_tiny_model, build_tokenizer
 from esft.tasks.conciseness import Conciseness, embedded_rows
 

@@ -328,3 +328,13 @@ def test_every_stage_command_has_a_bad_input_case():
 
     stages = set(next(a for a in build_parser()._actions if a.dest == "stage").choices)
     assert stages - {"nltk-data"} == {case[0].split()[0] for case in CASES}
+
+
+def test_every_parser_has_its_own_defaults():
+    """A stage fills a config slice's defaults into the dict it was given: two parsers (two `main` calls in one
+    process) never share a default."""
+    from esft.cli import build_parser
+
+    argv = ["table", "holdout", "--input", "h.csv", "--csv", "t.csv", "--md", "t.md"]
+    first, second = (build_parser().parse_args(argv) for _ in range(2))
+    assert first.cfg == second.cfg == {} and first.cfg is not second.cfg and first.runs is not second.runs

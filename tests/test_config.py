@@ -113,7 +113,7 @@ def test_inline_config_slices_are_json():
     """Rules pass slices as JSON; YAML 1.1 would read JSON's exponent floats (5e-07) as strings."""
     import json
 
-    from esft.cli import _cfg
+    from esft.cli.args import _cfg
 
     assert _cfg(json.dumps({"alpha": 5e-7, "sigma": 1e-3})) == {"alpha": 5e-7, "sigma": 1e-3}
 

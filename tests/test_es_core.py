@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from esft.es import ESConfig, Population, noise_key, shape_fitness, tensor_noise
-from esft.es.trainer import ESTrainer
+from esft.methods.es import ESConfig, Population, shape_fitness
+from esft.methods.es.trainer import ESTrainer
+from esft.noise import noise_key, tensor_noise
 from esft.runs import minibatch
 
 

@@ -14,15 +14,15 @@ from transformers import (
 )
 
 from esft.errors import EsftError
-from esft.es import Population
-from esft.es.batched import BatchedEvaluator
-from esft.es.decoder import PopulationDecoder, SharedWeights
-from esft.es.fitness import TaskFitness
-from esft.es.lowrank import LowRankPopulation, LowRankWeights
-from esft.es.modes import InplaceEvaluator
+from esft.methods.es import Population
+from esft.methods.es.batched import BatchedEvaluator
+from esft.methods.es.fitness import TaskFitness
+from esft.methods.es.lowrank import LowRankPopulation, LowRankWeights
+from esft.methods.es.modes import InplaceEvaluator
 from esft.rollout import encode_prompts, stop_ids
-from esft.rollout.hf import pad_batch
+from esft.rollout.decoder import PopulationDecoder, SharedWeights
 from esft.tasks import get_task
+from esft.tokens import pad_batch
 
 MAX_NEW = 12
 SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

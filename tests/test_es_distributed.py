@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esft.es.distributed import shard
-from esft.es.modes import MODES
+from esft.methods.es.distributed import shard
+from esft.methods.es.modes import MODES
 
 WORKER = Path(__file__).with_name("es_distributed_worker.py")
 

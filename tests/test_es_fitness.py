@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from esft.errors import EsftError
-from esft.es import ESConfig
-from esft.es.fitness import CorpusFitness, FitnessError, RandomFitness, TaskFitness
-from esft.es.trainer import ESTrainer
+from esft.methods.es import ESConfig
+from esft.methods.es.fitness import CorpusFitness, FitnessError, RandomFitness, TaskFitness
+from esft.methods.es.trainer import ESTrainer
 
 CORPUS = ["the cat sat on the mat.", "a dog ran.", "the cat sat on the mat. the cat sat on the mat."]
 
@@ -110,8 +110,8 @@ def test_sampled_fitness_uses_common_random_numbers(tiny_model, tokenizer):
     """With temperature > 0 every member of an iteration samples with the same seed; iterations differ."""
     import torch
 
-    from esft.es import Population
-    from esft.es.modes import InplaceEvaluator
+    from esft.methods.es import Population
+    from esft.methods.es.modes import InplaceEvaluator
 
     model = tiny_model
     fitness, seen = _recording_fitness(tokenizer, 6, generation_batch_size=8)
@@ -130,8 +130,8 @@ def test_top_p_sampling_keeps_common_random_numbers_and_truncates(tiny_model, to
     """Issue 17, defect 4 (the paper's authors sample ES members at temperature 1, top-p 0.95): members with
     equal weights sample the same completions at top-p 0.95; a nucleus smaller than any token's mass leaves
     only the most likely token (greedy decoding), while the whole distribution does not."""
-    from esft.es import Population
-    from esft.es.modes import InplaceEvaluator
+    from esft.methods.es import Population
+    from esft.methods.es.modes import InplaceEvaluator
 
     runs = {}
     for top_p in (0.95, 1e-9, 1.0):
@@ -164,8 +164,8 @@ def _first_call_cut_to_two_steps(model) -> None:
 def test_sampled_batches_do_not_depend_on_earlier_batches(tiny_model, tokenizer):
     """Common random numbers hold for every generation batch: a member whose first batch stops early
     samples its second batch exactly like a member whose first batch ran to max_new_tokens."""
-    from esft.es import Population
-    from esft.es.modes import InplaceEvaluator
+    from esft.methods.es import Population
+    from esft.methods.es.modes import InplaceEvaluator
 
     fitness, seen = _recording_fitness(tokenizer, 4, generation_batch_size=2)
     evaluator = InplaceEvaluator(tiny_model, Population(dict(tiny_model.named_parameters()), seed=3), fitness)

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from esft.es import ESConfig
-from esft.es.config import LoRAConfig
-from esft.es.fitness import CorpusFitness
-from esft.es.lora import wrap_lora
-from esft.es.trainer import ESTrainer
+from esft.methods.es import ESConfig
+from esft.methods.es.config import LoRAConfig
+from esft.methods.es.fitness import CorpusFitness
+from esft.methods.es.lora import wrap_lora
+from esft.methods.es.trainer import ESTrainer
 from esft.models import load_weights
 
 TEXTS = ["abcabcabc", "cabcab"]

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
-from esft.es import Population
-from esft.es.batched import BatchedEvaluator, StackedWeights
-from esft.es.decoder import PopulationDecoder, SharedWeights
-from esft.es.fitness import TaskFitness
-from esft.es.lowrank import LowRankPopulation, LowRankWeights
-from esft.es.modes import InplaceEvaluator
+from esft.methods.es import Population
+from esft.methods.es.batched import BatchedEvaluator, StackedWeights
+from esft.methods.es.fitness import TaskFitness
+from esft.methods.es.lowrank import LowRankPopulation, LowRankWeights
+from esft.methods.es.modes import InplaceEvaluator
 from esft.rollout import decode_completions, encode_prompts, generate, stop_ids
+from esft.rollout.decoder import PopulationDecoder, SharedWeights
 from esft.tasks import get_task
 
 MAX_NEW = 12
@@ -189,9 +189,9 @@ def test_member_tokens_equal_hf_generate_of_the_perturbed_model(mode, lively_mod
 
 def test_trainer_builds_the_configured_mode(tiny_model, fitness):
     from esft.errors import EsftError
-    from esft.es import ESConfig
-    from esft.es.modes import build_evaluator
-    from esft.es.trainer import ESTrainer
+    from esft.methods.es import ESConfig
+    from esft.methods.es.modes import build_evaluator
+    from esft.methods.es.trainer import ESTrainer
 
     for mode, pop_type, weights in [("batched", Population, StackedWeights), ("lowrank", LowRankPopulation, LowRankWeights)]:
         trainer = ESTrainer(tiny_model, fitness, len(fitness.rows), ESConfig(population=4, mode=mode, rank=3))
@@ -227,8 +227,8 @@ def test_stacked_perturbations_equal_each_members_bit_for_bit(tiny_model, kind):
 
 
 def test_lowrank_group_sigma_scales_its_factors(tiny_model):
-    from esft.es import ESConfig
-    from esft.es.trainer import build_population
+    from esft.methods.es import ESConfig
+    from esft.methods.es.trainer import build_population
 
     name, gain = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
     _, pop = build_population(copy.deepcopy(tiny_model), ESConfig(mode="lowrank", rank=2, group_sigma={"attn": 3.0}))
@@ -309,7 +309,7 @@ def test_decoder_tokens_do_not_depend_on_the_prompts_sharing_a_pass(lively_model
 
 
 def test_pass_shape_fills_prompts_first_within_the_rows():
-    from esft.es.batched import pass_shape
+    from esft.methods.es.batched import pass_shape
 
     assert pass_shape(30, 200, 200) == (1, 200)          # the paper's shape: one member, every prompt
     assert pass_shape(30, 2, 64) == (30, 2)              # few prompts: the whole population in one pass

@@ -9,10 +9,11 @@ import pytest
 import torch
 import yaml
 
-from esft.es import ESConfig, Population, shape_fitness, tensor_noise
-from esft.es.config import LoRAConfig
-from esft.es.shaping import member_weights
-from esft.es.trainer import apply_update, build_population
+from esft.methods.es import ESConfig, Population, shape_fitness
+from esft.methods.es.config import LoRAConfig
+from esft.methods.es.shaping import member_weights
+from esft.methods.es.trainer import apply_update, build_population
+from esft.noise import tensor_noise
 from esft.params import param_group
 from esft.rollout.vllm_backend import VllmOptions
 
@@ -226,7 +227,7 @@ def test_embedded_default_keeps_plain_es():
 
 def test_drift_is_exact_and_theta0_costs_the_model_dtype(tiny_model):
     """θ_0 is stored in bf16 for a bf16 model (exact: the master starts as its cast), drift in fp32."""
-    from esft.es.trainer import ESTrainer
+    from esft.methods.es.trainer import ESTrainer
 
     model = tiny_model.to(torch.bfloat16)
     trainer = ESTrainer(model, None, 1, ESConfig(population=4, sigma=0.01, alpha=1e-4, iterations=3, fitness="random"))

@@ -49,7 +49,7 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
     returncode = sigkill_once_saved(_train_args(base, cfg, out, state), state / "state.safetensors")
     assert returncode == -signal.SIGKILL and not (out / "weights.safetensors").exists()
 
-    with caplog.at_level(logging.INFO, logger="esft.es.trainer"):
+    with caplog.at_level(logging.INFO, logger="esft.methods.es.trainer"):
         main(_train_args(base, cfg, out, state, log_level="INFO"))
     assert any("resumed from" in r.getMessage() for r in caplog.records)
     _assert_same_weights(out / "weights.safetensors", tmp_path / "full" / "weights.safetensors")
@@ -86,7 +86,7 @@ def test_replay_rebuilds_the_trained_weights_bitwise(base, tmp_path, cfg, extra)
 def test_test_curve_evaluates_the_replayed_weights_and_ends_on_the_checkpoint(base, tmp_path):
     """`esft test-curve` rebuilds θ_k in one pass and evaluates it: at k = 2 as evaluating `esft replay
     --iterations 2`'s weights, at k = T = 3 as the run's own checkpoint (full-parameter and LoRA runs)."""
-    from esft.es.trainer import replayed
+    from esft.methods.es.trainer import replayed
     from esft.models import load_model
     from esft.tasks.conciseness import embedded_rows
 

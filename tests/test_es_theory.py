@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from esft.es import ESConfig, Population
-from esft.es.shaping import member_weights
-from esft.es.trainer import ESTrainer
+from esft.methods.es import ESConfig, Population
+from esft.methods.es.shaping import member_weights
+from esft.methods.es.trainer import ESTrainer
 
 
 class Vector(torch.nn.Module):

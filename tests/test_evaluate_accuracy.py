@@ -34,7 +34,8 @@ def test_gpu_batches_hold_the_rows_whose_kv_cache_fits(tiny_model, tokenizer, tm
     a capacity each batch holds at most the rows `generation_rows` allows for its longest prompt, and the
     results are those of any other batching."""
     import esft.evaluate.accuracy as accuracy
-    from esft.es.memory import generation_rows, plan_memory
+    from esft.memory import generation_rows
+    from esft.methods.es.memory import plan_memory
 
     cfgs = {"boolq": {"source": "synthetic", "seed": 4, "n_train": 2, "n_test": 9, "max_new_tokens": 5}}
     dirs = {"boolq": tmp_path / "boolq"}
@@ -60,7 +61,8 @@ def test_4b_evaluation_batch_is_sized_from_memory():
     from test_memory import H100, _qwen3_4b
 
     from esft.errors import EsftError
-    from esft.es.memory import generation_rows, plan_memory
+    from esft.memory import generation_rows
+    from esft.methods.es.memory import plan_memory
 
     model = _qwen3_4b(torch.bfloat16)
     rows = generation_rows(model, 1500, 1024, 256, H100)

@@ -11,10 +11,11 @@ def test_gpu_check_small_shape_reports_every_check(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from gpu_check import CONFIG, main
 
-    import esft.es.trainer
+    import esft.methods.es.trainer
 
-    # the script unties the shaping of tied members for its timings (esft.es.trainer.member_weights): undo it after
-    monkeypatch.setattr(esft.es.trainer, "member_weights", esft.es.trainer.member_weights)
+    # the script unties the shaping of tied members for its timings (esft.methods.es.trainer.member_weights):
+    # undo it after
+    monkeypatch.setattr(esft.methods.es.trainer, "member_weights", esft.methods.es.trainer.member_weights)
 
     shipped = json.loads(CONFIG.read_text())
     assert (shipped["hidden_size"], shipped["num_hidden_layers"], shipped["vocab_size"]) == (2560, 36, 151936)

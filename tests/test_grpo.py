@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 
 from esft.cli import main
 from esft.errors import EsftError
-from esft.grpo import GRPOSettings, RunLog, check_special_tokens
 from esft.io import read_jsonl
-from esft.runs import COMMON_FIELDS
+from esft.methods import train
+from esft.methods.grpo.trainer import GRPOSettings, RunLog, check_special_tokens
+from esft.runs import COMMON_FIELDS, TrainJob
 from esft.tasks.conciseness import Conciseness
-from esft.training import TrainJob, train
 
-from conftest import REPO, esft_import_closure
+from conftest import REPO
 
 TASK_CFG = {"max_new_tokens": 8}
 RUN_ID = "grpo/single/1-conciseness"
@@ -97,15 +97,15 @@ def test_the_authors_step_shape_maps_onto_trl(tmp_path):
 def test_optimizers_are_those_the_memory_plan_knows():
     from typing import get_args
 
-    from esft.grpo import BITSANDBYTES, Optim
-    from esft.grpo_memory import OPTIMIZERS
+    from esft.methods.grpo.memory import OPTIMIZERS
+    from esft.methods.grpo.trainer import BITSANDBYTES, Optim
 
     assert set(get_args(Optim)) == set(OPTIMIZERS) and set(BITSANDBYTES) <= set(OPTIMIZERS)
 
 
 def test_8bit_adamw_without_bitsandbytes_stops_at_start(monkeypatch):
     """bitsandbytes is the gpu extra, imported only for the 8-bit optimizers: one line says how to get it."""
-    from esft.grpo import check_optimizer
+    from esft.methods.grpo.trainer import check_optimizer
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     check_optimizer("adamw_torch")
@@ -140,7 +140,7 @@ def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, args, gpu, expect
     import subprocess
     import tomllib
 
-    from esft.grpo import BITSANDBYTES
+    from esft.methods.grpo.trainer import BITSANDBYTES
 
     gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     assert any(req.startswith("bitsandbytes") for req in gpu_extra) and "vllm==0.32.0" in gpu_extra
@@ -167,7 +167,7 @@ def test_setup_installs_the_gpu_extra_where_a_gpu_is(tmp_path, args, gpu, expect
 
 
 def test_memory_plan_is_logged_at_start(tiny_model, caplog):
-    from esft.grpo import check_memory
+    from esft.methods.grpo.trainer import check_memory
 
     caplog.set_level("INFO", logger="esft.memory")
     check_memory(tiny_model, GRPOSettings(per_device_train_batch_size=4, gradient_accumulation_steps=2,
@@ -243,7 +243,7 @@ def test_trl_stops_at_every_eos_id_of_the_generation_config(tiny_model, tokenize
     """A model may list several end-of-sequence ids (Qwen3: <|im_end|> and the pad <|endoftext|>)."""
     from datasets import Dataset
 
-    from esft.grpo import trainer_class
+    from esft.methods.grpo.trainer import trainer_class
 
     other = tokenizer.convert_tokens_to_ids("!")
     tiny_model.generation_config.eos_token_id = [other, tokenizer.pad_token_id]
@@ -252,12 +252,6 @@ def test_trl_stops_at_every_eos_id_of_the_generation_config(tiny_model, tokenize
         args=GRPOSettings().trl_config(tmp_path, 4, 0, use_cpu=True, save=False),
         train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}), processing_class=tokenizer)
     assert set(trainer.generation_config.eos_token_id) == {tokenizer.eos_token_id, other, tokenizer.pad_token_id}
-
-
-def test_grpo_never_imports_the_es_engine():
-    seen = esft_import_closure("esft.grpo")
-    assert {"esft.runs", "esft.models", "esft.tasks"} <= seen
-    assert not [m for m in seen if m == "esft.es" or m.startswith("esft.es.")]
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -345,7 +339,7 @@ def test_a_killed_run_resumes_from_its_trl_checkpoint_bitwise(base, tmp_path, mo
     checkpoints = list((state / "trl").glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-3"]
 
-    with caplog.at_level(logging.INFO, logger="esft.grpo"):
+    with caplog.at_level(logging.INFO, logger="esft.methods.grpo.trainer"):
         resumed = _train(base, FAST, out, state=state)
     assert "resuming from" in caplog.text
     assert _same_weights(tmp_path / "full" / "weights.safetensors", out / "weights.safetensors")
@@ -367,7 +361,7 @@ def test_state_of_another_config_or_an_incomplete_checkpoint_is_not_resumed(base
     with pytest.raises(Killed):
         _train(base, FAST, tmp_path / "a", state=state)
     monkeypatch.undo()
-    with caplog.at_level(logging.INFO, logger="esft.grpo"):
+    with caplog.at_level(logging.INFO, logger="esft.methods.grpo.trainer"):
         other = _train(base, {**FAST, "seed": 1}, tmp_path / "b", state=state)
     assert "another configuration" in caplog.text and "incomplete checkpoint" in caplog.text
     assert "resuming" not in caplog.text and len(other) == FAST["max_steps"]
@@ -398,7 +392,7 @@ def test_carry_optimizer_continues_the_previous_stage_adamw(base, tmp_path):
 def test_carried_optimizer_state_may_be_bitsandbytes(tmp_path):
     """8-bit AdamW keeps its moments as `state1`/`state2`: a saved state matches a parameter through any
     tensor of its shape, and one of another shape is refused."""
-    from esft.grpo import load_optimizer_state
+    from esft.methods.grpo.trainer import load_optimizer_state
 
     param = torch.nn.Parameter(torch.zeros(3, 4))
     for shape, ok in (((3, 4), True), ((4, 3), False)):
@@ -435,7 +429,7 @@ def test_half_precision_weights_are_refused(base, tmp_path):
 
 def _recording_trainer(monkeypatch, batches):
     """esft's TRL trainer, recording each generation batch's (train rows, rewards, advantages)."""
-    import esft.grpo as grpo
+    import esft.methods.grpo.trainer as grpo
 
     base_class, calls = grpo.trainer_class(), grpo.TaskReward.__call__
 
@@ -487,7 +481,7 @@ def test_advantages_are_group_z_scores_and_nothing_is_clipped(base, tmp_path, mo
     monkeypatch.undo()
     from datasets import Dataset
 
-    from esft.grpo import trainer_class
+    from esft.methods.grpo.trainer import trainer_class
     from esft.models import load_model
 
     model, tokenizer = load_model(base / "base")

@@ -3,6 +3,7 @@ written offline, the `esft holdout` stage on a micro model, unreachable datasets
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -11,7 +12,7 @@ import pytest
 
 from esft.cli import main
 from esft.errors import EsftError
-from esft.evaluate.holdout import collect_holdout, evaluate_lm, holdout_matrix, run_holdout
+from esft.evaluate.holdout import RESOURCES, collect_holdout, evaluate_lm, holdout_matrix, run_holdout
 from esft.evaluate.holdout_data import ifeval_rows, mmlu_rows, write_holdout_data
 from esft.evaluate.punkt import use_nltk_data
 from esft.io import read_json, write_jsonl
@@ -74,8 +75,8 @@ def test_mmlu_cascade_through_our_lm_eval_task(tmp_path):
     assert [by_doc[i]["answered"] for i in range(6)] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     assert record["metrics"]["acc"] == pytest.approx(0.5) and record["n"] == 6
     assert record["task_versions"] == {"esft_mmlu_gen_short": 1.0} and record["use_cache"] is None
-    # the short prompt of the stand-in chemistry task, rendered through the chat template
-    assert lm.prompts[0].startswith("<user>") and lm.prompts[0].endswith('Reply {"answer":"X"}.<assistant>')
+    # the stand-in knowledge questions' short prompt, rendered through the chat template
+    assert lm.prompts[0].startswith("<user>") and lm.prompts[0].endswith("Answer with the letter.<assistant>")
     paper, _ = evaluate_lm(FixedLM(respond), "mmlu", {**SHORT, "prompt_style": "paper"}, data=data)
     assert paper["task"] == "esft_mmlu_gen" and paper["metrics"]["acc"] == pytest.approx(0.5)
 
@@ -125,13 +126,41 @@ def test_stand_in_rows_fit_lm_eval_checkers(tmp_path, nltk_data):
 
 def test_no_holdout_item_is_a_warmstart_prompt():
     from esft.models import TinyModelConfig, warmstart_examples
-    from esft.tasks.chemistry import Chemistry
+    from esft.tasks.knowledge import short_prompt
 
-    seen = {m[-1]["content"] for m, _ in warmstart_examples(TinyModelConfig(warmstart_rows_per_task=300), set())}
-    chem = Chemistry()
-    short = {chem.user_prompt({"question": r["question"], "choices": r["choices"]}) for r in mmlu_rows(48, 21)}
-    assert not short & seen
+    cfg = TinyModelConfig(warmstart_rows_per_task=300, warmstart_knowledge_rows=2000)
+    seen = {m[-1]["content"] for m, _ in warmstart_examples(cfg, set())}
+    assert sum("Answer with the letter." in p for p in seen) == 2000
+    assert not {short_prompt(r["question"], r["choices"]) for r in mmlu_rows(500, 21)} & seen
     assert not {r["prompt"] for r in ifeval_rows(32, 22)} & seen
+
+
+def test_knowledge_questions_split_by_prompt_and_graded_by_the_mmlu_grader():
+    """Warm-start and holdout halves never share a prompt; the short prompt's bare-letter answer is graded."""
+    import random
+
+    from esft.tasks.knowledge import CATEGORIES, knowledge_rows, part_of, short_prompt
+
+    spec = importlib.util.spec_from_file_location("esft_lm_eval_utils", RESOURCES / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    hold = knowledge_rows(200, random.Random(1), "holdout")
+    warm = knowledge_rows(200, random.Random(1), "warmstart")
+    prompts = {short_prompt(r["question"], r["choices"]) for r in hold}
+    assert len(prompts) == 200 and not prompts & {short_prompt(r["question"], r["choices"]) for r in warm}
+    assert all(part_of(p) == "holdout" for p in prompts)
+    for r in hold[:20]:
+        subject = r["subject"]
+        assert r["choices"][r["answer"]] in CATEGORIES[subject]
+        assert sum(c in CATEGORIES[subject] for c in r["choices"]) == 1
+        assert utils.short_prompt(r).endswith("Answer with the letter.")
+        right, wrong = "ABCD"[r["answer"]], "ABCD"[(r["answer"] + 1) % 4]
+        assert utils.process_results(r, [right]) == {"acc": 1.0, "answered": 1.0}
+        assert utils.process_results(r, [wrong]) == {"acc": 0.0, "answered": 1.0}
+        assert utils.process_results(r, ["a cat"]) == {"acc": 0.0, "answered": 0.0}
+    assert knowledge_rows(0, random.Random(1), "holdout") == []
+    with pytest.raises(EsftError, match="part must be"):
+        knowledge_rows(3, random.Random(1), "train")
 
 
 def test_punkt_tab_written_offline_is_nltks_english_model(nltk_data):

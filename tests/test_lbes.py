@@ -18,9 +18,9 @@ import yaml
 
 from esft.cli import main
 from esft.errors import EsftError
-from esft.es.lbes import CorrelationFitness, LBESConfig, LBESTrainer, pearson, select
-from esft.es.noise import tensor_noise
 from esft.io import read_jsonl
+from esft.methods.es.lbes import CorrelationFitness, LBESConfig, LBESTrainer, pearson, select
+from esft.noise import tensor_noise
 from esft.runs import COMMON_FIELDS, run_seed
 from esft.tasks.conciseness import Conciseness, embedded_rows
 
@@ -223,7 +223,7 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(base, tmp_path, caplog
     state, out = tmp_path / "state", tmp_path / "killed"
     sigkill_once_saved(_lbes_args(base, cfg, out, state), state / "state.safetensors")
     assert not (out / "weights.safetensors").exists()
-    with caplog.at_level(logging.INFO, logger="esft.es.trainer"):
+    with caplog.at_level(logging.INFO, logger="esft.methods.es.trainer"):
         main(_lbes_args(base, cfg, out, state, log_level="INFO"))
     assert any("resumed from" in r.getMessage() for r in caplog.records)
     _assert_same_weights(out / "weights.safetensors", tmp_path / "full" / "weights.safetensors")

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
-from esft.es.memory import GIB, plan_memory
-from esft.es.population import Population
+from esft.methods.es.memory import GIB, plan_memory
+from esft.methods.es.population import Population
 from esft.runs import Drift, offload, save_weights
 
 from conftest import REPO
@@ -138,9 +138,9 @@ def test_4b_population_pass_plans_its_own_rows_and_member_weights(qwen3_4b):
 
 def test_check_memory_plans_the_configured_pass(tiny_model, tokenizer, caplog):
     """es.generation_batch_size bounds the rows of a population pass: 11 rows → 2 members × 5 prompts."""
-    from esft.es import ESConfig
-    from esft.es.fitness import TaskFitness
-    from esft.es.run import check_memory
+    from esft.methods.es import ESConfig
+    from esft.methods.es.fitness import TaskFitness
+    from esft.methods.es.run import check_memory
     from esft.tasks import get_task
 
     rows = [{"prompt": f"Say {i}", "target": "x"} for i in range(5)]
@@ -156,14 +156,14 @@ def test_check_memory_plans_the_configured_pass(tiny_model, tokenizer, caplog):
 
 # --- GRPO ---------------------------------------------------------------------------------------
 def _paper_grpo(**overrides):
-    from esft.grpo import GRPOSettings
+    from esft.methods.grpo.trainer import GRPOSettings
 
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
     return GRPOSettings.from_dict({**paper["grpo"], **overrides}), paper["tasks"]["countdown"]["max_new_tokens"]
 
 
 def grpo_plan(model, **overrides):
-    from esft.grpo_memory import plan_grpo
+    from esft.methods.grpo.memory import plan_grpo
 
     s, new_tokens = _paper_grpo(**overrides)
     # prompts of up to 300 tokens, as for ES above
@@ -207,7 +207,7 @@ def test_grpo_4b_paper_config_fits_one_80gb_gpu(qwen3_4b_fp32):
 
 
 def test_grpo_plan_without_a_gpu_checks_nothing(tiny_model):
-    from esft.grpo_memory import plan_grpo
+    from esft.methods.grpo.memory import plan_grpo
 
     p = plan_grpo(tiny_model, optim="adamw_torch", gradient_checkpointing=True, bf16=False, micro_batch=8,
                   generation_rows=8, prompt_tokens=12, completion_tokens=4)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
+from esft.errors import EsftError
 from esft.models import TinyModelConfig, build_base_model, load_model
 from esft.rollout import encode_prompts, generate
 
@@ -67,3 +69,31 @@ def test_warmstart_graded_share_mixes_plain_answers():
     assert 0.2 < share < 0.4
     # the prompts drawn do not depend on the share
     assert [m for m, _ in warmstart_examples(graded, set())] == [m for m, _ in warmstart_examples(mixed, set())]
+
+
+def test_warmstart_knowledge_rows_are_graded_and_leave_task_rows_alone():
+    from esft.models import warmstart_examples
+    from esft.tasks.knowledge import part_of
+
+    plain = TinyModelConfig(warmstart_rows_per_task=100, warmstart_tasks=["math"])
+    knowing = TinyModelConfig(warmstart_rows_per_task=100, warmstart_tasks=["math"], warmstart_knowledge_rows=50)
+    base, more = warmstart_examples(plain, set()), warmstart_examples(knowing, set())
+    extra = [(m, a) for m, a in more if "Answer with the letter." in m[-1]["content"]]
+    assert len(extra) == 50 and len(more) == len(base) + 50
+    assert all(a in "ABCD" and len(a) == 1 and part_of(m[-1]["content"]) == "warmstart" for m, a in extra)
+    # the task rows (and their order among themselves) do not depend on the knowledge rows
+    assert sorted(map(repr, base)) == sorted(repr(e) for e in more if e not in extra)
+
+
+def test_warmstart_cosine_schedule_ends_at_zero_and_constant_is_unchanged(tmp_path):
+    """Cosine and constant warm-starts share their first steps' rates; only cosine's decay to 0."""
+    from esft.models import _decay
+
+    cosine = TinyModelConfig(warmstart_steps=100, warmstart_schedule="cosine")
+    assert _decay(cosine, 0) == 1.0 and _decay(cosine, 50) == pytest.approx(0.5) and _decay(cosine, 100) == 0.0
+    assert _decay(TinyModelConfig(warmstart_steps=100), 100) == 1.0
+    with pytest.raises(EsftError, match="warmstart_schedule"):
+        _decay(TinyModelConfig(warmstart_schedule="linear"), 1)
+    a = build_base_model("tiny", tmp_path / "a", SMALL)
+    b = build_base_model("tiny", tmp_path / "b", {**SMALL, "warmstart_schedule": "cosine"})
+    assert a["warmstart_final_loss"] != b["warmstart_final_loss"]

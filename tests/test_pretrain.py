@@ -1,4 +1,4 @@
-"""The AdamW pretraining baseline (esft.pretrain): its objective is ES's loglik, it learns, it is a function of
+"""The AdamW pretraining baseline (esft.methods.adamw): its objective is ES's loglik, it learns, it is a function of
 its seed, resumes bitwise after SIGKILL, stops at a token budget, follows ES's minibatches and stays a peer."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 
 from esft.cli import main
 from esft.errors import EsftError
-from esft.es.fitness import CorpusFitness
 from esft.io import read_jsonl, write_jsonl
-from esft.pretrain import AdamWRun, AdamWSettings
+from esft.methods.adamw import AdamWRun, AdamWSettings
+from esft.methods.es.fitness import CorpusFitness
 from esft.rollout.scoring import encode_texts
 from esft.runs import COMMON_FIELDS, minibatch
 
-from conftest import REPO, esft_import_closure, sigkill_once_saved
+from conftest import REPO, sigkill_once_saved
 
 TEXTS = [f"the cat sat on mat {i}. the dog ran." for i in range(8)]
 FAST = {"lr": 0.01, "iterations": 6, "batch_size": 3, "seed": 2}
@@ -158,12 +158,6 @@ def test_text_length_truncates_what_es_and_adamw_score(base, tmp_path):
 def test_refuses_low_precision_weights(base, tmp_path):
     with pytest.raises(SystemExit):
         main([*_train_args(base, "adamw", FAST, tmp_path / "out", _corpus(tmp_path)), "--dtype", "bfloat16"])
-
-
-def test_adamw_is_a_peer_of_the_other_methods():
-    seen = esft_import_closure("esft.pretrain")
-    assert {"esft.runs", "esft.rollout.scoring", "esft.tasks.corpus"} <= seen
-    assert not [m for m in seen if m in ("esft.es", "esft.grpo") or m.startswith("esft.es.")]
 
 
 def test_accumulated_micro_batches_give_the_full_batch_gradient_and_step(tiny_model, tokenizer):

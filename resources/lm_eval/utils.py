@@ -1,9 +1,11 @@
-"""Prompt and scoring of the generative MMLU task: the chemistry task's prompts and grader, reused."""
+"""Prompt and scoring of the generative MMLU task: the chemistry task's paper prompt and grader, reused; the
+short prompt is the stand-in knowledge questions' (a bare letter, which the grader's last fallback reads)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from esft.tasks import knowledge
 from esft.tasks.base import PAPER
 from esft.tasks.chemistry import LETTERS, Chemistry
 
@@ -19,7 +21,7 @@ def paper_prompt(doc: dict[str, Any]) -> str:
 
 
 def short_prompt(doc: dict[str, Any]) -> str:
-    return _GRADER.user_prompt(_row(doc))
+    return knowledge.short_prompt(doc["question"], doc["choices"])
 
 
 def target(doc: dict[str, Any]) -> str:

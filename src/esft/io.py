@@ -41,6 +41,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         os.fsync(fh.fileno())
 
 
+def write_csv(path: str | os.PathLike, df: Any) -> None:
+    """A pandas DataFrame as CSV without its index, replacing `path` only once complete."""
+    with atomic_open(path) as fh:
+        df.to_csv(fh, index=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path) as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)

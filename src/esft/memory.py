@@ -1,4 +1,5 @@
-"""Will a training job fit on its device? The shared frame of the ES and GRPO memory plans.
+"""Will a training job fit on its device? The shared frame of the ES and GRPO memory plans, and the rows of
+an evaluation pass that fit (`generation_rows`: the weights and forward-pass terms it shares with ES's plan).
 
 A plan is a list of terms computed at start, before the large copies exist, logged one line each, and
 checked against the device so that a job that cannot fit stops at once naming the option to change,
@@ -11,11 +12,13 @@ beyond a fixed headroom.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from esft.errors import EsftError
+from esft.rollout.scoring import LOGITS_BUDGET
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,37 @@ class MemoryPlan:
                         + ", or ".join(self.options(section)))
 
 
+def numel_bytes(tensors: Mapping[str, torch.Tensor], element_size: int | None = None) -> int:
+    return sum(t.numel() * (element_size or t.element_size()) for t in tensors.values())
+
+
+def weights_term(model: torch.nn.Module) -> Term:
+    """The model's parameters and buffers in their own dtypes, held for the whole job."""
+    weights = numel_bytes(dict(model.named_parameters())) + numel_bytes(dict(model.named_buffers()))
+    return Term("weights", weights, True, f"{sum(p.numel() for p in model.parameters()):,} parameters")
+
+
+def pass_terms(model: torch.nn.Module, rows: int, prompt_tokens: int, new_tokens: int,
+               rows_note: str) -> tuple[Term, Term, Term]:
+    """The KV cache, one layer's prefill activations and the logits of one forward pass of `rows` sequences:
+    the longest prompt (or scored text) of `prompt_tokens` plus `new_tokens` generated (0: prefill-only
+    scoring). rows_note: what the rows are, for the log. Works on a model built on the meta device."""
+    cfg = model.config
+    dtype_bytes = next(model.parameters()).element_size()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    seq = prompt_tokens + new_tokens
+    kv_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    activations = rows * prompt_tokens * (3 * cfg.intermediate_size + 4 * cfg.hidden_size) * dtype_bytes
+    if new_tokens:  # generation keeps one position's logits per row, and generate's fp32 copy of them
+        logits, logits_note = rows * cfg.vocab_size * (dtype_bytes + 4), f"{rows} rows × 1 position"
+    else:  # chunked scoring: a bounded slice of fp32 logits and its log-softmax
+        logits, logits_note = 2 * 4 * LOGITS_BUDGET, "scoring slice and its log-softmax"
+    return (Term("kv_cache", rows * seq * kv_per_token, True, f"{rows_note} per pass × {seq} tokens"),
+            Term("activations", activations, True, f"one layer's prefill of {rows} × {prompt_tokens} tokens"),
+            Term("logits", logits, True, logits_note))
+
+
 def device_capacity(device: torch.device) -> int | None:
     """Total memory of a CUDA device; None for CPU (and other devices, which are not checked)."""
     if device.type != "cuda":
@@ -109,3 +143,22 @@ def log_and_check(plan: MemoryPlan, section: str) -> None:
     for line in plan.lines():
         log.info("memory plan: %s", line)
     plan.check(section)
+
+
+def generation_rows(model: torch.nn.Module, prompt_tokens: int, new_tokens: int, wanted: int,
+                    capacity: int | None) -> int:
+    """The most rows, at most `wanted`, whose generation pass (weights, KV cache, prefill activations,
+    logits) fits `capacity`: evaluation sizes its batches so, since a fixed batch that fits short prompts
+    overflows on long ones (BoolQ passages at 4B: 256 rows need 57-71 GiB of KV). None (CPU) checks
+    nothing."""
+    if capacity is None:
+        return wanted
+    empty, one = (MemoryPlan((weights_term(model), *pass_terms(model, rows, prompt_tokens, new_tokens,
+                                                               f"{rows} rows")), capacity) for rows in (0, 1))
+    per_row = one.device_bytes - empty.device_bytes
+    rows = (empty.usable - empty.device_bytes) // per_row
+    if rows < 1:
+        raise EsftError(f"memory plan: one row of {prompt_tokens} prompt + {new_tokens} new tokens needs "
+                        f"{one.device_bytes / GIB:.1f} GiB of the usable {one.usable / GIB:.1f} GiB; set a "
+                        f"smaller max_new_tokens or a smaller model")
+    return min(wanted, rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 import shutil
@@ -24,7 +25,7 @@ import torch
 
 from esft.errors import EsftError
 from esft.io import read_json, read_weights, write_json
-from esft.rollout import pad_batch
+from esft.tokens import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ class TinyModelConfig:
     warmstart_steps: int = 600
     warmstart_batch_size: int = 32
     warmstart_lr: float = 3e-3
+    warmstart_schedule: str = "constant"
+    """Learning rate after the 20-step warm-up: `constant`, or `cosine` decay to 0 at the last step (a long
+    warm-start then ends in a settled model, not wherever the last constant-rate steps left it)."""
     warmstart_rows_per_task: int = 2000
     warmstart_graded_share: float = 1.0
     """Share of warm-start answers in the graded format (`Task.reference`); the others use one of the
     task's ungraded `plain_answers`, so the base model often knows the answer but misses its format."""
     warmstart_tasks: list[str] = field(default_factory=lambda: ["countdown", "math", "chemistry", "boolq"])
+    warmstart_knowledge_rows: int = 0
+    """Knowledge questions (`esft.tasks.knowledge`, the MMLU stand-in's warm-start half), always graded: the
+    base model knows the holdout's format and some of its answers before any RL, as a real one does."""
 
 
 def build_tokenizer():
@@ -103,11 +110,12 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> torch.nn.Module:
 
 
 def warmstart_examples(cfg: TinyModelConfig, exclude_prompts: set[str]) -> list[tuple[list[dict], str]]:
-    """(messages, answer) pairs from the task generators, never a held-out prompt.
+    """(messages, answer) pairs from the task generators and the knowledge questions, never a held-out prompt.
 
-    The answer is the graded reference with probability `warmstart_graded_share`, else one of the
+    A task's answer is the graded reference with probability `warmstart_graded_share`, else one of the
     task's ungraded plain forms of the same answer (tasks without any always get the reference)."""
     from esft.tasks import get_task
+    from esft.tasks.knowledge import warmstart_pairs
 
     rng = random.Random(f"warmstart-{cfg.seed}")
     formats = random.Random(f"warmstart-format-{cfg.seed}")  # own stream: rows and order do not depend on the share
@@ -124,8 +132,19 @@ def warmstart_examples(cfg: TinyModelConfig, exclude_prompts: set[str]) -> list[
                 if plain and formats.random() >= cfg.warmstart_graded_share:
                     answer = plain[formats.randrange(len(plain))]
             examples.append((messages, answer))
+    knowledge = random.Random(f"warmstart-knowledge-{cfg.seed}")  # own stream: task rows do not depend on it
+    examples += [([{"role": "user", "content": prompt}], answer)
+                 for prompt, answer in warmstart_pairs(cfg.warmstart_knowledge_rows, knowledge)]
     rng.shuffle(examples)
     return examples
+
+
+def _decay(cfg: TinyModelConfig, step: int) -> float:
+    if cfg.warmstart_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / cfg.warmstart_steps))
+    if cfg.warmstart_schedule == "constant":
+        return 1.0
+    raise EsftError(f"model.tiny.warmstart_schedule: expected constant or cosine, got {cfg.warmstart_schedule!r}")
 
 
 def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[tuple[list[dict], str]]) -> list[float]:
@@ -140,7 +159,7 @@ def supervised_warmstart(model, tokenizer, cfg: TinyModelConfig, examples: list[
         encoded.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * _decay(cfg, s))
     model.train()
     losses = []
     for step in range(cfg.warmstart_steps):

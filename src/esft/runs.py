@@ -1,4 +1,5 @@
-"""What every training method shares and none owns: the run log, drift, budgets, resume state, export.
+"""What every training method shares and none owns: the job it is given (`TrainJob`), the run log, drift,
+budgets, resume state, export.
 
 A run directory holds the same three files whatever the method (ES, GRPO, LBES), so every downstream
 stage treats methods alike:
@@ -38,6 +39,37 @@ COMMON_FIELDS = ("iteration", "seconds", "reward_mean", "rollouts", "tokens", "p
 completions generated, generated tokens, and prompt tokens processed (prefill-only scoring included)."""
 
 DRIFT_COLUMNS = ["iteration", "parameter", "drift_sq"]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training stage needs, as the `train` rule (or a user) gives it."""
+
+    method: str
+    task: str
+    base: str
+    """Base-model directory (with model.json), hub id or path."""
+    data: Path
+    """The task's data directory (train.jsonl)."""
+    task_cfg: dict[str, Any]
+    cfg: dict[str, Any]
+    """The method's config slice, per-task overrides applied."""
+    out: Path
+    init: str | None = None
+    """weights.safetensors to start from (sequential stage k > 1); None: the base."""
+    run_id: str = ""
+    """The run's identity (method/schedule/stage-task): keys its noise and seeds apart from other runs."""
+    state_dir: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    corpus: str | None = None
+    save_dtype: str = "float32"
+    """dtype of the exported weights.safetensors (the run itself and its resume state stay fp32)."""
+
+    @property
+    def section(self) -> str:
+        """The method's config section, for messages: its name in the run id (es_300), else the method."""
+        return self.run_id.split("/", 1)[0] or self.method
 
 
 def check_record(record: Mapping[str, Any]) -> None:
@@ -117,7 +149,7 @@ def minibatch(seed: int, iteration: int, n_rows: int, batch_size: int | None) ->
     """Row indices of one iteration: all rows, or `batch_size` of them drawn from (`seed`, iteration).
 
     Every method that draws minibatches draws them here, so two runs keyed on the same seed (ES and the
-    AdamW baseline that follows it, `esft.pretrain`) score the same rows at every iteration.
+    AdamW baseline that follows it, `esft.methods.adamw`) score the same rows at every iteration.
     """
     if batch_size is None or batch_size >= n_rows:
         return list(range(n_rows))

@@ -12,9 +12,8 @@ from tqdm import tqdm
 
 from esft.io import read_json, write_json, write_jsonl
 from esft.labels import checkpoint_fields
+from esft.memory import device_capacity, generation_rows
 from esft.rollout import encode_prompts, generate
-from esft.es.memory import generation_rows
-from esft.memory import device_capacity
 from esft.rollout.vllm_backend import VllmEngine, VllmOptions, open_engine
 from esft.tasks import get_task, read_rows
 

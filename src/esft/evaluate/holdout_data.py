@@ -3,11 +3,11 @@
 `snapshot_holdout` saves the split a benchmark's lm-eval task evaluates, once, where the hub is reachable
 (the workflow's local rule `holdout_snapshot`); the holdout jobs read it from disk.
 
-Stand-ins: MMLU rows are (question, subject, choices, answer index), like `cais/mmlu`; IFEval rows are (key,
+Stand-ins: MMLU rows are (question, subject, choices, answer index), like `cais/mmlu`: word-category questions
+the tiny model's warm-start teaches as pretraining knowledge (`esft.tasks.knowledge`); IFEval rows are (key,
 prompt, instruction_id_list, kwargs), like `google/IFEval`, with instructions that lm-eval's own IFEval
 code checks and that a tiny model can sometimes satisfy by chance (short, lower case, no comma, ...).
-The question families differ from every training task's generator, so no holdout item is ever a
-warm-start or training row.
+Both differ from every training task's generator, and no holdout item is ever a warm-start or training row.
 """
 
 from __future__ import annotations
@@ -22,44 +22,12 @@ from esft.errors import EsftError
 from esft.evaluate.holdout import (LOCAL_FORMATS, RESOURCES, SNAPSHOT_KEYS, SNAPSHOT_MANIFEST, dataset_errors,
                                    resolve_task, snapshot_file)
 from esft.io import atomic_path, write_json, write_jsonl
-
-
-def _smallest(rng: random.Random) -> tuple[str, list[int], int]:
-    values = rng.sample(range(1, 100), 4)
-    return "Which number is the smallest?", values, values.index(min(values))
-
-
-def _sum(rng: random.Random) -> tuple[str, list[int], int]:
-    a, b = rng.randint(1, 20), rng.randint(1, 20)
-    values = rng.sample([v for v in range(max(2, a + b - 6), a + b + 7) if v != a + b], 3) + [a + b]
-    rng.shuffle(values)
-    return f"What is {a} + {b}?", values, values.index(a + b)
-
-
-def _even(rng: random.Random) -> tuple[str, list[int], int]:
-    values = [rng.randrange(1, 99, 2) for _ in range(3)] + [rng.randrange(2, 99, 2)]
-    rng.shuffle(values)
-    return "Which number is even?", values, next(i for i, v in enumerate(values) if v % 2 == 0)
-
-
-MMLU_SUBJECTS: dict[str, Callable[[random.Random], tuple[str, list[int], int]]] = {
-    "smallest_number": _smallest, "elementary_sums": _sum, "parity": _even,
-}
+from esft.tasks.knowledge import knowledge_rows
 
 
 def mmlu_rows(n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` distinct four-choice questions over the stand-in subjects, in `cais/mmlu`'s schema."""
-    rng = random.Random(f"holdout-mmlu-{seed}")
-    rows: dict[tuple, dict[str, Any]] = {}
-    subjects = list(MMLU_SUBJECTS)
-    for _ in range(100 * n):
-        subject = subjects[len(rows) % len(subjects)]
-        question, values, answer = MMLU_SUBJECTS[subject](rng)
-        row = {"question": question, "subject": subject, "choices": [str(v) for v in values], "answer": answer}
-        rows.setdefault((question, *row["choices"]), row)
-        if len(rows) == n:
-            return list(rows.values())
-    raise EsftError(f"holdout mmlu: the generator yields fewer than {n} distinct questions")
+    """`n` distinct four-choice knowledge questions from the holdout half (`esft.tasks.knowledge`)."""
+    return knowledge_rows(n, random.Random(f"holdout-mmlu-{seed}"), "holdout")
 
 
 TOPICS = ["the sea", "a cat", "rain", "the moon", "bread", "a garden", "winter", "a train", "music", "a river"]

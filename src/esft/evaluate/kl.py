@@ -40,11 +40,12 @@ import torch
 from tqdm import tqdm
 
 from esft.errors import EsftError
-from esft.labels import checkpoint_fields
 from esft.io import read_json
-from esft.rollout import encode_prompts, pad_batch, stop_ids
+from esft.labels import checkpoint_fields
+from esft.rollout import encode_prompts, stop_ids
 from esft.rollout.scoring import check_plain_head
 from esft.tasks import get_task, read_rows
+from esft.tokens import pad_batch
 
 log = logging.getLogger(__name__)
 

@@ -2,16 +2,17 @@
 
 The blog evaluates its model on the test prompts every 10 iterations and reports each method at the
 iteration of highest mean test reward (its code keeps the first maximum). No intermediate checkpoint is
-stored here: θ_k is rebuilt from the base and run.jsonl (`esft.es.trainer.replayed`, bitwise as `esft
-replay`), one replay per run visiting every k in turn, and each θ_k is copied into an evaluation model and
-evaluated like a checkpoint (greedy, `evaluate_tasks`). The final iteration T is always a point, so the
-curve ends on the run's own checkpoint; the base model's evaluation is iteration 0 of every curve but is
-never a candidate for the best (the blog evaluates after training iterations only).
+stored here: θ_k is rebuilt from the base and run.jsonl by the replay the caller passes in (the ES engine's
+`replayed`, bitwise as `esft replay`: evaluation imports no training method), one replay per run visiting
+every k in turn, and each θ_k is copied into an evaluation model and evaluated like a checkpoint (greedy,
+`evaluate_tasks`). The final iteration T is always a point, so the curve ends on the run's own checkpoint;
+the base model's evaluation is iteration 0 of every curve but is never a candidate for the best (the blog
+evaluates after training iterations only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ def curve_points(iterations: int, every: int) -> list[int]:
 
 
 def evaluate_along(base: str | Path, records: list[dict[str, Any]], model, tokenizer, data_dirs: Mapping[str, Path],
-                   task_cfgs: Mapping[str, Mapping[str, Any]], batch_size: int, every: int) -> list[dict[str, Any]]:
+                   task_cfgs: Mapping[str, Mapping[str, Any]], batch_size: int, every: int,
+                   replayed: Callable[..., Iterator[tuple[int, dict[str, Any]]]]) -> list[dict[str, Any]]:
     """Completion records ({iteration, task, index, completion, score}) of the run's weights at each of
     `curve_points`, evaluated in `model` (an HF model of the base, overwritten) on every task of `data_dirs`.
 
-    The replay runs on the dtype and device run.jsonl records, where it is bitwise."""
-    from esft.es.trainer import replayed
+    replayed(model holding θ_0, records, iterations) yields (k, θ_k) in ascending k (the ES engine's
+    `replayed`); it runs on the dtype and device run.jsonl records, where it is bitwise."""
     from esft.evaluate.accuracy import evaluate_tasks
     from esft.models import copy_weights, load_model
 

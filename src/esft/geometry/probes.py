@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from esft.errors import EsftError
-from esft.es.noise import tensor_noise
 from esft.geometry.variants import Variant, norm
+from esft.noise import tensor_noise
 
 
 class RandomDirection(Mapping[str, torch.Tensor]):

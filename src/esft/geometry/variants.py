@@ -1,7 +1,7 @@
 """Accuracy of many weight variants θ₀ + Σ cᵢ·dᵢ (interpolation points, direction probes).
 
 Small models evaluate variants as a population: their weights are stacked and decoded in one greedy
-loop (`esft.es.decoder.PopulationDecoder` through a `MemberStack`), `variants_per_pass` at a time.
+loop (`esft.rollout.decoder.PopulationDecoder` through a `MemberStack`), `variants_per_pass` at a time.
 Architectures the decoder does not run, or `variants_per_pass: 1`, load each variant into the model
 and call the project's `evaluate_tasks`; both paths give the same greedy completions. `map_variants`
 loads each variant in turn for any other evaluation of the model in memory (lm-eval holdouts).
@@ -74,7 +74,7 @@ def variant_weights(theta0: Mapping[str, torch.Tensor], directions: Mapping[str,
 
 def _population_decoder(model: torch.nn.Module):
     """The population decoder for `model`, or None where its architecture needs the one-at-a-time path."""
-    from esft.es.decoder import PopulationDecoder
+    from esft.rollout.decoder import PopulationDecoder
 
     try:
         return PopulationDecoder(model)
@@ -145,7 +145,7 @@ def _load(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
 
 def _population(decoder, model, tokenizer, theta0, directions, variants, data_dirs, task_cfgs, batch_size,
                 per_pass) -> list[dict[str, TaskScore]]:
-    from esft.es.batched import MemberStack
+    from esft.rollout.decoder import MemberStack
 
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     tasks = {}

@@ -9,15 +9,14 @@ from typing import Any
 
 import pandas as pd
 
-from esft.io import atomic_open, read_json
+from esft.io import atomic_open, read_json, write_csv
 from esft.labels import checkpoint_fields, seeded_pivot, with_seed_column
 
 
 def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, float_format: str = ".3f",
                 tex_path: str | Path | None = None, display: pd.DataFrame | None = None) -> None:
     """`df` as CSV; `display` (default `df`) as Markdown and LaTeX."""
-    with atomic_open(csv_path) as fh:
-        df.to_csv(fh, index=False)
+    write_csv(csv_path, df)
     df = df if display is None else display
     with atomic_open(md_path) as fh:
         # missing cells (a cost never reached, a column a method lacks) print as -- rather than nan or <NA>

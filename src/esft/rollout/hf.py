@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from esft.errors import EsftError
+from esft.tokens import pad_batch
 
 
 @dataclass
@@ -47,19 +48,6 @@ def encode_prompts(tokenizer, messages: Sequence[list[dict[str, str]]]) -> list[
             text = "\n\n".join(m["content"] for m in msgs) + "\n"
         encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return encoded
-
-
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False,
-              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of token rows padded to one width: left for generation, right for scoring."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _batch_seed(seed: int, start: int) -> int:

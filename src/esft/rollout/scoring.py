@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from esft.errors import EsftError
-from esft.rollout.hf import pad_batch
+from esft.tokens import pad_batch
 
 LOGITS_BUDGET = 1 << 26
 """Logit entries per LM-head slice when no chunk is given (256 MiB in fp32)."""

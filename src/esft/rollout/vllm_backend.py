@@ -1,8 +1,9 @@
 """Generation with vLLM (extra `gpu`): the engine behind `es.backend: vllm` and `evaluate.backend: vllm`.
 
 vLLM is imported only when an engine is opened, so configs validate and the HF path runs without it. The
-engine is built with `esft.es.vllm_worker.ESWorkerExtension`, so its weights can be replaced (a checkpoint)
-or perturbed (ES members) in place through `LLM.collective_rpc`; after every such write the prefix cache
+engine's worker takes `esft.rollout.vllm_worker.WeightsExtension` (ES's engines: its subclass
+`esft.methods.es.vllm_worker.ESWorkerExtension`), so its weights can be replaced (a checkpoint) or perturbed
+(ES members) in place through `LLM.collective_rpc`; after every such write the prefix cache
 is reset, since its cached KV was computed with the previous weights. Completions are greedy (or seeded
 per row at temperature > 0), stop on `esft.rollout.stop_ids` of the model, and are cut and counted by the
 same `decode_completions` as the Hugging Face path.
@@ -25,7 +26,7 @@ from esft.io import open_weights
 from esft.rollout.hf import Generations, decode_completions, stop_ids
 from esft.rollout.vllm_names import Shard, fused_layout
 
-WORKER_EXTENSION = "esft.es.vllm_worker.ESWorkerExtension"
+WORKER_EXTENSION = "esft.rollout.vllm_worker.WeightsExtension"
 CPU_WORKER = "esft.rollout.vllm_cpu.KeptWeightsCPUWorker"
 INSTALL = "pip install 'esft[gpu]'"
 
@@ -104,7 +105,7 @@ def shape_model(source: str) -> torch.nn.Module:
 class VllmEngine:
     """A vLLM engine on one device whose weights esft writes in place (HF names, `layout`).
 
-    llm: a `vllm.LLM` built with `WORKER_EXTENSION`; sampling_params: `vllm.SamplingParams` (passed in, so
+    llm: a `vllm.LLM` built with `WORKER_EXTENSION` or a subclass; sampling_params: `vllm.SamplingParams` (passed in, so
     that the backend's own logic is tested without vLLM).
     """
 
@@ -117,7 +118,7 @@ class VllmEngine:
         self.layout = list(layout)
 
     def call(self, method: str, *args: Any) -> Any:
-        """Run `ESWorkerExtension.<method>(*args)` on the engine's (single) worker."""
+        """Run the worker extension's `<method>(*args)` on the engine's (single) worker."""
         return self.llm.collective_rpc(method, args=args)[0]
 
     def write(self, method: str, *args: Any) -> Any:
@@ -183,11 +184,13 @@ def engine_environment() -> Iterator[None]:
 
 
 def open_engine(base: str | Path, dtype: str, options: VllmOptions,
-                requests: Sequence[tuple[Sequence[list[dict[str, str]]], int]], seed: int = 0) -> VllmEngine:
+                requests: Sequence[tuple[Sequence[list[dict[str, str]]], int]], seed: int = 0,
+                worker_extension: str = WORKER_EXTENSION) -> VllmEngine:
     """A vLLM engine on a base-model directory (hub snapshot, local path or the tiny model's files).
 
     requests: (conversations, max_new_tokens) of each task the engine will serve; their longest prompt
-    plus its task's max_new_tokens is the engine's max_model_len unless options set one. On vLLM's CPU
+    plus its task's max_new_tokens is the engine's max_model_len unless options set one. worker_extension: the
+    dotted name of the worker's extension (`WORKER_EXTENSION` or a subclass, as ES's). On vLLM's CPU
     platform the engine's worker is `CPU_WORKER` (linear layers compute from the weights esft writes).
     """
     vllm = import_vllm()
@@ -205,5 +208,5 @@ def open_engine(base: str | Path, dtype: str, options: VllmOptions,
     platform = {"worker_cls": CPU_WORKER} if current_platform.is_cpu() else {}
     with engine_environment():
         llm = vllm.LLM(model=source, dtype=dtype, seed=seed, tensor_parallel_size=1,
-                       worker_extension_cls=WORKER_EXTENSION, **platform, **options.engine_args(needed))
+                       worker_extension_cls=worker_extension, **platform, **options.engine_args(needed))
     return VllmEngine(llm, vllm.SamplingParams, tokenizer, stop_ids(model, tokenizer), layout)

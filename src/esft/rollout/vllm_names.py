@@ -5,7 +5,7 @@ gate_proj and up_proj as one `gate_up_proj`, stacked along dim 0 (output feature
 (`stacked_params_mapping` in vLLM's qwen2.py/llama.py); it pads the embedding and an untied LM head to a
 multiple of 64 rows (zeros), and a tied LM head is the embedding module itself. Every other tensor keeps its
 HF name and shape. A `Shard` says where one HF tensor lives in the engine, so the ES engine
-(`esft.es.vllm_worker`) perturbs, restores and exports the engine's tensors under HF names and noise keys.
+(`esft.methods.es.vllm_worker`) perturbs, restores and exports the engine's tensors under HF names and noise keys.
 
 Pure (no vLLM import): tested on CPU against configs built with transformers.
 """

@@ -1,4 +1,5 @@
-"""Will an ES-engine run fit on its device? The ES and LBES plan (`esft.memory` has the frame).
+"""Will an ES-engine run fit on its device? The ES and LBES plan (`esft.memory` has the frame, the weights
+and the terms of a forward pass).
 
 The terms are the tensors a run holds at once: the model's weights; the fp32 master θ and θ_0 (each on
 the device or in host memory, `es.master_device` / `es.theta0_device`); the per-tensor workspace of a
@@ -16,9 +17,8 @@ from collections.abc import Mapping
 
 import torch
 
-from esft.errors import EsftError
-from esft.memory import GIB, MemoryPlan, Term, device_capacity, log_and_check
-from esft.rollout.scoring import LOGITS_BUDGET
+from esft.memory import (GIB, MemoryPlan, Term, device_capacity, log_and_check, numel_bytes, pass_terms,
+                         weights_term)
 
 
 class ESMemoryPlan(MemoryPlan):
@@ -29,10 +29,6 @@ class ESMemoryPlan(MemoryPlan):
         kv = self.term("kv_cache")
         return options + [f"a smaller {section}.generation_batch_size (KV cache {kv.nbytes / GIB:.1f} GiB: "
                           f"{kv.note})"]
-
-
-def _numel_bytes(tensors: Mapping[str, torch.Tensor], element_size: int | None = None) -> int:
-    return sum(t.numel() * (element_size or t.element_size()) for t in tensors.values())
 
 
 def _host_bytes(tensors: Mapping[str, torch.Tensor], element_size: int, pinned: bool) -> int:
@@ -46,7 +42,7 @@ def _member_weights(trainable: Mapping[str, torch.Tensor], mode: str, members: i
                     dtype_bytes: int) -> int:
     """Bytes of the per-member weights a population pass of `members` builds (0 for inplace)."""
     if mode == "batched":  # the stacked tensors and the fused, transposed copy of the matrices
-        return 2 * members * _numel_bytes(trainable, dtype_bytes)
+        return 2 * members * numel_bytes(trainable, dtype_bytes)
     if mode == "lowrank":  # σA and B per matrix, their fused copies (A block-diagonal over ≤ 3 projections)
         factors = sum(rank * sum(t.shape) for t in trainable.values() if t.dim() == 2)
         vectors = sum(t.numel() for t in trainable.values() if t.dim() != 2)
@@ -65,29 +61,18 @@ def plan_memory(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], *
     members per population pass (`batched`, `lowrank`); pinned: host copies are pinned (a CUDA model),
     so each is counted at its allocator's power-of-two size. Works on a model built on the meta device.
     """
-    cfg = model.config
     dtype_bytes = next(model.parameters()).element_size()
-    weights = _numel_bytes(dict(model.named_parameters())) + _numel_bytes(dict(model.named_buffers()))
     largest = max((t.numel() for t in trainable.values()), default=0)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    seq = prompt_tokens + new_tokens
-    kv_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-    activations = rows * prompt_tokens * (3 * cfg.intermediate_size + 4 * cfg.hidden_size) * dtype_bytes
-    if new_tokens:  # generation keeps one position's logits per row, and generate's fp32 copy of them
-        logits, logits_note = rows * cfg.vocab_size * (dtype_bytes + 4), f"{rows} rows × 1 position"
-    else:  # chunked scoring: a bounded slice of fp32 logits and its log-softmax
-        logits, logits_note = 2 * 4 * LOGITS_BUDGET, "scoring slice and its log-softmax"
     master_on_device = master_device == "model"
     draws = members if mode == "batched" else 1
     population = mode != "inplace"
     rows_note = f"{members} members × {rows // members} prompts" if population else f"{rows} rows"
     terms = (
-        Term("weights", weights, True, f"{sum(p.numel() for p in model.parameters()):,} parameters"),
-        Term("master", _numel_bytes(trainable, 4) if master_on_device else _host_bytes(trainable, 4, pinned),
+        weights_term(model),
+        Term("master", numel_bytes(trainable, 4) if master_on_device else _host_bytes(trainable, 4, pinned),
              master_on_device, "fp32 θ of the evolved tensors" + (", pinned" if pinned and not master_on_device
                                                                   else "")),
-        Term("theta0", _numel_bytes(trainable, dtype_bytes) if theta0_device == "model"
+        Term("theta0", numel_bytes(trainable, dtype_bytes) if theta0_device == "model"
              else _host_bytes(trainable, dtype_bytes, pinned), theta0_device == "model",
              "θ_0 for the drift log" + (", pinned" if pinned and theta0_device != "model" else "")),
         Term("workspace", (draws + 1 + (not master_on_device)) * 4 * largest, True,
@@ -95,9 +80,7 @@ def plan_memory(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], *
              + ("" if master_on_device else " + θ's device copy")),
         *((Term("members", _member_weights(trainable, mode, members, rank, dtype_bytes), True,
                 f"{mode} weights of {members} members per pass"),) if population else ()),
-        Term("kv_cache", rows * seq * kv_per_token, True, f"{rows_note} per pass × {seq} tokens"),
-        Term("activations", activations, True, f"one layer's prefill of {rows} × {prompt_tokens} tokens"),
-        Term("logits", logits, True, logits_note),
+        *pass_terms(model, rows, prompt_tokens, new_tokens, rows_note),
     )
     return ESMemoryPlan(terms, capacity)
 
@@ -112,23 +95,3 @@ def check_run(model: torch.nn.Module, trainable: Mapping[str, torch.Tensor], sec
                        rank=rank, capacity=device_capacity(device), pinned=device.type == "cuda")
     log_and_check(plan, section)
     return plan
-
-
-
-def generation_rows(model: torch.nn.Module, prompt_tokens: int, new_tokens: int, wanted: int,
-                    capacity: int | None) -> int:
-    """The most rows, at most `wanted`, whose generation pass (weights, KV cache, prefill activations,
-    logits: the plan of a run that evolves nothing) fits `capacity`: evaluation sizes its batches so,
-    since a fixed batch that fits short prompts overflows on long ones (BoolQ passages at 4B: 256 rows
-    need 57-71 GiB of KV). None (CPU) checks nothing."""
-    if capacity is None:
-        return wanted
-    empty, one = (plan_memory(model, {}, rows=rows, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                              capacity=capacity) for rows in (0, 1))
-    per_row = one.device_bytes - empty.device_bytes
-    rows = (empty.usable - empty.device_bytes) // per_row
-    if rows < 1:
-        raise EsftError(f"memory plan: one row of {prompt_tokens} prompt + {new_tokens} new tokens needs "
-                        f"{one.device_bytes / GIB:.1f} GiB of the usable {one.usable / GIB:.1f} GiB; set a "
-                        f"smaller max_new_tokens or a smaller model")
-    return min(wanted, rows)

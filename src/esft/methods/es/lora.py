@@ -13,8 +13,8 @@ import math
 import torch
 
 from esft.errors import EsftError
-from esft.es.config import LoRAConfig
-from esft.es.noise import noise_key
+from esft.methods.es.config import LoRAConfig
+from esft.noise import noise_key
 
 ADAPTER = "default"
 

@@ -2,7 +2,8 @@
 
 Rows are laid out member-major, [N members, B prompts]. Every weight is read through a `MemberWeights`
 provider, so one loop serves three purposes: `SharedWeights` (the unperturbed model for every row: the
-`pure` inference limit), per-member full-rank weights (`batched`) and low-rank offsets (`lowrank`).
+`pure` inference limit), per-member full-rank weights (`MemberStack`: ES's `batched` members, interpolation
+points, direction probes) and low-rank offsets (ES's `lowrank`).
 Which parts a layer has (q/k norms as in Qwen3, projection biases as in Qwen2 or Llama's bias flags) is
 read off the model's modules. The numerics follow transformers (fp32 RMSNorm, the model's own rotary
 module, left-padding positions as in `generate`), so greedy tokens match `model.generate` in the common
@@ -57,6 +58,48 @@ class SharedWeights:
 
     def vector(self, name: str, ndim: int) -> torch.Tensor:
         return self.weights[name]
+
+
+class MemberStack(SharedWeights):
+    """Explicit full-rank per-member weights: `stacked[name]` is [N, ...] (member m's tensor at index m);
+    tensors not in `stacked` are the model's own, shared by every member. Serves any set of weight
+    variants (ES members, interpolation points, direction probes)."""
+
+    def __init__(self, model: torch.nn.Module, stacked: dict[str, torch.Tensor]) -> None:
+        super().__init__(model)
+        self.stacked = stacked
+        self.fused_stacked: dict[tuple[str, ...], torch.Tensor] = {}
+        self.vectors: dict[tuple[str, int], torch.Tensor] = {}
+        """1-D stacked tensors viewed to broadcast against [N, ...] activations, per (name, ndim)."""
+
+    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        stacked = [n in self.stacked for n in names]
+        if not any(stacked):
+            return super().linear(x, names)
+        if not all(stacked):
+            return torch.cat([self.linear(x, (n,)) for n in names], dim=-1)
+        w = self.fused_stacked.get(names)
+        if w is None:  # [N, in, out]: bmm streams it far faster than a transposed view on CPU
+            fused = torch.cat([self.stacked[n] for n in names], dim=1)
+            w = self.fused_stacked[names] = fused.transpose(1, 2).contiguous()
+        return torch.bmm(x, w)
+
+    def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
+        w = self.stacked.get(name)
+        if w is None:
+            return super().embed(ids, name)
+        n, vocab, dim = w.shape
+        offsets = torch.arange(n, device=ids.device)[:, None] * vocab
+        return F.embedding(ids + offsets, w.view(n * vocab, dim))
+
+    def vector(self, name: str, ndim: int) -> torch.Tensor:
+        w = self.vectors.get((name, ndim))
+        if w is None:
+            w = self.stacked.get(name)
+            if w is None:
+                return super().vector(name, ndim)
+            w = self.vectors[name, ndim] = w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
+        return w
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -218,7 +261,7 @@ class PopulationDecoder:
         of `stop_ids` (`esft.rollout.stop_ids`) and is padded after it.
 
         The KV cache holds exactly these N·B rows for the longest of these prompts plus max_new_tokens:
-        callers bound memory by calling with fewer members or prompts (`esft.es.batched.pass_shape`).
+        callers bound memory by calling with fewer members or prompts (`esft.methods.es.batched.pass_shape`).
         """
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype

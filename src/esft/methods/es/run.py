@@ -6,13 +6,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from esft.es.config import ESConfig
-from esft.es.fitness import CorpusFitness, TaskFitness
-from esft.es.memory import ESMemoryPlan
-from esft.es.modes import Fitness
+from esft.methods.es.config import ESConfig
+from esft.methods.es.fitness import CorpusFitness, TaskFitness
+from esft.methods.es.memory import ESMemoryPlan
+from esft.methods.es.modes import Fitness
+from esft.runs import TrainJob
 from esft.tasks import Task, get_task, read_rows
 from esft.tasks.corpus import training_texts
-from esft.training import TrainJob
 
 
 def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int,
@@ -32,10 +32,10 @@ def build_fitness(cfg: ESConfig, task: Task, rows: Sequence[dict[str, Any]], tok
 
 def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max_new_tokens: int,
                  name: str) -> ESMemoryPlan:
-    """Log the run's memory plan, stop early if it cannot fit (esft.es.memory) and return it. Under LoRA
+    """Log the run's memory plan, stop early if it cannot fit (esft.methods.es.memory) and return it. Under LoRA
     the master and θ_0 hold only the (small) adapters and are left out."""
-    from esft.es.batched import pass_shape
-    from esft.es.memory import check_run
+    from esft.methods.es.batched import pass_shape
+    from esft.methods.es.memory import check_run
 
     prompts = min(cfg.batch_size or n_rows, n_rows)
     members, per_pass = (1, min(cfg.generation_batch_size, prompts)) if cfg.mode == "inplace" else \
@@ -54,14 +54,14 @@ def check_memory(model, cfg: ESConfig, fitness: Fitness | None, n_rows: int, max
 
 
 def train(job: TrainJob) -> None:
-    from esft.es.distributed import init_distributed
-    from esft.es.trainer import ESTrainer
+    from esft.methods.es.distributed import init_distributed
+    from esft.methods.es.trainer import ESTrainer
     from esft.models import load_model
     from esft.runs import input_fingerprint
 
     cfg = ESConfig.from_dict(job.cfg)
     if cfg.backend == "vllm":
-        from esft.es.vllm_trainer import train as train_on_vllm
+        from esft.methods.es.vllm_trainer import train as train_on_vllm
 
         train_on_vllm(job, cfg)
         return

@@ -1,8 +1,9 @@
 """`batched` mode: the population in greedy generation loops, member offsets inside the forward.
 
 Each member's weights θ + Population.perturbation(...) are stacked once per group of members ([M, out, in]
-per matrix, cast to the model's dtype exactly as `Population.perturb` casts them), and every linear layer
-becomes one bmm over the member dimension, so the arithmetic per token equals unperturbed inference.
+per matrix, cast to the model's dtype exactly as `Population.perturb` casts them; an
+`esft.rollout.decoder.MemberStack`), and every linear layer becomes one bmm over the member dimension, so
+the arithmetic per token equals unperturbed inference.
 Memory is one copy of the evolved weights per member of a group: this mode is for small models.
 """
 
@@ -11,54 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from esft.es.decoder import MemberWeights, PopulationDecoder, SharedWeights
-from esft.es.fitness import TaskFitness
-from esft.es.population import Population
+from esft.methods.es.fitness import TaskFitness
+from esft.methods.es.population import Population
 from esft.rollout import decode_completions, stop_ids
-
-
-class MemberStack(SharedWeights):
-    """Explicit full-rank per-member weights: `stacked[name]` is [N, ...] (member m's tensor at index m);
-    tensors not in `stacked` are the model's own, shared by every member. Serves any set of weight
-    variants (ES members, interpolation points, direction probes)."""
-
-    def __init__(self, model: torch.nn.Module, stacked: dict[str, torch.Tensor]) -> None:
-        super().__init__(model)
-        self.stacked = stacked
-        self.fused_stacked: dict[tuple[str, ...], torch.Tensor] = {}
-        self.vectors: dict[tuple[str, int], torch.Tensor] = {}
-        """1-D stacked tensors viewed to broadcast against [N, ...] activations, per (name, ndim)."""
-
-    def linear(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
-        stacked = [n in self.stacked for n in names]
-        if not any(stacked):
-            return super().linear(x, names)
-        if not all(stacked):
-            return torch.cat([self.linear(x, (n,)) for n in names], dim=-1)
-        w = self.fused_stacked.get(names)
-        if w is None:  # [N, in, out]: bmm streams it far faster than a transposed view on CPU
-            fused = torch.cat([self.stacked[n] for n in names], dim=1)
-            w = self.fused_stacked[names] = fused.transpose(1, 2).contiguous()
-        return torch.bmm(x, w)
-
-    def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
-        w = self.stacked.get(name)
-        if w is None:
-            return super().embed(ids, name)
-        n, vocab, dim = w.shape
-        offsets = torch.arange(n, device=ids.device)[:, None] * vocab
-        return F.embedding(ids + offsets, w.view(n * vocab, dim))
-
-    def vector(self, name: str, ndim: int) -> torch.Tensor:
-        w = self.vectors.get((name, ndim))
-        if w is None:
-            w = self.stacked.get(name)
-            if w is None:
-                return super().vector(name, ndim)
-            w = self.vectors[name, ndim] = w.view(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
-        return w
+from esft.rollout.decoder import MemberStack, MemberWeights, PopulationDecoder
 
 
 class StackedWeights(MemberStack):

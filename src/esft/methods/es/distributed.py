@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from esft.es.modes import Evaluator
+from esft.methods.es.modes import Evaluator
 
 T = TypeVar("T")
 

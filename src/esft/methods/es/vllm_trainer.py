@@ -1,6 +1,6 @@
 """ES on a vLLM engine (`es.backend: vllm`): the driver's side.
 
-θ lives in the engine's worker (`esft.es.vllm_worker.EngineES`: the fp32 master, θ_0, noise and updates,
+θ lives in the engine's worker (`esft.methods.es.vllm_worker.EngineES`: the fp32 master, θ_0, noise and updates,
 all under HF names); the driver keeps what `ESTrainer` keeps otherwise (records, shaping, budgets, resume
 bookkeeping) and sends only plain arguments through `LLM.collective_rpc`: perturb member m, restore,
 update with these weights, save. The loop is ESTrainer's own, so records, run.jsonl and drift.parquet have
@@ -8,7 +8,7 @@ the same fields, and for the same fitness values the weights equal those of the 
 same dtype and device (vLLM's completions, hence fitness, may differ from HF's).
 Each process drives one engine on its own device (one GPU per torchrun rank; `engine_environment`) and
 evaluates its block of members one after another, each prompt batch scheduled by vLLM; ranks exchange only
-fitness scalars (`esft.es.distributed.ShardedEvaluator`) and apply the same update to their own engine, as
+fitness scalars (`esft.methods.es.distributed.ShardedEvaluator`) and apply the same update to their own engine, as
 the Hugging Face path's ranks do.
 """
 
@@ -24,18 +24,20 @@ import pandas as pd
 import torch
 
 from esft.errors import EsftError
-from esft.es.config import ESConfig
-from esft.es.distributed import ShardedEvaluator, init_distributed, is_main_process
-from esft.es.fitness import TaskFitness
 from esft.memory import GIB, HEADROOM
-from esft.es.noise import noise_key
-from esft.es.trainer import ESTrainer, group_scales
+from esft.methods.es.config import ESConfig
+from esft.methods.es.distributed import ShardedEvaluator, init_distributed, is_main_process
+from esft.methods.es.fitness import TaskFitness
+from esft.methods.es.trainer import ESTrainer, group_scales
+from esft.noise import noise_key
 from esft.rollout.vllm_backend import VllmEngine
 from esft.rollout.vllm_names import Shard
-from esft.runs import DRIFT_COLUMNS, write_log
-from esft.training import TrainJob
+from esft.runs import DRIFT_COLUMNS, TrainJob, write_log
 
 log = logging.getLogger(__name__)
+
+WORKER = "esft.methods.es.vllm_worker.ESWorkerExtension"
+"""The worker extension of ES's engines: members, updates and resume state on top of the engine's weights."""
 
 
 class VllmEvaluator:
@@ -153,7 +155,8 @@ def train(job: TrainJob, cfg: ESConfig) -> None:
     task = get_task(job.task, format_bonus=job.task_cfg.get("format_bonus"))
     rows = read_rows(task, job.data / "train.jsonl")
     engine = open_engine(job.base, job.dtype, cfg.vllm, [([task.messages(r) for r in rows],
-                                                          job.task_cfg["max_new_tokens"])], seed=cfg.seed)
+                                                          job.task_cfg["max_new_tokens"])], seed=cfg.seed,
+                         worker_extension=WORKER)
     if job.init:
         engine.load_weights(job.init)
     capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \

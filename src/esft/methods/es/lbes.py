@@ -27,14 +27,14 @@ from typing import Any, Literal
 import torch
 
 from esft.errors import EsftError
-from esft.es.config import Antithetic, ESConfig, _reject_unknown
-from esft.es.distributed import from_main, is_main_process
-from esft.es.fitness import FitnessError, checked_reward
-from esft.es.noise import noise_key
-from esft.es.trainer import ESTrainer
+from esft.methods.es.config import Antithetic, ESConfig, _reject_unknown
+from esft.methods.es.distributed import from_main, is_main_process
+from esft.methods.es.fitness import FitnessError, checked_reward
+from esft.methods.es.trainer import ESTrainer
+from esft.noise import noise_key
 from esft.rollout import Generations, encode_prompts, generate, score_sequences
+from esft.runs import TrainJob
 from esft.tasks import Task
-from esft.training import TrainJob
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,8 @@ class LBESTrainer(ESTrainer):
 
 
 def train(job: TrainJob) -> None:
-    from esft.es.distributed import init_distributed
-    from esft.es.memory import check_run
+    from esft.methods.es.distributed import init_distributed
+    from esft.methods.es.memory import check_run
     from esft.models import load_model
     from esft.runs import input_fingerprint
     from esft.tasks import get_task, read_rows

@@ -27,9 +27,8 @@ import torch
 
 from esft.errors import EsftError
 from esft.rollout.scoring import MAX_LENGTH, encode_texts, logprob_sums
-from esft.runs import (Budget, Drift, ResumeState, input_fingerprint, minibatch, run_seed, run_steps, runtime_of,
-                       write_run)
-from esft.training import TrainJob
+from esft.runs import (Budget, Drift, ResumeState, TrainJob, input_fingerprint, minibatch, run_seed, run_steps,
+                       runtime_of, write_run)
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-from esft.es.noise import tensor_noise
+from esft.noise import tensor_noise
 from esft.runs import offload
 
 

@@ -4,7 +4,7 @@
 consistent with it: evaluating a low-rank population `inplace` is the reference, and `LowRankWeights`
 computes the same member forward in the population loop as x·θᵀ + (x·Bᵢ)(σAᵢ)ᵀ with θ shared, so a
 decoding step costs the unperturbed product plus two thin ones per matrix.
-Factors are keyed per tensor like `esft.es.noise`; members 2k and 2k+1 share factors with opposite
+Factors are keyed per tensor like `esft.noise`; members 2k and 2k+1 share factors with opposite
 signs. 1-D tensors (norm gains) keep full-rank noise, also antithetic."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from esft.es.batched import StackedWeights
-from esft.es.noise import noise_key
-from esft.es.population import Population
+from esft.methods.es.batched import StackedWeights
+from esft.methods.es.population import Population
+from esft.noise import noise_key
 
 
 class LowRankPopulation(Population):

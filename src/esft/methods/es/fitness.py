@@ -57,7 +57,7 @@ class TaskFitness:
         """(mean reward, generated tokens) of `model` on rows `indices`.
 
         Sampled generation is seeded by one draw from torch's global RNG, which the evaluator sets to the
-        iteration's sampling key for every member (`esft.es.noise.sampling_rng`): each generation batch
+        iteration's sampling key for every member (`esft.noise.sampling_rng`): each generation batch
         is then keyed by (run seed, iteration, batch start), the same for all members.
         """
         seed = int(torch.randint(2**63 - 1, ())) if self.temperature > 0 else None

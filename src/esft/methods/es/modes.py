@@ -1,7 +1,7 @@
 """Population evaluation modes behind one interface: (iteration, members, σ, prompts) -> fitness.
 
 `inplace` writes each member into the full model, evaluates it and restores θ: any model size.
-`batched` (esft.es.batched) and `lowrank` (esft.es.lowrank) generate for many members at once, in passes
+`batched` (esft.methods.es.batched) and `lowrank` (esft.methods.es.lowrank) generate for many members at once, in passes
 of at most `generation_batch_size` rows, with member offsets applied inside the forward; they return the
 same numbers as `inplace` on the same seeds, within floating-point tolerance (`lowrank` as `inplace` on a
 LowRankPopulation).
@@ -15,8 +15,8 @@ from typing import Protocol
 import torch
 
 from esft.errors import EsftError
-from esft.es.noise import sampling_rng
-from esft.es.population import Population
+from esft.methods.es.population import Population
+from esft.noise import sampling_rng
 
 Fitness = Callable[[torch.nn.Module, Sequence[int], int], tuple[float, int]]
 """(model, prompt indices, member) -> (fitness, generated tokens)."""
@@ -64,9 +64,9 @@ def build_evaluator(mode: str, model: torch.nn.Module, population: Population, f
         return InplaceEvaluator(model, population, fitness)
     if mode not in MODES:
         raise EsftError(f"unknown es.mode {mode!r}; allowed: {', '.join(MODES)}")
-    from esft.es.batched import BatchedEvaluator, StackedWeights
-    from esft.es.fitness import TaskFitness
-    from esft.es.lowrank import LowRankPopulation, LowRankWeights
+    from esft.methods.es.batched import BatchedEvaluator, StackedWeights
+    from esft.methods.es.fitness import TaskFitness
+    from esft.methods.es.lowrank import LowRankPopulation, LowRankWeights
 
     if not isinstance(fitness, TaskFitness):
         raise EsftError(f"es.mode {mode!r} needs a generation (task) fitness; use mode inplace")

@@ -136,18 +136,18 @@ class ESConfig:
     and its inputs."""
     generation_batch_size: int = 64
     """Rows per forward pass, whose KV cache is sized to them: prompts per generate call (inplace), members ×
-    prompts per pass (batched, lowrank: `esft.es.batched.pass_shape`), texts per scoring batch (loglik).
+    prompts per pass (batched, lowrank: `esft.methods.es.batched.pass_shape`), texts per scoring batch (loglik).
     Greedy completions, hence task fitness, do not depend on it."""
     checkpoint_every: int = 10
     """Iterations between resumable state snapshots."""
     master_device: Placement = "model"
     """Where the fp32 master θ lives: model (the model's device) or cpu (pinned host memory, copied to the
-    device per tensor; bitwise the same run, see esft.es.population). Frees 4 bytes per parameter on a GPU."""
+    device per tensor; bitwise the same run, see esft.methods.es.population). Frees 4 bytes per parameter on a GPU."""
     theta0_device: Placement = "model"
     """Where θ_0 (the drift log's reference, in the model's dtype) lives: model or cpu."""
     backend: Backend = "hf"
     """Who generates: hf (transformers on the model's device) or vllm (a vLLM engine per process, on its own
-    device, whose fused tensors are perturbed in place, esft.es.vllm_trainer; mode inplace, fitness task, no
+    device, whose fused tensors are perturbed in place, esft.methods.es.vllm_trainer; mode inplace, fitness task, no
     LoRA)."""
     vllm: VllmOptions = field(default_factory=VllmOptions)
     """Engine options of backend vllm."""

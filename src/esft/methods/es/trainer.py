@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from esft.errors import EsftError
-from esft.es.config import ESConfig
-from esft.es.distributed import ShardedEvaluator, is_main_process
-from esft.es.fitness import CorpusFitness, RandomFitness
-from esft.es.lora import lora_phases, merged_weights, wrap_lora
-from esft.es.lowrank import LowRankPopulation
-from esft.es.modes import Fitness, build_evaluator
-from esft.es.population import Population
-from esft.es.shaping import member_weights
+from esft.methods.es.config import ESConfig
+from esft.methods.es.distributed import ShardedEvaluator, is_main_process
+from esft.methods.es.fitness import CorpusFitness, RandomFitness
+from esft.methods.es.lora import lora_phases, merged_weights, wrap_lora
+from esft.methods.es.lowrank import LowRankPopulation
+from esft.methods.es.modes import Fitness, build_evaluator
+from esft.methods.es.population import Population
+from esft.methods.es.shaping import member_weights
 from esft.params import param_group
 from esft.runs import Budget, Drift, ResumeState, minibatch, run_seed, run_steps, runtime_of, write_run
 
@@ -186,7 +186,7 @@ class ESTrainer:
         else ({}, 0).
 
         Scored before the update, like a gradient method's training loss, so that ES and the AdamW
-        baseline (`esft.pretrain`) log the same quantity; the members' fitness is that of θ + σε, not of θ.
+        baseline (`esft.methods.adamw`) log the same quantity; the members' fitness is that of θ + σε, not of θ.
         It costs one more scoring pass (1/N of the iteration), counted in prompt_tokens.
         """
         if not isinstance(self.fitness, CorpusFitness):

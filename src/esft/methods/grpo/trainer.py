@@ -28,9 +28,8 @@ from transformers import PrinterCallback, TrainerCallback
 
 from esft.errors import EsftError
 from esft.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
-from esft.runs import Budget, Drift, input_fingerprint, write_run
+from esft.runs import Budget, Drift, TrainJob, input_fingerprint, write_run
 from esft.tasks import Task, get_task, read_rows
-from esft.training import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class GRPOSettings:
     """bf16 mixed precision (autocast over fp32 master weights); GPU runs set it, CPU runs leave it off."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass instead of keeping them (TRL's default):
-    a micro-batch then holds each layer's input only (`esft.grpo_memory`), at about a third more compute."""
+    a micro-batch then holds each layer's input only (`esft.methods.grpo.memory`), at about a third more compute."""
     optim: Optim = "adamw_torch"
     """The AdamW implementation (TRL `optim`): adamw_torch (the paper's, foreach), adamw_torch_fused (the
     same update in one kernel, without the foreach step's fp32 buffer), adamw_8bit / paged_adamw_8bit
@@ -416,10 +415,10 @@ def check_optimizer(optim: str) -> None:
 
 def check_memory(model: torch.nn.Module, settings: GRPOSettings, prompt_tokens: int, completion_tokens: int,
                  section: str) -> None:
-    """Log the job's memory plan (`esft.grpo_memory`) and stop at once, naming the options to change, if it
+    """Log the job's memory plan (`esft.methods.grpo.memory`) and stop at once, naming the options to change, if it
     cannot fit on the model's device."""
-    from esft.grpo_memory import plan_grpo
     from esft.memory import device_capacity, log_and_check
+    from esft.methods.grpo.memory import plan_grpo
 
     plan = plan_grpo(model, optim=settings.optim, gradient_checkpointing=settings.gradient_checkpointing,
                      bf16=settings.bf16, micro_batch=settings.per_device_train_batch_size,
