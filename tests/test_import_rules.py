@@ -130,3 +130,24 @@ def test_loading_a_method_loads_no_other_room(method):
     seen = _closure(METHODS[method])
     assert {"esft.runs", "esft.models", "esft.tasks"} <= seen
     assert sorted({_room(m) for m in seen} - {None}) == [_room(METHODS[method])]
+
+
+LAYERS = [
+    ("esft", "esft.errors", "esft.io", "esft.labels", "esft.params", "esft.noise", "esft.tokens", "esft.config"),
+    ("esft.tasks",), ("esft.models",), ("esft.rollout",), ("esft.runs", "esft.memory"), (REGISTRY,),
+    ("esft.evaluate",), ("esft.geometry",), ("esft.plots",), (CLI,),
+]
+"""The stages bottom-up over the shared base, as the README's "Code layout" draws them."""
+
+
+def _layer(module: str) -> int:
+    """The index of the deepest layer whose package holds `module` (`esft` itself holds only the package)."""
+    return max(k for k, packages in enumerate(LAYERS) for p in packages
+               if module == p or (p != "esft" and _within(module, p)))
+
+
+def test_the_tree_reads_as_the_stages():
+    """tasks → models → rollout → runs/memory → methods → evaluate → geometry → plots → cli: a module imports
+    its own layer or lower ones, never a later stage (every module sits in exactly one layer)."""
+    assert {_layer(m) for m in GRAPH} == set(range(len(LAYERS)))
+    assert _violations(GRAPH, lambda m, i: _layer(i) > _layer(m)) == []
